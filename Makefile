@@ -1,0 +1,31 @@
+# The two commands a fresh machine needs: `make dashboard` and `make test`.
+# Both build .venv from pyproject.toml the first time (and again when it changes).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: dashboard test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+dashboard: $(STAMP)
+	$(VENV)/bin/dispatch-lab $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check workers tui tests benchmarks
+	$(VENV)/bin/ruff format --check workers tui tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""dispatch-lab: the Textual dashboard."""

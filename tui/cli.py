@@ -1,0 +1,37 @@
+"""Provides the ``dispatch-lab`` command: the dashboard, and the worker and publisher programs."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: dispatch-lab [dashboard options]       open the dashboard
+       dispatch-lab worker [options]             the tutorial's worker.py
+       dispatch-lab new-task [options] WORDS     the tutorial's new_task.py
+
+Run any of them with --help for its options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and not args[0].startswith("-") else None
+    if command == "worker":
+        from workers.worker import main as worker_main
+
+        return worker_main(args[1:], prog="dispatch-lab worker")
+    if command == "new-task":
+        from workers.new_task import main as new_task_main
+
+        return new_task_main(args[1:], prog="dispatch-lab new-task")
+    if command in ("help",):
+        print(USAGE)
+        return 0
+    if command is not None:
+        print(f"dispatch-lab: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    from tui.app import main as app_main
+
+    return app_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

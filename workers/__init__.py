@@ -1,0 +1,1 @@
+"""dispatch-lab: the AMQP side (workers, publisher, broker plumbing); no Textual here."""

@@ -1,0 +1,197 @@
+"""Provides broker connections with one-sentence errors, queue declaration and queue figures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pika
+import pika.exceptions
+
+from workers.settings import mask_url, scrub, url_parts
+
+FIX_HINT = "start one with `docker compose up -d` or install the rabbitmq-server package"
+
+
+class BrokerError(Exception):
+    """A broker problem a user can cause or fix; ``str()`` is one sentence without secrets."""
+
+
+def connection_parameters(url: str, *, name: str, heartbeat: int | None = None) -> pika.URLParameters:
+    """pika parameters for a URL, named so the management UI can tell our connections apart."""
+    params = pika.URLParameters(url)
+    params.client_properties = {"connection_name": name, "product": "dispatch-lab"}
+    params.blocked_connection_timeout = 30
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    if heartbeat is not None:
+        params.heartbeat = heartbeat
+    return params
+
+
+def describe_connect_error(exc: BaseException, url: str) -> str:
+    """One sentence for a failed connection attempt, naming the fix."""
+    parts = url_parts(url)
+    where = f"{parts.host}:{parts.port}"
+    if isinstance(exc, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError)):
+        return (
+            f"The broker at {where} refused the login for user {parts.user!r}: "
+            "wrong user name or password (check --url or AMQP_URL)."
+        )
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return (
+            f"The broker at {where} has no virtual host {parts.vhost!r} that user "
+            f"{parts.user!r} may use: create it (rabbitmqctl add_vhost) or fix the URL's path."
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"Cannot resolve the broker host {parts.host!r}: check --url or AMQP_URL."
+    if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
+        return f"{where} does not speak AMQP 0-9-1: is that port a RabbitMQ broker?"
+    text = repr(exc.args[0]) if exc.args else repr(exc)
+    if "Refused" in text or "refused" in text:
+        return f"Cannot reach a RabbitMQ broker at {where} (connection refused): {FIX_HINT}."
+    if "timed out" in text.lower() or "Timeout" in text:
+        return f"Cannot reach a RabbitMQ broker at {where} (timed out): check the host and firewall."
+    return f"Cannot connect to the broker at {where}: {scrub(str(exc) or type(exc).__name__, url)}."
+
+
+def connect(url: str, *, name: str, heartbeat: int | None = None) -> pika.BlockingConnection:
+    """A BlockingConnection, or BrokerError with a sentence that names the fix."""
+    try:
+        return pika.BlockingConnection(connection_parameters(url, name=name, heartbeat=heartbeat))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerError(describe_connect_error(exc, url)) from None
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$"
+)
+
+
+def explain_channel_error(exc: pika.exceptions.ChannelClosedByBroker, queue: str) -> str:
+    """One sentence for a channel the broker closed while we used ``queue``."""
+    if exc.reply_code == 406:
+        match = _INEQUIVALENT.search(exc.reply_text)
+        if match:
+            arg = match["arg"]
+            return (
+                f"Queue {queue!r} already exists with a different {arg!r} "
+                f"(we asked for {match['got'].strip()}, the broker has {match['cur'].strip()}): "
+                f"use another --queue, or delete it with `rabbitmqctl delete_queue {queue}` "
+                "if its messages may go."
+            )
+        return f"The broker refused queue {queue!r}: {exc.reply_text}."
+    if exc.reply_code == 404:
+        return f"Queue {queue!r} does not exist on this broker."
+    if exc.reply_code == 403:
+        return f"Access to queue {queue!r} was refused: {exc.reply_text}."
+    return f"The broker closed the channel on queue {queue!r}: ({exc.reply_code}) {exc.reply_text}."
+
+
+def declare_task_queue(channel: Any, queue: str, *, durable: bool = True) -> int:
+    """Declare the work queue (durable by default); returns its ready count."""
+    try:
+        result = channel.queue_declare(queue=queue, durable=durable)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise BrokerError(explain_channel_error(exc, queue)) from None
+    return int(result.method.message_count)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFigures:
+    """What a passive declare tells: ready messages (never unacked) and consumers."""
+
+    ready: int
+    consumers: int
+
+
+def probe_queue(connection: pika.BlockingConnection, queue: str) -> QueueFigures | None:
+    """Figures for ``queue`` from a passive declare, or None when it does not exist.
+
+    A passive declare of a missing queue closes its channel (404), so each probe
+    that may miss uses a fresh channel; callers keep one for the common case.
+    """
+    channel = connection.channel()
+    try:
+        result = channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return None
+        raise BrokerError(explain_channel_error(exc, queue)) from None
+    figures = QueueFigures(int(result.method.message_count), int(result.method.consumer_count))
+    channel.close()
+    return figures
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerInfo:
+    """One consumer on a queue as the management API reports it."""
+
+    connection_name: str
+    channel: str
+    prefetch: int
+    ack_required: bool
+    unacked: int
+
+
+class ManagementApi:
+    """The management plugin's HTTP API, used read-only with the AMQP URL's credentials."""
+
+    def __init__(self, url: str, *, base: str | None = None, timeout: float = 1.0) -> None:
+        parts = url_parts(url)
+        self.base = (base or f"http://{parts.host}:15672").rstrip("/")
+        self.vhost = parts.vhost
+        self.timeout = timeout
+        token = base64.b64encode(f"{parts.user}:{parts.password}".encode()).decode()
+        self._auth = f"Basic {token}"
+        self._url = url
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(self.base + path, headers={"Authorization": self._auth})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+    def queue(self, queue: str) -> dict[str, Any] | None:
+        """The queue's JSON (messages_ready, messages_unacknowledged, ...), or None if unreachable."""
+        path = f"/api/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}"
+        try:
+            data = self._get(path)
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def consumers(self, queue: str) -> list[ConsumerInfo] | None:
+        """The queue's consumers with their channel's unacked count, or None if unreachable."""
+        vhost = quote(self.vhost, safe="")
+        try:
+            consumers = self._get(f"/api/consumers/{vhost}")
+            channels = self._get(f"/api/vhosts/{vhost}/channels?columns=name,messages_unacknowledged")
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        unacked = {c.get("name"): int(c.get("messages_unacknowledged") or 0) for c in channels}
+        found: list[ConsumerInfo] = []
+        for item in consumers:
+            if (item.get("queue") or {}).get("name") != queue:
+                continue
+            details = item.get("channel_details") or {}
+            found.append(
+                ConsumerInfo(
+                    connection_name=str(details.get("connection_name") or "?"),
+                    channel=str(details.get("name") or "?"),
+                    prefetch=int(item.get("prefetch_count") or 0),
+                    ack_required=bool(item.get("ack_required")),
+                    unacked=unacked.get(details.get("name"), 0),
+                )
+            )
+        return found
+
+    def describe(self) -> str:
+        """Where the API is, for the UI (no credentials)."""
+        return mask_url(self.base)

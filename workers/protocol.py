@@ -1,0 +1,266 @@
+"""Provides the worker event protocol (JSON lines, version 1) and the stdin commands.
+
+Stdlib only. Every event line carries ``v``, ``event``, ``worker`` and ``ts``;
+the keys of each kind are listed in DESIGN.md and may grow but never be renamed.
+``decode`` never raises: a line that is not a valid event gives ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = 1
+BODY_CAP = 200
+"""Characters of a task body carried in a ``received`` event."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker is connected, its queue declared and its consumer registered."""
+
+    worker: str
+    ts: float
+    pid: int
+    queue: str
+    prefetch: int
+    ack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A delivery reached the worker process (work on it may not have begun)."""
+
+    worker: str
+    ts: float
+    tag: int
+    msg_id: str | None
+    body: str
+    redelivered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Work on a delivery begins; ``seconds`` is how long it is expected to take."""
+
+    worker: str
+    ts: float
+    tag: int
+    msg_id: str | None
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Work on a delivery finished; ``acked`` says an ack follows (or auto ack took it)."""
+
+    worker: str
+    ts: float
+    tag: int
+    msg_id: str | None
+    acked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Returned:
+    """A delivery the worker held and gave back unworked (nack with requeue).
+
+    ``reason`` is ``mode-change``, ``stop`` or ``connection-lost``.
+    """
+
+    worker: str
+    ts: float
+    tag: int
+    msg_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """A live mode change took effect."""
+
+    worker: str
+    ts: float
+    prefetch: int
+    ack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """The worker's link to the broker changed: ``lost``, ``reconnecting`` or ``restored``."""
+
+    worker: str
+    ts: float
+    state: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Something went wrong; ``message`` is one line with no secrets."""
+
+    worker: str
+    ts: float
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The worker is about to exit."""
+
+    worker: str
+    ts: float
+    reason: str
+
+
+Event = Ready | Received | Started | Done | Returned | Mode | Connection | Error | Stopped
+
+EVENT_NAMES: dict[type[Event], str] = {
+    Ready: "ready",
+    Received: "received",
+    Started: "started",
+    Done: "done",
+    Returned: "returned",
+    Mode: "mode",
+    Connection: "connection",
+    Error: "error",
+    Stopped: "stopped",
+}
+_BY_NAME: dict[str, type[Event]] = {name: cls for cls, name in EVENT_NAMES.items()}
+
+# The types each field must have on the wire; bool is checked before int since bool is an int.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "worker": (str,),
+    "ts": (float, int),
+    "pid": (int,),
+    "queue": (str,),
+    "prefetch": (int,),
+    "ack": (str,),
+    "tag": (int,),
+    "msg_id": (str, type(None)),
+    "body": (str,),
+    "redelivered": (bool,),
+    "seconds": (float, int),
+    "acked": (bool,),
+    "reason": (str,),
+    "state": (str,),
+    "attempt": (int,),
+    "message": (str,),
+}
+_BOOL_FIELDS = frozenset({"redelivered", "acked"})
+
+
+def encode(event: Event) -> str:
+    """One JSON line (with the trailing newline) for an event."""
+    data: dict[str, object] = {"v": VERSION, "event": EVENT_NAMES[type(event)]}
+    for name in event.__slots__:
+        data[name] = getattr(event, name)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def decode(line: str | bytes) -> Event | None:
+    """The event in one line, or None for anything that is not a valid v1 event."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("v") != VERSION:
+        return None
+    cls = _BY_NAME.get(data.get("event"))  # type: ignore[arg-type]
+    if cls is None:
+        return None
+    values: list[Any] = []  # each checked against _FIELD_TYPES below
+    for name in cls.__slots__:
+        value: Any = data.get(name)
+        wanted = _FIELD_TYPES[name]
+        if name not in _BOOL_FIELDS and isinstance(value, bool):
+            return None
+        if not isinstance(value, wanted):
+            return None
+        if isinstance(value, int) and name in ("ts", "seconds"):
+            value = float(value)
+        values.append(value)
+    return cls(*values)
+
+
+# Hot-path encoders: the worker writes three of these per task, so they avoid
+# building a dict. Their output decodes to the same event as ``encode`` gives.
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def encode_received(
+    worker_json: str, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool
+) -> str:
+    """A ``received`` line; ``worker_json`` is the worker name already JSON-encoded."""
+    return (
+        f'{{"v":1,"event":"received","worker":{worker_json},"ts":{ts!r},"tag":{tag},'
+        f'"msg_id":{_dumps(msg_id)},"body":{_dumps(body)},'
+        f'"redelivered":{"true" if redelivered else "false"}}}\n'
+    )
+
+
+def encode_started(worker_json: str, ts: float, tag: int, msg_id: str | None, seconds: float) -> str:
+    """A ``started`` line."""
+    return (
+        f'{{"v":1,"event":"started","worker":{worker_json},"ts":{ts!r},"tag":{tag},'
+        f'"msg_id":{_dumps(msg_id)},"seconds":{float(seconds)!r}}}\n'
+    )
+
+
+def encode_done(worker_json: str, ts: float, tag: int, msg_id: str | None, acked: bool) -> str:
+    """A ``done`` line."""
+    return (
+        f'{{"v":1,"event":"done","worker":{worker_json},"ts":{ts!r},"tag":{tag},'
+        f'"msg_id":{_dumps(msg_id)},"acked":{"true" if acked else "false"}}}\n'
+    )
+
+
+# Commands: dashboard -> worker, one JSON object per line on the worker's stdin.
+
+
+@dataclass(frozen=True, slots=True)
+class SetMode:
+    """Change prefetch and ack mode between messages (cancel -> qos -> consume)."""
+
+    prefetch: int
+    ack: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop consuming; ``now`` abandons the current task, otherwise it is finished first."""
+
+    now: bool = False
+
+
+Command = SetMode | Stop
+
+
+def encode_command(command: Command) -> str:
+    """One JSON line for a command."""
+    if isinstance(command, SetMode):
+        data: dict[str, object] = {"cmd": "mode", "prefetch": command.prefetch, "ack": command.ack}
+    else:
+        data = {"cmd": "stop", "now": command.now}
+    return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def decode_command(line: str | bytes) -> Command | None:
+    """The command in one line, or None for anything else."""
+    try:
+        data = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    cmd = data.get("cmd")
+    if cmd == "mode":
+        prefetch, ack = data.get("prefetch"), data.get("ack")
+        if isinstance(prefetch, int) and not isinstance(prefetch, bool) and isinstance(ack, str):
+            return SetMode(prefetch=prefetch, ack=ack)
+        return None
+    if cmd == "stop":
+        return Stop(now=bool(data.get("now", False)))
+    return None

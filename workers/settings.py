@@ -1,0 +1,137 @@
+"""Provides broker URL resolution, password masking and the dispatch mode."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
+DEFAULT_QUEUE = "task_queue"
+URL_ENV = "AMQP_URL"
+
+AckMode = Literal["manual", "auto", "none"]
+ACK_MODES: tuple[AckMode, ...] = ("manual", "auto", "none")
+MAX_PREFETCH = 65535
+MAX_WORKERS = 64
+
+
+class SettingsError(ValueError):
+    """A setting a user gave is out of range; the message is one sentence."""
+
+
+def resolve_url(flag: str | None) -> str:
+    """The broker URL: the --url flag, then AMQP_URL, then the tutorial's localhost."""
+    if flag:
+        return flag
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def url_is_default(flag: str | None) -> bool:
+    """True when neither --url nor AMQP_URL chose the broker."""
+    return not flag and not os.environ.get(URL_ENV)
+
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)", re.I)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe for the UI and logs."""
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['at']}", url)
+
+
+def scrub(text: str, url: str | None = None) -> str:
+    """Text with any URL password, and the given URL's password anywhere, masked."""
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['at']}", text)
+    if url:
+        password = url_parts(url).password
+        if password and len(password) >= 3:
+            text = text.replace(password, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class UrlParts:
+    """The pieces of an AMQP URL that error messages and the management API need."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    vhost: str
+
+
+def url_parts(url: str) -> UrlParts:
+    """Split an AMQP URL the way pika reads it (an empty path means vhost '/')."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "amqps"
+    try:
+        port = parts.port or (5671 if tls else 5672)
+    except ValueError:
+        port = 5671 if tls else 5672
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    vhost = unquote(path) if path else "/"
+    return UrlParts(
+        host=parts.hostname or "localhost",
+        port=port,
+        user=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        vhost=vhost,
+    )
+
+
+@dataclass(frozen=True)
+class DispatchMode:
+    """How the broker hands tasks to a worker: prefetch window and ack mode."""
+
+    prefetch: int = 1
+    ack: AckMode = "manual"
+
+    def describe(self) -> str:
+        """The mode in the tutorial's words, for headers and tables."""
+        ack = {"manual": "manual ack", "auto": "auto ack", "none": "no ack (forgotten)"}[self.ack]
+        if self.ack == "auto":
+            return f"auto ack: prefetch ignored ({self.prefetch}), broker forgets on delivery"
+        if self.prefetch == 0:
+            return f"round-robin: prefetch 0 (unlimited), {ack}"
+        if self.prefetch == 1:
+            return f"fair dispatch: prefetch 1, {ack}"
+        return f"prefetch {self.prefetch}, {ack}"
+
+
+def check_prefetch(value: int) -> int:
+    """A prefetch count the broker accepts (0 = unlimited), or SettingsError."""
+    if not 0 <= value <= MAX_PREFETCH:
+        raise SettingsError(f"--prefetch must be between 0 (unlimited) and {MAX_PREFETCH}, not {value}.")
+    return value
+
+
+def check_ack(value: str) -> AckMode:
+    """One of manual, auto, none, or SettingsError."""
+    for mode in ACK_MODES:
+        if value == mode:
+            return mode
+    raise SettingsError(f"--ack must be one of manual, auto, none, not {value!r}.")
+
+
+def check_seconds_per_dot(value: float) -> float:
+    """A non-negative, finite number of seconds per dot, or SettingsError."""
+    if not 0 <= value < 3600 or value != value:
+        raise SettingsError(f"--seconds-per-dot must be 0 or more (and under an hour), not {value}.")
+    return value
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """--url and --queue, shared by every program that talks to the broker."""
+    parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost:5672)")
+    parser.add_argument("--queue", default=DEFAULT_QUEUE, help="work queue (default: %(default)s)")
+
+
+def warn_password_in_argv(flag: str | None) -> None:
+    """A URL password on the command line is visible to every user in ps."""
+    if flag and url_parts(flag).password and "@" in flag and mask_url(flag) != flag:
+        print("note: a password in --url is visible in the process list; prefer AMQP_URL", file=sys.stderr)

@@ -1,0 +1,639 @@
+"""Provides the worker: tutorial 2's worker.py with dispatch modes and a JSON event stream.
+
+The connection's thread only takes deliveries off the socket (reporting
+``received`` at once) and sends acks; the work happens on one FIFO work thread,
+so heartbeats keep flowing during long tasks and the prefetch window is visible.
+Zero-second tasks that arrive while the work thread is idle are done inline,
+which spares the thread hop on the hot path without reordering anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, BinaryIO
+
+import pika
+import pika.exceptions
+
+from workers import protocol
+from workers.broker import BrokerError, connect, declare_task_queue, explain_channel_error
+from workers.settings import (
+    DEFAULT_QUEUE,
+    AckMode,
+    DispatchMode,
+    SettingsError,
+    add_connection_args,
+    check_ack,
+    check_prefetch,
+    check_seconds_per_dot,
+    resolve_url,
+    scrub,
+    warn_password_in_argv,
+)
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+
+
+class EventWriter:
+    """Collects event lines and writes each batch in one write, under one lock.
+
+    Two threads writing at once would interleave bytes; one write per batch also
+    keeps the cost per event low.
+    """
+
+    def __init__(self, stream: BinaryIO | None) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return self._stream is not None
+
+    def add(self, line: str) -> None:
+        if self._stream is not None:
+            with self._lock:
+                self._lines.append(line)
+
+    def emit(self, event: protocol.Event) -> None:
+        """Add an event and write everything pending."""
+        self.add(protocol.encode(event))
+        self.flush()
+
+    def flush(self) -> None:
+        if self._stream is None:
+            return
+        with self._lock:
+            if not self._lines:
+                return
+            data = "".join(self._lines).encode("utf-8", "backslashreplace")
+            self._lines.clear()
+            try:
+                self._stream.write(data)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                # The reader went away; stdin EOF will stop us shortly.
+                self._stream = None
+
+
+@dataclass(slots=True)
+class Task:
+    """A delivery the worker holds: waiting, in progress, or done and awaiting its ack."""
+
+    gen: int
+    tag: int
+    msg_id: str | None
+    text: str
+    seconds: float
+    ack: AckMode
+
+
+def body_text(body: bytes) -> str:
+    """The body as text for events and the terminal; bytes that are not UTF-8 shown escaped."""
+    head = body[: protocol.BODY_CAP * 4]
+    text = head.decode("utf-8", "backslashreplace")
+    if len(text) > protocol.BODY_CAP or len(head) < len(body):
+        text = text[: protocol.BODY_CAP - 1] + "…"
+    return text
+
+
+class Worker:
+    """One consumer process; ``run`` returns the exit code."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_name: str = DEFAULT_QUEUE,
+        name: str = "worker",
+        mode: DispatchMode | None = None,
+        seconds_per_dot: float = 1.0,
+        events: BinaryIO | None = None,
+        commands: BinaryIO | None = None,
+        heartbeat: int | None = None,
+        durable: bool = True,
+    ) -> None:
+        self.url = url
+        self.queue_name = queue_name
+        self.name = name
+        self.mode = mode or DispatchMode()
+        self.seconds_per_dot = seconds_per_dot
+        self.heartbeat = heartbeat
+        self.durable = durable
+        self.writer = EventWriter(events)
+        self.tutorial = events is None
+        self._commands_in = commands
+        self._name_json = json.dumps(name, ensure_ascii=False)
+
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._waiting: collections.deque[Task] = collections.deque()
+        self._current: Task | None = None
+        self._gen = 0
+        self._interrupt = threading.Event()
+        self._finished: collections.deque[Task] = collections.deque()
+        self._wake_pending = False
+        self._commands: queue.SimpleQueue[protocol.Command] = queue.SimpleQueue()
+        self._never_acked: set[int] = set()
+
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._consumer_tag: str | None = None
+        self._draining = False
+        self._stop_reason: str | None = None
+        self._exit = False
+
+    # ----- output
+
+    def _say(self, text: str) -> None:
+        """A line in the tutorial's words: stdout in a terminal, stderr beside events."""
+        if self.tutorial:
+            print(text, flush=True)
+
+    def _fail(self, message: str) -> None:
+        message = scrub(message, self.url)
+        if self.writer.enabled:
+            self.writer.emit(protocol.Error(self.name, time.time(), message))
+        print(f"{self.name}: {message}", file=sys.stderr, flush=True)
+
+    # ----- the connection's thread
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        tag = method.delivery_tag
+        msg_id = properties.message_id
+        text = body_text(body)
+        seconds = body.count(b".") * self.seconds_per_dot
+        ack = self.mode.ack
+        now = time.time()
+        writer = self.writer
+        if writer.enabled:
+            writer.add(protocol.encode_received(self._name_json, now, tag, msg_id, text, method.redelivered))
+        task = Task(self._gen, tag, msg_id, text, seconds, ack)
+        if ack == "none":
+            self._never_acked.add(tag)
+        with self._lock:
+            inline = seconds == 0 and self._current is None and not self._waiting
+            if not inline:
+                self._waiting.append(task)
+                self._work_ready.notify()
+                return
+        # Idle and nothing to do: work here, in order, without the thread hop.
+        self._say(f" [x] Received {text!r}")
+        if writer.enabled:
+            writer.add(protocol.encode_started(self._name_json, now, tag, msg_id, 0.0))
+            writer.add(protocol.encode_done(self._name_json, now, tag, msg_id, ack != "none"))
+        self._say(" [x] Done")
+        if ack == "manual":
+            self._finished.append(task)
+
+    def _wake(self) -> None:
+        """Runs on the connection's thread after the work thread asked for it."""
+
+    def _request_wake(self) -> None:
+        connection = self._connection
+        with self._lock:
+            if self._wake_pending or connection is None:
+                return
+            self._wake_pending = True
+        try:
+            connection.add_callback_threadsafe(self._wake)
+        except Exception:
+            # The connection is closing; the loop notices on its own.
+            pass
+
+    def _after_cycle(self) -> None:
+        """Write what happened, then ack it (done before ack), then obey commands."""
+        with self._lock:
+            self._wake_pending = False
+        self.writer.flush()
+        self._send_acks()
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            self._obey(command)
+
+    def _send_acks(self) -> None:
+        finished = self._finished
+        if not finished:
+            return
+        last = 0
+        channel = self._channel
+        while finished:
+            task = finished.popleft()
+            if task.gen != self._gen or channel is None:
+                continue  # that channel is gone; the broker requeued the delivery
+            if self._never_acked:
+                channel.basic_ack(task.tag, multiple=False)
+            else:
+                last = task.tag
+        if last:
+            # One FIFO work line: every tag up to the last finished one is finished.
+            channel.basic_ack(last, multiple=True)
+
+    def _obey(self, command: protocol.Command) -> None:
+        if isinstance(command, protocol.SetMode):
+            try:
+                mode = DispatchMode(check_prefetch(command.prefetch), check_ack(command.ack))
+            except SettingsError as exc:
+                self._fail(str(exc))
+                return
+            self._change_mode(mode)
+        elif command.now:
+            self._stop_reason = "stop"
+            self._exit = True
+        else:
+            self._begin_drain("stop")
+
+    def _give_back(self, tasks: list[Task], reason: str, *, nack: bool) -> None:
+        """Report held deliveries as returned, and requeue them if the channel lives."""
+        now = time.time()
+        for task in tasks:
+            if task.ack == "auto":
+                continue  # the broker forgot it at delivery: nothing to give back
+            self._never_acked.discard(task.tag)
+            if nack and self._channel is not None:
+                self._channel.basic_nack(task.tag, multiple=False, requeue=True)
+            self.writer.add(protocol.encode(protocol.Returned(self.name, now, task.tag, task.msg_id, reason)))
+
+    def _take_waiting(self, *, keep_auto: bool) -> list[Task]:
+        """Remove waiting tasks from the work line (auto-acked ones stay if asked)."""
+        with self._lock:
+            taken = [t for t in self._waiting if not (keep_auto and t.ack == "auto")]
+            kept = [t for t in self._waiting if keep_auto and t.ack == "auto"]
+            self._waiting.clear()
+            self._waiting.extend(kept)
+        return taken
+
+    def _change_mode(self, mode: DispatchMode) -> None:
+        """cancel -> qos -> consume, between messages; basic_qos alone would not reach the consumer."""
+        channel = self._channel
+        if channel is None:
+            self.mode = mode
+            return
+        if self._consumer_tag is not None:
+            pending = channel.basic_cancel(self._consumer_tag)
+            # pika nacks a manual consumer's undispatched deliveries itself; an
+            # auto-ack consumer's come back here, already forgotten by the broker.
+            for method, properties, body in pending or ():
+                self._on_message(channel, method, properties, body)
+            self._consumer_tag = None
+        self._give_back(self._take_waiting(keep_auto=True), "mode-change", nack=True)
+        self.mode = mode
+        channel.basic_qos(prefetch_count=mode.prefetch)
+        if not self._draining:
+            self._consume()
+        self.writer.emit(protocol.Mode(self.name, time.time(), mode.prefetch, mode.ack))
+
+    def _consume(self) -> None:
+        self._consumer_tag = self._channel.basic_consume(
+            queue=self.queue_name,
+            on_message_callback=self._on_message,
+            auto_ack=self.mode.ack == "auto",
+        )
+
+    def _begin_drain(self, reason: str) -> None:
+        """Stop taking deliveries, give back the waiting ones, finish the current task."""
+        if self._draining:
+            return
+        self._draining = True
+        self._stop_reason = reason
+        if self._channel is not None and self._consumer_tag is not None:
+            for method, properties, body in self._channel.basic_cancel(self._consumer_tag) or ():
+                self._on_message(self._channel, method, properties, body)
+            self._consumer_tag = None
+        self._give_back(self._take_waiting(keep_auto=True), "stop", nack=True)
+        self.writer.flush()
+
+    def _idle(self) -> bool:
+        with self._lock:
+            return self._current is None and not self._waiting
+
+    def _abandon(self, reason: str, *, nack: bool) -> None:
+        """Give back everything held, cutting the task in progress short.
+
+        After a lost connection, auto-acked tasks are kept: the broker already
+        forgot them, so finishing them is the only way they get done.
+        """
+        keep_auto = reason == "connection-lost"
+        with self._lock:
+            held = list(self._waiting)
+            if self._current is not None:
+                held.insert(0, self._current)
+            given = [t for t in held if not (keep_auto and t.ack == "auto")]
+            self._gen += 1
+            kept = [t for t in held if t not in given]
+            for task in kept:
+                task.gen = self._gen
+            self._waiting = collections.deque(t for t in kept if t is not self._current)
+            if self._current is not None and self._current in given:
+                self._interrupt.set()
+            self._work_ready.notify()
+        self._give_back(given, reason, nack=nack)
+        self._finished.clear()
+        self._never_acked.clear()
+        self.writer.flush()
+
+    # ----- the work thread
+
+    def _work(self) -> None:
+        writer = self.writer
+        while True:
+            with self._lock:
+                while not self._waiting and not self._exit:
+                    self._work_ready.wait()
+                if self._exit and not self._waiting:
+                    return
+                task = self._waiting.popleft()
+                self._current = task
+                self._interrupt.clear()
+            self._say(f" [x] Received {task.text!r}")
+            if writer.enabled:
+                writer.add(
+                    protocol.encode_started(self._name_json, time.time(), task.tag, task.msg_id, task.seconds)
+                )
+                if task.seconds > 0:
+                    writer.flush()
+            if task.seconds > 0:
+                self._interrupt.wait(task.seconds)
+            with self._lock:
+                if task.gen != self._gen:
+                    continue  # given back while we worked on it
+                self._current = None
+                if writer.enabled:
+                    writer.add(
+                        protocol.encode_done(
+                            self._name_json, time.time(), task.tag, task.msg_id, task.ack != "none"
+                        )
+                    )
+                if task.ack == "manual":
+                    self._finished.append(task)
+            self._say(" [x] Done")
+            # Written before the ack is even requested: a kill in between shows as a
+            # redelivery and a second done, never as a finished task that vanished.
+            writer.flush()
+            self._request_wake()
+
+    # ----- life cycle
+
+    def _read_commands(self) -> None:
+        assert self._commands_in is not None
+        for line in self._commands_in:
+            command = protocol.decode_command(line)
+            if command is None:
+                if line.strip():
+                    print(
+                        f"{self.name}: ignored a line on stdin that is not a command",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                continue
+            self._commands.put(command)
+            self._request_wake()
+        self._commands.put(protocol.Stop(now=True))
+        self._request_wake()
+
+    def _open(self) -> None:
+        connection = connect(
+            self.url, name=f"dispatch-lab {self.name} (pid {os.getpid()})", heartbeat=self.heartbeat
+        )
+        try:
+            channel = connection.channel()
+            declare_task_queue(channel, self.queue_name, durable=self.durable)
+            channel.basic_qos(prefetch_count=self.mode.prefetch)
+        except BaseException:
+            _close_quietly(connection)
+            raise
+        self._connection, self._channel = connection, channel
+        self._consume()
+
+    def _reconnect(self) -> bool:
+        """Reconnect with backoff after the connection was lost; False when told to stop."""
+        attempt = 0
+        while not self._exit:
+            attempt += 1
+            self.writer.emit(protocol.Connection(self.name, time.time(), "reconnecting", attempt))
+            delay = RECONNECT_DELAYS[min(attempt - 1, len(RECONNECT_DELAYS) - 1)]
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline and not self._exit:
+                self._poll_commands_offline()
+                time.sleep(0.05)
+            if self._exit:
+                return False
+            try:
+                self._open()
+            except BrokerError as exc:
+                if attempt == 1 or attempt % 10 == 0:
+                    print(f"{self.name}: {exc}", file=sys.stderr, flush=True)
+                continue
+            self.writer.emit(protocol.Connection(self.name, time.time(), "restored", attempt))
+            self._announce_ready()
+            return True
+        return False
+
+    def _poll_commands_offline(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, protocol.SetMode):
+                self.mode = DispatchMode(command.prefetch, check_ack(command.ack))
+                self.writer.emit(protocol.Mode(self.name, time.time(), command.prefetch, command.ack))
+            else:
+                self._exit = True
+                self._stop_reason = "stop"
+
+    def _announce_ready(self) -> None:
+        self.writer.emit(
+            protocol.Ready(
+                self.name,
+                time.time(),
+                os.getpid(),
+                self.queue_name,
+                self.mode.prefetch,
+                self.mode.ack,
+            )
+        )
+
+    def _loop(self) -> None:
+        while not self._exit:
+            if self._draining and self._idle():
+                self._after_cycle()
+                self._exit = True
+                break
+            try:
+                assert self._connection is not None
+                self._connection.process_data_events(time_limit=0.2)
+                self._after_cycle()
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                raise BrokerError(explain_channel_error(exc, self.queue_name)) from None
+            except (
+                pika.exceptions.AMQPConnectionError,
+                pika.exceptions.ConnectionWrongStateError,
+                pika.exceptions.ChannelWrongStateError,
+                pika.exceptions.StreamLostError,
+            ):
+                self.writer.emit(protocol.Connection(self.name, time.time(), "lost", 0))
+                self._abandon("connection-lost", nack=False)
+                self._connection = self._channel = self._consumer_tag = None
+                if not self._reconnect():
+                    return
+
+    def run(self) -> int:
+        """Consume until stopped; 0 on a clean stop, 1 on a broker error."""
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            try:
+                self._open()
+            except BrokerError as exc:
+                self._fail(str(exc))
+                self._emit_stopped("error")
+                return 1
+            worker_thread = threading.Thread(target=self._work, name="work", daemon=True)
+            worker_thread.start()
+            if self._commands_in is not None:
+                threading.Thread(target=self._read_commands, name="stdin", daemon=True).start()
+            self._announce_ready()
+            self._say(" [*] Waiting for messages. To exit press CTRL+C")
+            try:
+                self._loop()
+            except BrokerError as exc:
+                self._fail(str(exc))
+                self._shutdown(worker_thread, "error")
+                return 1
+            except KeyboardInterrupt:
+                self._stop_reason = "interrupted"
+            self._shutdown(worker_thread, self._stop_reason or "stop")
+            return 0
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags: the loop wakes within its poll interval and shuts down cleanly.
+        self._stop_reason = "terminated"
+        self._exit = True
+
+    def _shutdown(self, worker_thread: threading.Thread, reason: str) -> None:
+        """Give back whatever is still held, close the connection, say stopped."""
+        try:
+            self._abandon("stop", nack=False)  # closing the channel requeues them
+        except Exception:
+            pass
+        with self._lock:
+            self._exit = True
+            self._work_ready.notify()
+        worker_thread.join(timeout=1.0)
+        if self._connection is not None:
+            _close_quietly(self._connection)
+        self._emit_stopped(reason)
+
+    def _emit_stopped(self, reason: str) -> None:
+        if self.writer.enabled:
+            self.writer.emit(protocol.Stopped(self.name, time.time(), reason))
+
+
+def _close_quietly(connection: pika.BlockingConnection) -> None:
+    try:
+        if connection.is_open:
+            connection.close()
+    except Exception:
+        pass
+
+
+def positive_float(text: str) -> float:
+    try:
+        return check_seconds_per_dot(float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            str(exc) if isinstance(exc, SettingsError) else f"not a number: {text!r}"
+        ) from None
+
+
+def prefetch_arg(text: str) -> int:
+    try:
+        return check_prefetch(int(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            str(exc) if isinstance(exc, SettingsError) else f"not a whole number: {text!r}"
+        ) from None
+
+
+def ack_arg(text: str) -> AckMode:
+    try:
+        return check_ack(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Consume tasks: each dot in a task is seconds-per-dot of work."
+    )
+    add_connection_args(parser)
+    parser.add_argument(
+        "--prefetch",
+        type=prefetch_arg,
+        default=1,
+        help="0 = unlimited (round-robin), 1 = fair dispatch (default), N",
+    )
+    parser.add_argument(
+        "--ack",
+        type=ack_arg,
+        default="manual",
+        help="manual (after the work; default), auto (on delivery), none (never)",
+    )
+    parser.add_argument("--seconds-per-dot", type=positive_float, default=1.0, metavar="F")
+    parser.add_argument("--name", default=None, help="worker name (default: w<pid>)")
+    parser.add_argument(
+        "--events",
+        action="store_true",
+        help="JSON event lines on stdout, commands on stdin (for the dashboard)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=int,
+        default=None,
+        metavar="S",
+        help="ask the broker for this heartbeat timeout in seconds",
+    )
+    parser.add_argument(
+        "--transient", action="store_true", help="declare the queue non-durable (default: durable)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "worker") -> int:
+    args = build_parser(prog).parse_args(argv)
+    warn_password_in_argv(args.url)
+    events: BinaryIO | None = sys.stdout.buffer if args.events else None
+    worker = Worker(
+        resolve_url(args.url),
+        queue_name=args.queue,
+        name=args.name or f"w{os.getpid()}",
+        mode=DispatchMode(args.prefetch, args.ack),
+        seconds_per_dot=args.seconds_per_dot,
+        events=events,
+        commands=sys.stdin.buffer if args.events else None,
+        heartbeat=args.heartbeat,
+        durable=not args.transient,
+    )
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
