@@ -163,16 +163,21 @@ def decode(line: str | bytes) -> Event | None:
     """The event in one line, or None for anything that is not a valid v1 event."""
     try:
         data = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: deeply nested junk like "[[[[..."
         return None
-    if not isinstance(data, dict) or data.get("v") != VERSION:
+    if not isinstance(data, dict):
         return None
-    cls = _BY_NAME.get(data.get("event"))  # type: ignore[arg-type]
+    version, kind = data.get("v"), data.get("event")
+    if version != VERSION or isinstance(version, bool) or not isinstance(kind, str):
+        return None  # true == 1 in Python; an unhashable kind would raise in the lookup
+    cls = _BY_NAME.get(kind)
     if cls is None:
         return None
     values: list[Any] = []  # each checked against _FIELD_TYPES below
     for name in cls.__slots__:
-        value: Any = data.get(name)
+        if name not in data:
+            return None  # every listed key is present, even when null (msg_id)
+        value: Any = data[name]
         wanted = _FIELD_TYPES[name]
         if name not in _BOOL_FIELDS and isinstance(value, bool):
             return None
@@ -251,7 +256,7 @@ def decode_command(line: str | bytes) -> Command | None:
     """The command in one line, or None for anything else."""
     try:
         data = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None

@@ -1,0 +1,225 @@
+"""Tests the worker event protocol: round trips, the hot-path encoders, and lines that must be refused."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import pytest
+
+from workers import protocol
+from workers.protocol import (
+    BODY_CAP,
+    EVENT_NAMES,
+    Connection,
+    Done,
+    Error,
+    Event,
+    Mode,
+    Ready,
+    Received,
+    Returned,
+    SetMode,
+    Started,
+    Stop,
+    Stopped,
+    decode,
+    decode_command,
+    encode,
+    encode_command,
+)
+
+TS = 1_700_000_000.123456
+
+SAMPLES: list[Event] = [
+    Ready("w1", TS, 4242, "task_queue", 0, "manual"),
+    Received("w1", TS, 1, "ab12-1", "First message.", False),
+    Received("wörker «2»", TS, 2**40, None, 'quotes " and \\ and \n and ☃', True),
+    Started("w1", TS, 7, "ab12-7", 0.5),
+    Done("w1", TS, 7, "ab12-7", True),
+    Done("w2", TS, 8, None, False),
+    Returned("w1", TS, 9, "ab12-9", "mode-change"),
+    Mode("w1", TS, 1, "auto"),
+    Connection("w1", TS, "reconnecting", 3),
+    Error("w1", TS, "Cannot reach a RabbitMQ broker at 127.0.0.1:1."),
+    Stopped("w1", TS, "stop"),
+]
+
+
+def test_samples_cover_every_event_type() -> None:
+    assert {type(e) for e in SAMPLES} == set(EVENT_NAMES)
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_round_trip(event: Event) -> None:
+    line = encode(event)
+    assert line.endswith("\n") and line.count("\n") == 1, "one event, one line"
+    assert decode(line) == event
+    assert decode(line.encode("utf-8")) == event
+    data = json.loads(line)
+    assert data["v"] == 1 and data["event"] == EVENT_NAMES[type(event)]
+    assert set(data) == {"v", "event"} | {f.name for f in fields(event)}
+
+
+def test_integral_timestamps_decode_as_floats() -> None:
+    line = '{"v":1,"event":"started","worker":"w","ts":12,"tag":1,"msg_id":null,"seconds":2}'
+    event = decode(line)
+    assert event == Started("w", 12.0, 1, None, 2.0)
+    assert isinstance(event, Started) and isinstance(event.ts, float) and isinstance(event.seconds, float)
+
+
+WORKER_NAMES = ["w1", 'we"ird\\name', "ünïcødé ☃"]
+BODIES = ["", "First message.", 'a "quoted" \\ body\twith\ncontrol \x01 chars', "☃ snow", "\\xff\\xfe bad..."]
+
+
+@pytest.mark.parametrize("name", WORKER_NAMES)
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("msg_id", [None, "ab12-3", 'id"with\\quote'])
+def test_hot_path_encoders_match_encode(name: str, body: str, msg_id: str | None) -> None:
+    name_json = json.dumps(name, ensure_ascii=False)
+    for redelivered in (False, True):
+        fast = protocol.encode_received(name_json, TS, 5, msg_id, body, redelivered)
+        slow = encode(Received(name, TS, 5, msg_id, body, redelivered))
+        assert fast.endswith("\n") and fast.count("\n") == 1
+        assert decode(fast) == decode(slow) == Received(name, TS, 5, msg_id, body, redelivered)
+    for seconds in (0.0, 0.30000000000000004, 3):
+        fast = protocol.encode_started(name_json, TS, 6, msg_id, seconds)
+        assert decode(fast) == decode(encode(Started(name, TS, 6, msg_id, float(seconds))))
+        assert decode(fast) is not None
+    for acked in (False, True):
+        fast = protocol.encode_done(name_json, TS, 7, msg_id, acked)
+        assert (
+            decode(fast)
+            == decode(encode(Done(name, TS, 7, msg_id, acked)))
+            == Done(name, TS, 7, msg_id, acked)
+        )
+
+
+def _received_dict() -> dict[str, object]:
+    return json.loads(encode(SAMPLES[1]))  # type: ignore[no-any-return]
+
+
+GARBAGE: list[str | bytes] = [
+    "",
+    "\n",
+    "not json at all",
+    "{",
+    "[1, 2, 3]",
+    '"a string"',
+    "42",
+    "null",
+    '{"v":1}',
+    '{"v":1,"event":"nosuch","worker":"w","ts":1}',
+    '{"v":1,"event":["received"],"worker":"w","ts":1}',
+    '{"v":1,"event":{"k":1},"worker":"w","ts":1}',
+    '{"v":2,"event":"stopped","worker":"w","ts":1.0,"reason":"stop"}',
+    '{"v":"1","event":"stopped","worker":"w","ts":1.0,"reason":"stop"}',
+    '{"v":true,"event":"stopped","worker":"w","ts":1.0,"reason":"stop"}',
+    '{"event":"stopped","worker":"w","ts":1.0,"reason":"stop"}',
+    '{"v":1,"event":"stopped","worker":"w","ts":true,"reason":"stop"}',
+    '{"v":1,"event":"stopped","worker":"w","ts":"1.0","reason":"stop"}',
+    '{"v":1,"event":"stopped","worker":7,"ts":1.0,"reason":"stop"}',
+    '{"v":1,"event":"done","worker":"w","ts":1.0,"tag":true,"msg_id":"a","acked":true}',
+    '{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1.5,"msg_id":"a","acked":true}',
+    '{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1,"msg_id":"a","acked":1}',
+    '{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1,"msg_id":3,"acked":true}',
+    '{"v":1,"event":"ready","worker":"w","ts":1.0,"pid":1,"queue":"q","prefetch":false,"ack":"manual"}',
+    '{"v":1,"event":"connection","worker":"w","ts":1.0,"state":"lost","attempt":null}',
+    b"\xff\xfe\x00\x01 binary junk",
+    b'{"v":1,"event":"stopped","worker":"\xff","ts":1.0,"reason":"stop"}',
+    bytes(range(256)),
+    "[" * 100_000,
+    '{"a":' * 100_000,
+    '{"v":1,"event":"stopped","worker":"w","ts":1.0,"reason":"stop"} trailing',
+    "NaN",
+]
+
+
+@pytest.mark.parametrize("line", GARBAGE, ids=range(len(GARBAGE)))
+def test_garbage_decodes_to_none(line: str | bytes) -> None:
+    assert decode(line) is None
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_every_missing_key_is_refused(event: Event) -> None:
+    data = json.loads(encode(event))
+    for key in data:
+        partial = {k: v for k, v in data.items() if k != key}
+        assert decode(json.dumps(partial)) is None, f"{type(event).__name__} without {key!r} was accepted"
+
+
+def wrong_values(key: str, value: object) -> list[object]:
+    """Values of the wrong JSON type for a field (bools where numbers go, and the reverse)."""
+    wrong: list[object] = [[], {"k": 1}]
+    wrong.append(7 if key == "msg_id" or isinstance(value, str) else "7")
+    if isinstance(value, bool):
+        wrong += [1, 0, None]
+    elif isinstance(value, int) and key not in ("ts", "seconds"):
+        wrong += [True, 1.5, None]
+    elif isinstance(value, (int, float)):
+        wrong += [False, None]
+    elif key != "msg_id":
+        wrong.append(None)
+    return wrong
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
+def test_every_wrongly_typed_value_is_refused(event: Event) -> None:
+    data = json.loads(encode(event))
+    for key, value in data.items():
+        if key in ("v", "event"):
+            continue
+        for wrong in wrong_values(key, value):
+            bad = dict(data, **{key: wrong})
+            assert decode(json.dumps(bad)) is None, (
+                f"{type(event).__name__} with {key}={wrong!r} was accepted"
+            )
+
+
+def test_extra_keys_are_tolerated() -> None:
+    """New keys may be added to the protocol; old readers keep working."""
+    data = _received_dict()
+    data["future_key"] = {"nested": [1, 2]}
+    assert decode(json.dumps(data)) == SAMPLES[1]
+
+
+def test_body_cap_is_documented_size() -> None:
+    assert BODY_CAP == 200
+
+
+COMMANDS = [SetMode(1, "manual"), SetMode(0, "auto"), SetMode(65535, "none"), Stop(), Stop(now=True)]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=repr)
+def test_command_round_trip(command: protocol.Command) -> None:
+    line = encode_command(command)
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert decode_command(line) == command
+    assert decode_command(line.encode()) == command
+
+
+def test_documented_command_lines() -> None:
+    assert decode_command('{"cmd":"mode","prefetch":1,"ack":"manual"}') == SetMode(1, "manual")
+    assert decode_command('{"cmd":"stop"}') == Stop(now=False)
+
+
+BAD_COMMANDS: list[str | bytes] = [
+    "",
+    "stop",
+    "[]",
+    "{}",
+    '{"cmd":"nosuch"}',
+    '{"cmd":["stop"]}',
+    '{"cmd":"mode","prefetch":"1","ack":"manual"}',
+    '{"cmd":"mode","prefetch":true,"ack":"manual"}',
+    '{"cmd":"mode","prefetch":1.5,"ack":"manual"}',
+    '{"cmd":"mode","prefetch":1}',
+    '{"cmd":"mode","prefetch":1,"ack":7}',
+    b"\xff\xfe",
+    "[" * 100_000,
+]
+
+
+@pytest.mark.parametrize("line", BAD_COMMANDS, ids=range(len(BAD_COMMANDS)))
+def test_bad_commands_decode_to_none(line: str | bytes) -> None:
+    assert decode_command(line) is None
