@@ -36,7 +36,9 @@ def url_is_default(flag: str | None) -> bool:
     return not flag and not os.environ.get(URL_ENV)
 
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)", re.I)
+# The password runs to the last "@" before the path, as urlsplit (and so pika) reads it:
+# "amqp://u:p@ss@h/" logs in with "p@ss", so stopping at the first "@" would show "ss".
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^/?#\s]*)(?P<at>@)", re.I)
 
 
 def mask_url(url: str) -> str:

@@ -1,0 +1,184 @@
+"""Tests broker URL resolution, password masking, URL parsing and the setting validators."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from workers import settings
+from workers.settings import (
+    DEFAULT_URL,
+    URL_ENV,
+    DispatchMode,
+    SettingsError,
+    check_ack,
+    check_prefetch,
+    check_seconds_per_dot,
+    mask_url,
+    resolve_url,
+    scrub,
+    url_is_default,
+    url_parts,
+    warn_password_in_argv,
+)
+
+FLAG_URL = "amqp://flag:flagpw@flaghost:5673/flagvh"
+ENV_URL = "amqp://env:envpw@envhost:5674/envvh"
+
+
+def test_flag_beats_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(URL_ENV, ENV_URL)
+    assert resolve_url(FLAG_URL) == FLAG_URL
+    assert not url_is_default(FLAG_URL)
+
+
+def test_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(URL_ENV, ENV_URL)
+    assert resolve_url(None) == ENV_URL
+    assert resolve_url("") == ENV_URL, "an empty --url is no choice"
+    assert not url_is_default(None)
+
+
+def test_default_when_nothing_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(URL_ENV, raising=False)
+    assert resolve_url(None) == DEFAULT_URL == "amqp://guest:guest@localhost:5672/%2F"
+    assert url_is_default(None)
+    monkeypatch.setenv(URL_ENV, "")
+    assert resolve_url(None) == DEFAULT_URL, "an empty AMQP_URL is no choice"
+    assert url_is_default("")
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("amqp://guest:guest@localhost:5672/%2F", "amqp://guest:***@localhost:5672/%2F"),
+        ("amqps://u:s3cretPW@h/vh", "amqps://u:***@h/vh"),
+        ("amqp://u:p%40ss%2Fw@h:1/%2F", "amqp://u:***@h:1/%2F"),
+        ("amqp://u:p:a:ss@h/", "amqp://u:***@h/"),
+        ("amqp://u:p@ss@h/", "amqp://u:***@h/"),
+        ("amqp://u:@h/", "amqp://u:***@h/"),
+        ("amqp://h:5672/%2F", "amqp://h:5672/%2F"),
+        ("amqp://user@h/", "amqp://user@h/"),
+        ("amqp://localhost", "amqp://localhost"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_mask_url_in_longer_text_masks_each_url() -> None:
+    text = "tried amqp://a:pw1@h1/ then AMQP://b:pw2@h2:5673/x, both failed"
+    assert mask_url(text) == "tried amqp://a:***@h1/ then AMQP://b:***@h2:5673/x, both failed"
+
+
+def test_scrub_hides_the_password_anywhere() -> None:
+    url = "amqp://guest:s3cretPW@127.0.0.1:1/%2F"
+    text = f"connect {url} failed: server said 's3cretPW' is wrong"
+    cleaned = scrub(text, url)
+    assert "s3cretPW" not in cleaned
+    assert "amqp://guest:***@127.0.0.1:1/%2F" in cleaned
+
+
+def test_scrub_decodes_percent_encoded_passwords() -> None:
+    url = "amqp://guest:p%40ssword@h/"
+    assert "p@ssword" not in scrub("pika said p@ssword", url)
+
+
+def test_scrub_without_url_still_masks_urls() -> None:
+    assert scrub("at amqp://u:topsecret@h/ now") == "at amqp://u:***@h/ now"
+
+
+def test_scrub_leaves_very_short_passwords_alone_in_prose() -> None:
+    """A two-letter password would blank out ordinary words; URLs are still masked."""
+    url = "amqp://u:an@h/"
+    assert scrub("an error at amqp://u:an@h/", url) == "an error at amqp://u:***@h/"
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "user", "password", "vhost"),
+    [
+        ("amqp://guest:guest@localhost:5672/%2F", "localhost", 5672, "guest", "guest", "/"),
+        ("amqp://guest:guest@localhost:5672/", "localhost", 5672, "guest", "guest", "/"),
+        ("amqp://guest:guest@localhost:5672", "localhost", 5672, "guest", "guest", "/"),
+        ("amqp://u%40x:p%2Fw@h.example/my%2Fvh", "h.example", 5672, "u@x", "p/w", "my/vh"),
+        ("amqps://u:p@h/vh", "h", 5671, "u", "p", "vh"),
+        ("amqp://h", "h", 5672, "guest", "guest", "/"),
+        ("amqp://u:p@h:notaport/", "h", 5672, "u", "p", "/"),
+        ("amqp://u:p@[::1]:5673/v", "::1", 5673, "u", "p", "v"),
+    ],
+)
+def test_url_parts(url: str, host: str, port: int, user: str, password: str, vhost: str) -> None:
+    assert url_parts(url) == settings.UrlParts(host, port, user, password, vhost)
+
+
+@pytest.mark.parametrize("value", [0, 1, 2, 250, 65535])
+def test_prefetch_accepts_broker_range(value: int) -> None:
+    assert check_prefetch(value) == value
+
+
+@pytest.mark.parametrize("value", [-1, -100, 65536, 70000])
+def test_prefetch_rejects_out_of_range(value: int) -> None:
+    with pytest.raises(SettingsError, match=r"--prefetch must be between 0 .* and 65535") as info:
+        check_prefetch(value)
+    assert str(value) in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["manual", "auto", "none"])
+def test_ack_accepts_the_three_modes(value: str) -> None:
+    assert check_ack(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "Manual", "AUTO", "no", "manual ", "ack"])
+def test_ack_rejects_anything_else(value: str) -> None:
+    with pytest.raises(SettingsError, match="--ack must be one of manual, auto, none"):
+        check_ack(value)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.05, 1.0, 3599.0])
+def test_seconds_per_dot_accepts(value: float) -> None:
+    assert check_seconds_per_dot(value) == value
+
+
+@pytest.mark.parametrize("value", [-1.0, -0.001, 3600.0, math.inf, -math.inf, math.nan])
+def test_seconds_per_dot_rejects(value: float) -> None:
+    with pytest.raises(SettingsError, match="--seconds-per-dot must be 0 or more"):
+        check_seconds_per_dot(value)
+
+
+def test_settings_errors_are_value_errors_of_one_sentence() -> None:
+    """argparse type functions turn ValueError into a usage error, so this must stay a ValueError."""
+    with pytest.raises(ValueError) as info:
+        check_prefetch(-1)
+    message = str(info.value)
+    assert message.endswith(".") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("mode", "words"),
+    [
+        (DispatchMode(0, "manual"), "round-robin"),
+        (DispatchMode(1, "manual"), "fair dispatch"),
+        (DispatchMode(5, "none"), "prefetch 5, no ack (forgotten)"),
+        (DispatchMode(1, "auto"), "prefetch ignored"),
+    ],
+)
+def test_mode_descriptions(mode: DispatchMode, words: str) -> None:
+    assert words in mode.describe()
+
+
+def test_default_mode_is_fair_dispatch_with_manual_ack() -> None:
+    assert DispatchMode() == DispatchMode(prefetch=1, ack="manual")
+
+
+def test_password_in_argv_warns(capsys: pytest.CaptureFixture[str]) -> None:
+    warn_password_in_argv("amqp://u:s3cretPW@h/")
+    err = capsys.readouterr().err
+    assert "visible in the process list" in err and "AMQP_URL" in err
+    assert "s3cretPW" not in err
+
+
+@pytest.mark.parametrize("flag", [None, "", "amqp://h/", "amqp://user@h/"])
+def test_no_password_in_argv_no_warning(capsys: pytest.CaptureFixture[str], flag: str | None) -> None:
+    warn_password_in_argv(flag)
+    assert capsys.readouterr().err == ""
