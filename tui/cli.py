@@ -7,6 +7,7 @@ import sys
 USAGE = """usage: dispatch-lab [dashboard options]       open the dashboard
        dispatch-lab worker [options]             the tutorial's worker.py
        dispatch-lab new-task [options] WORDS     the tutorial's new_task.py
+       dispatch-lab broker                       a private RabbitMQ node until Ctrl+C
 
 Run any of them with --help for its options."""
 
@@ -22,15 +23,19 @@ def main(argv: list[str] | None = None) -> int:
         from workers.new_task import main as new_task_main
 
         return new_task_main(args[1:], prog="dispatch-lab new-task")
+    if command == "broker":
+        from workers.local_node import main as broker_main
+
+        return broker_main(args[1:], prog="dispatch-lab broker")
     if command in ("help",):
         print(USAGE)
         return 0
     if command is not None:
         print(f"dispatch-lab: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
-    from tui.app import main as app_main
+    from tui.launch import main as dashboard_main
 
-    return app_main(args)
+    return dashboard_main(args)
 
 
 if __name__ == "__main__":

@@ -168,22 +168,29 @@ class ManagementApi:
         return data if isinstance(data, dict) else None
 
     def consumers(self, queue: str) -> list[ConsumerInfo] | None:
-        """The queue's consumers with their channel's unacked count, or None if unreachable."""
+        """The queue's consumers with their channel's unacked count, or None if unreachable.
+
+        ``connection_name`` is the name the client gave its connection (ours say
+        ``dispatch-lab w1 (pid 123)``), else the broker's ``host:port -> host:port``.
+        """
         vhost = quote(self.vhost, safe="")
         try:
             consumers = self._get(f"/api/consumers/{vhost}")
             channels = self._get(f"/api/vhosts/{vhost}/channels?columns=name,messages_unacknowledged")
+            connections = self._get(f"/api/vhosts/{vhost}/connections?columns=name,user_provided_name")
         except (OSError, ValueError, urllib.error.URLError):
             return None
         unacked = {c.get("name"): int(c.get("messages_unacknowledged") or 0) for c in channels}
+        named = {c.get("name"): c.get("user_provided_name") for c in connections}
         found: list[ConsumerInfo] = []
         for item in consumers:
             if (item.get("queue") or {}).get("name") != queue:
                 continue
             details = item.get("channel_details") or {}
+            connection = details.get("connection_name") or "?"
             found.append(
                 ConsumerInfo(
-                    connection_name=str(details.get("connection_name") or "?"),
+                    connection_name=str(named.get(connection) or connection),
                     channel=str(details.get("name") or "?"),
                     prefetch=int(item.get("prefetch_count") or 0),
                     ack_required=bool(item.get("ack_required")),

@@ -1,0 +1,137 @@
+"""Provides the dashboard's backend: the worker pool, the broker monitor and the publisher.
+
+It turns what their threads learn into observations in one inbox; the app
+drains the inbox on a timer and folds it into the model. A replay or a
+snapshot runs the app with no backend at all.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tui import observations as obs
+from tui.pool import Inbox, WorkerPool
+from workers.broker import ConsumerInfo, ManagementApi
+from workers.monitor import PublisherThread, QueueMonitor
+from workers.new_task import new_session_prefix
+from workers.settings import DispatchMode
+
+ROUND_ROBIN = DispatchMode(prefetch=0, ack="manual")
+_OUR_CONNECTION = re.compile(r"^dispatch-lab (?P<name>\S+) \(pid (?P<pid>\d+)\)$")
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """What the dashboard was asked to run."""
+
+    url: str
+    queue: str = "task_queue"
+    workers: int = 2
+    mode: DispatchMode = ROUND_ROBIN
+    seconds_per_dot: float = 1.0
+    durable: bool = True
+    persistent: bool = True
+    heartbeat: int | None = None
+    management_url: str | None = None
+    private_broker: bool = False
+
+
+class Backend:
+    """Everything with a thread or a process behind it; implements the monitor's listener."""
+
+    def __init__(self, config: LabConfig, *, management: ManagementApi | None = None) -> None:
+        self.config = config
+        self.inbox = Inbox()
+        self.prefix = new_session_prefix()
+        self.pool = WorkerPool(
+            config.url,
+            config.queue,
+            self.inbox,
+            mode=config.mode,
+            seconds_per_dot=config.seconds_per_dot,
+            durable=config.durable,
+            heartbeat=config.heartbeat,
+        )
+        self.management = management
+        self.monitor = QueueMonitor(config.url, config.queue, self, management=management)
+        self.publisher = PublisherThread(
+            config.url,
+            config.queue,
+            self,
+            prefix=self.prefix,
+            durable=config.durable,
+            persistent=config.persistent,
+        )
+        self._started = False
+
+    def start(self) -> None:
+        self.monitor.start()
+        self.publisher.start()
+        for _ in range(self.config.workers):
+            self.pool.spawn()
+        self._started = True
+
+    def shutdown(self) -> None:
+        """Stop workers, publisher and monitor; safe to call twice."""
+        if not self._started:
+            return
+        self._started = False
+        self.publisher.cancel()
+        self.pool.shutdown()
+        self.publisher.stop()
+        self.monitor.stop()
+
+    # ----- MonitorListener: called from the monitor's and publisher's threads
+
+    def queue_sampled(
+        self,
+        ts: float,
+        ready: int,
+        consumers: int,
+        unacked: int | None,
+        external: Sequence[ConsumerInfo] | None,
+    ) -> None:
+        others: tuple[obs.ExternalConsumer, ...] | None = None
+        if external is not None:
+            ours = {str(w.process.pid) for w in self.pool.processes.values()}
+            others = tuple(
+                obs.ExternalConsumer(c.connection_name, c.prefetch, c.ack_required, c.unacked)
+                for c in external
+                if not _is_ours(c.connection_name, ours)
+            )
+        self.inbox.put(obs.QueueSample(ts, ready, consumers, unacked, others))
+
+    def broker_status(self, ts: float, state: str, attempt: int, message: str) -> None:
+        self.inbox.put(obs.BrokerStatus(ts, state, attempt, message))
+
+    def queue_purged(self, ts: float, count: int) -> None:
+        self.inbox.put(obs.Purged(ts, count))
+
+    def task_published(self, ts: float, msg_id: str, body: str) -> None:
+        self.inbox.put(obs.Published(msg_id, ts, body))
+
+    def task_confirmed(self, ts: float, msg_id: str) -> None:
+        self.inbox.put(obs.Confirmed(msg_id, ts))
+
+    def task_failed(self, ts: float, msg_id: str, message: str) -> None:
+        self.inbox.put(obs.PublishFailed(msg_id, ts, message))
+
+    # ----- requests from the app (UI thread; all non-blocking)
+
+    def publish(self, bodies: list[str]) -> None:
+        self.publisher.submit(bodies)
+
+    def set_mode(self, mode: DispatchMode) -> None:
+        self.inbox.put(obs.ModeRequested(time.time(), mode.prefetch, mode.ack))
+        self.pool.set_mode(mode)
+
+    def purge(self) -> None:
+        self.monitor.purge()
+
+
+def _is_ours(connection_name: str, pids: set[str]) -> bool:
+    match = _OUR_CONNECTION.match(connection_name)
+    return bool(match and match["pid"] in pids) or connection_name.startswith("dispatch-lab monitor")

@@ -1,0 +1,121 @@
+"""Provides the dashboard's command line: options, broker preflight, run, and cleanup on any exit."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import signal
+import sys
+import threading
+from types import FrameType
+
+from rich.console import Console
+
+from tui.backend import Backend, LabConfig
+from tui.pool import WorkerPool
+from tui.state import Model
+from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
+from workers.settings import (
+    DispatchMode,
+    add_connection_args,
+    mask_url,
+    resolve_url,
+    warn_password_in_argv,
+)
+from workers.worker import ack_arg, positive_float, prefetch_arg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatch-lab",
+        description="A live lab for RabbitMQ work queues: real workers, prefetch and ack modes side by side.",
+        epilog="Also: dispatch-lab worker …, dispatch-lab new-task … (the tutorial's two programs).",
+    )
+    add_connection_args(parser)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes to start (default 2)")
+    parser.add_argument(
+        "--prefetch", type=prefetch_arg, default=0, help="0 = round-robin (default), 1 = fair"
+    )
+    parser.add_argument("--ack", type=ack_arg, default="manual", help="manual (default), auto, none")
+    parser.add_argument("--seconds-per-dot", type=positive_float, default=1.0, metavar="F")
+    parser.add_argument("--transient", action="store_true", help="a non-durable queue (lost on restart)")
+    parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
+    parser.add_argument("--heartbeat", type=int, default=None, metavar="S", help="workers' heartbeat")
+    parser.add_argument("--management-url", default=None, help="management API (default: host:15672)")
+    return parser
+
+
+def parse_config(argv: list[str], console: Console) -> LabConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers must be 0 or more, not {args.workers}")
+    workers = args.workers
+    if workers > WorkerPool.MAX_WORKERS:
+        console.print(
+            f"[yellow]--workers {workers} is more than this dashboard shows well; "
+            f"starting {WorkerPool.MAX_WORKERS}.[/]"
+        )
+        workers = WorkerPool.MAX_WORKERS
+    if args.heartbeat is not None and not 0 <= args.heartbeat <= 3600:
+        parser.error(f"--heartbeat must be between 0 and 3600 seconds, not {args.heartbeat}")
+    warn_password_in_argv(args.url)
+    return LabConfig(
+        url=resolve_url(args.url),
+        queue=args.queue,
+        workers=workers,
+        mode=DispatchMode(args.prefetch, args.ack),
+        seconds_per_dot=args.seconds_per_dot,
+        durable=not args.transient,
+        persistent=not args.no_persist,
+        heartbeat=args.heartbeat,
+        management_url=args.management_url,
+    )
+
+
+def preflight(config: LabConfig, console: Console) -> ManagementApi | None:
+    """Connect once and declare the queue, so a bad URL is one sentence before the screen opens."""
+    with console.status(f"Connecting to {mask_url(config.url)} …"):
+        connection = connect(config.url, name="dispatch-lab preflight")
+        try:
+            declare_task_queue(connection.channel(), config.queue, durable=config.durable)
+        finally:
+            if connection.is_open:
+                connection.close()
+        api = ManagementApi(config.url, base=config.management_url)
+        reachable = api.queue(config.queue) is not None
+    return api if reachable else None
+
+
+def main(argv: list[str]) -> int:
+    console = Console(stderr=True)
+    config = parse_config(argv, console)
+    try:
+        management = preflight(config, console)
+    except BrokerError as exc:
+        console.print(f"dispatch-lab: {exc}", highlight=False, markup=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    from tui.app import DispatchLab
+
+    backend = Backend(config, management=management)
+    model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
+    app = DispatchLab(config, model, backend)
+    atexit.register(backend.shutdown)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # The app's loop runs on this thread; ask it to exit from another one.
+        threading.Thread(target=app.call_from_thread, args=(app.exit,), daemon=True).start()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        app.run()
+    finally:
+        backend.shutdown()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

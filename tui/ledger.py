@@ -1,0 +1,280 @@
+"""Provides the message ledger: where every task went, from publish to done or loss.
+
+Pure and Textual-free. Totals are counters, so evicting finished records (to
+keep memory bounded on long runs) never changes a figure; evictions are counted.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+# Why a message was delivered (again).
+FIRST = "first delivery"
+AFTER_CRASH = "after a crash"
+MODE_CHANGE = "returned by a mode change"
+AFTER_STOP = "returned at a stop"
+AFTER_LOST_LINK = "after a lost connection"
+AFTER_RESTART = "after a broker restart"
+REDELIVERED = "redelivered"
+
+RETURN_REASONS = {
+    "mode-change": MODE_CHANGE,
+    "stop": AFTER_STOP,
+    "connection-lost": AFTER_LOST_LINK,
+}
+
+# Where a message is now.
+PUBLISHING = "publishing"
+READY = "ready"
+HELD = "held"
+UNACKED_DONE = "done, never acked"
+DONE = "done"
+LOST = "lost"
+PURGED = "purged"
+FAILED = "publish failed"
+TERMINAL = frozenset({DONE, LOST, PURGED, FAILED})
+
+DEFAULT_CAP = 50_000
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One delivery of a message to a worker and how it ended."""
+
+    worker: str
+    ts: float
+    redelivered: bool
+    why: str
+    ack: str
+    ended: float | None = None
+    outcome: str | None = None
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    """The story of one message."""
+
+    msg_id: str
+    body: str
+    seq: int | None
+    published: float | None
+    confirmed: bool = False
+    state: str = READY
+    deliveries: list[Delivery] = field(default_factory=list)
+    done_count: int = 0
+    finished: bool = False
+    next_why: str = FIRST
+
+    def label(self) -> str:
+        """``#17`` for our own tasks, the id for anyone else's."""
+        return f"#{self.seq}" if self.seq is not None else self.msg_id
+
+    def lifeline(self) -> str:
+        """The story in one line: ``#17 -> w2 (killed) -> requeued -> w3 (redelivered) -> done``."""
+        parts = [self.label()]
+        for delivery in self.deliveries:
+            mark = " (redelivered)" if delivery.redelivered else ""
+            parts.append(f"{delivery.worker}{mark}")
+            outcome = delivery.outcome
+            if outcome is None:
+                parts.append("working" if self.state == HELD else self.state)
+            elif outcome in ("done", "done, never acked"):
+                parts.append(outcome)
+            elif outcome == "killed, lost":
+                parts.append("killed -> lost")
+            else:
+                parts.append(f"{outcome} -> requeued")
+        if not self.deliveries:
+            parts.append(self.state)
+        return " -> ".join(parts)
+
+
+class Ledger:
+    """Every message's record and the totals that follow from them."""
+
+    def __init__(self, cap: int = DEFAULT_CAP, prefix: str | None = None) -> None:
+        self.cap = cap
+        self.prefix = prefix
+        self.records: dict[str, MessageRecord] = {}
+        self._terminal_order: collections.deque[str] = collections.deque()
+        self.state_counts: collections.Counter[str] = collections.Counter()
+        self.published = 0
+        self.confirmed = 0
+        self.failed = 0
+        self.deliveries = 0
+        self.redeliveries = 0
+        self.done_messages = 0
+        self.done_runs = 0
+        self.duplicates = 0
+        self.lost = 0
+        self.purged = 0
+        self.evicted = 0
+        self.lost_ids: collections.deque[str] = collections.deque(maxlen=1000)
+        self.duplicate_ids: collections.deque[str] = collections.deque(maxlen=1000)
+        self._anonymous = 0
+
+    # ----- lookups
+
+    def _seq(self, msg_id: str) -> int | None:
+        if self.prefix and msg_id.startswith(self.prefix + "-"):
+            tail = msg_id[len(self.prefix) + 1 :]
+            if tail.isdigit():
+                return int(tail)
+        return None
+
+    def _record(self, msg_id: str | None, body: str, ts: float) -> MessageRecord:
+        """The record for a delivered message; one seen for the first time is someone else's."""
+        if msg_id is None:
+            self._anonymous += 1
+            msg_id = f"?{self._anonymous}"
+        record = self.records.get(msg_id)
+        if record is None:
+            record = MessageRecord(msg_id, body, self._seq(msg_id), None, state=READY)
+            self.records[msg_id] = record
+            self.state_counts[READY] += 1
+        return record
+
+    def _move(self, record: MessageRecord, state: str) -> None:
+        if record.state == state:
+            return
+        self.state_counts[record.state] -= 1
+        self.state_counts[state] += 1
+        record.state = state
+        if state in TERMINAL:
+            self._terminal_order.append(record.msg_id)
+            if len(self.records) > self.cap:
+                self._evict()
+
+    def _evict(self) -> None:
+        """Drop the oldest finished records until under the cap (counted, not silent)."""
+        while len(self.records) > self.cap and self._terminal_order:
+            msg_id = self._terminal_order.popleft()
+            record = self.records.get(msg_id)
+            if record is not None and record.state in TERMINAL:
+                del self.records[msg_id]
+                self.state_counts[record.state] -= 1
+                self.evicted += 1
+
+    # ----- publisher side
+
+    def published_task(self, msg_id: str, body: str, ts: float) -> None:
+        if msg_id in self.records:
+            return
+        self.records[msg_id] = MessageRecord(msg_id, body, self._seq(msg_id), ts, state=PUBLISHING)
+        self.state_counts[PUBLISHING] += 1
+        self.published += 1
+
+    def confirmed_task(self, msg_id: str) -> None:
+        record = self.records.get(msg_id)
+        if record is None or record.confirmed:
+            return
+        record.confirmed = True
+        self.confirmed += 1
+        if record.state == PUBLISHING:
+            self._move(record, READY)
+
+    def publish_failed(self, msg_id: str) -> None:
+        record = self.records.get(msg_id)
+        if record is not None and record.state == PUBLISHING:
+            self.failed += 1
+            self._move(record, FAILED)
+
+    # ----- worker side
+
+    def received(
+        self, msg_id: str | None, body: str, worker: str, ts: float, redelivered: bool, ack: str
+    ) -> MessageRecord:
+        record = self._record(msg_id, body, ts)
+        if record.state == PUBLISHING:
+            # The delivery beat the confirm to us: the broker has it, so it was confirmed.
+            record.confirmed = True
+            self.confirmed += 1
+        elif record.state == PURGED:
+            self.purged -= 1  # it was not in the purge after all
+        why = record.next_why if (redelivered or record.deliveries) else FIRST
+        if redelivered and why == FIRST:
+            why = REDELIVERED
+        record.deliveries.append(Delivery(worker, ts, redelivered, why, ack))
+        record.next_why = REDELIVERED
+        self.deliveries += 1
+        if redelivered:
+            self.redeliveries += 1
+        self._move(record, HELD)
+        return record
+
+    def done(self, record: MessageRecord, ts: float, acked: bool) -> None:
+        if record.deliveries and record.deliveries[-1].outcome is None:
+            delivery = record.deliveries[-1]
+            delivery.ended = ts
+            delivery.outcome = "done" if acked else "done, never acked"
+        record.done_count += 1
+        self.done_runs += 1
+        if acked and not record.finished:
+            record.finished = True
+            self.done_messages += 1
+        if record.done_count == 2:
+            self.duplicates += 1
+            self.duplicate_ids.append(record.msg_id)
+        self._move(record, DONE if acked else UNACKED_DONE)
+
+    def returned(self, record: MessageRecord, ts: float, reason: str) -> None:
+        """The worker gave the message back unworked (nack + requeue)."""
+        self._requeue(record, ts, RETURN_REASONS.get(reason, REDELIVERED), f"returned ({reason})")
+
+    def worker_gone(self, record: MessageRecord, ts: float, killed: bool) -> None:
+        """The worker holding this message went away; auto-acked work in it is lost."""
+        delivery = record.deliveries[-1] if record.deliveries else None
+        if record.state == HELD and delivery is not None and delivery.ack == "auto":
+            delivery.ended, delivery.outcome = ts, "killed, lost" if killed else "exited, lost"
+            self.lost += 1
+            self.lost_ids.append(record.msg_id)
+            self._move(record, LOST)
+            return
+        if record.state in (HELD, UNACKED_DONE):
+            outcome = "killed" if killed else "worker exited"
+            if record.state == UNACKED_DONE:
+                # Finished but never acked: the broker hands it out again.
+                self._move(record, READY)
+                record.next_why = AFTER_CRASH if killed else AFTER_STOP
+                return
+            self._requeue(record, ts, AFTER_CRASH if killed else AFTER_STOP, outcome)
+
+    def _requeue(self, record: MessageRecord, ts: float, why: str, outcome: str) -> None:
+        if record.deliveries and record.deliveries[-1].outcome is None:
+            record.deliveries[-1].ended = ts
+            record.deliveries[-1].outcome = outcome
+        record.next_why = why
+        if record.state == HELD:
+            self._move(record, READY)
+
+    def broker_restarted(self) -> None:
+        """Messages back in the queue after a restart get redelivered for that reason."""
+        for record in self.records.values():
+            if record.state == READY and record.deliveries:
+                record.next_why = AFTER_RESTART
+
+    def purge(self, count: int) -> None:
+        """Mark ready messages as purged (the broker says how many; we mark what we saw ready)."""
+        marked = 0
+        for record in list(self.records.values()):
+            if marked >= count:
+                break
+            if record.state == READY:
+                self._move(record, PURGED)
+                marked += 1
+        self.purged += marked
+
+    # ----- figures
+
+    def count(self, state: str) -> int:
+        return self.state_counts[state]
+
+    def recent(self, limit: int = 50) -> list[MessageRecord]:
+        """The newest records, newest first."""
+        out: list[MessageRecord] = []
+        for msg_id in reversed(self.records):
+            out.append(self.records[msg_id])
+            if len(out) >= limit:
+                break
+        return out

@@ -1,0 +1,153 @@
+"""Provides the facts the pool, the broker monitor and the publisher report to the model.
+
+Worker processes speak ``workers.protocol`` events; everything else the model
+learns arrives as one of these. All are plain, immutable and Textual-free, so a
+session can be recorded and replayed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers import protocol
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpawned:
+    """The pool started a worker process."""
+
+    worker: str
+    ts: float
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerExited:
+    """A worker process ended; ``code`` is negative for a signal (-9 = SIGKILL)."""
+
+    worker: str
+    ts: float
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStderr:
+    """A line the worker wrote on stderr (start-up failures, warnings)."""
+
+    worker: str
+    ts: float
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerGarbage:
+    """A stdout line that was not a protocol event; counted, never fatal."""
+
+    worker: str
+    ts: float
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequested:
+    """The user asked a worker to stop (gracefully or by a kill)."""
+
+    worker: str
+    ts: float
+    kill: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The publisher is about to send a task (recorded before it can be delivered)."""
+
+    msg_id: str
+    ts: float
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """The broker confirmed a published task."""
+
+    msg_id: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFailed:
+    """A publish was refused or lost with the connection; ``message`` is one sentence."""
+
+    msg_id: str
+    ts: float
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalConsumer:
+    """A consumer on our queue that this app did not start (from the management API)."""
+
+    connection: str
+    prefetch: int
+    ack_required: bool
+    unacked: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSample:
+    """The broker's own figures for the queue.
+
+    ``ready`` and ``consumers`` come from a passive declare; ``unacked`` from the
+    management API when it answers (about 5 s old), else None.
+    """
+
+    ts: float
+    ready: int
+    consumers: int
+    unacked: int | None = None
+    external: tuple[ExternalConsumer, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerStatus:
+    """The dashboard's own link to the broker: ``connected``, ``lost`` or ``reconnecting``."""
+
+    ts: float
+    state: str
+    attempt: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """The user purged the queue; the broker removed ``count`` ready messages."""
+
+    ts: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModeRequested:
+    """The user set a new dispatch mode for all workers."""
+
+    ts: float
+    prefetch: int
+    ack: str
+    names: tuple[str, ...] = field(default=())
+
+
+Observation = (
+    protocol.Event
+    | WorkerSpawned
+    | WorkerExited
+    | WorkerStderr
+    | WorkerGarbage
+    | StopRequested
+    | Published
+    | Confirmed
+    | PublishFailed
+    | QueueSample
+    | BrokerStatus
+    | Purged
+    | ModeRequested
+)

@@ -1,0 +1,426 @@
+"""Provides the dashboard's pure model: workers, queue figures and the ledger, folded from events.
+
+``Model.apply`` takes worker protocol events and the observations of
+``tui.observations`` in the order they happened; widgets only read the model.
+Nothing here imports Textual or touches the network, so tests replay lists.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tui import observations as obs
+from tui.ledger import DONE, HELD, LOST, PURGED, READY, UNACKED_DONE, Ledger, MessageRecord
+from workers import protocol
+from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
+
+STALE_AFTER = 2.0
+"""Seconds after which a broker figure is shown as stale."""
+
+LOG_LINES = 6
+LANE_BLOCKS = 400
+RATE_SECONDS = 60
+
+STARTING, IDLE, BUSY, STOPPING, KILLED, EXITED, RECONNECTING = (
+    "starting", "idle", "busy", "stopping", "killed", "exited", "reconnecting",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Block:
+    """One task on a worker's timeline lane."""
+
+    start: float
+    end: float | None
+    label: str
+    redelivered: bool
+    outcome: str = ""
+
+
+@dataclass(slots=True)
+class CurrentTask:
+    """The task a worker is working on."""
+
+    tag: int
+    label: str
+    body: str
+    started: float
+    seconds: float
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """One worker as its events describe it."""
+
+    name: str
+    pid: int | None = None
+    status: str = STARTING
+    exit_code: int | None = None
+    prefetch: int | None = None
+    ack: str | None = None
+    received: int = 0
+    done: int = 0
+    returned: int = 0
+    redelivered: int = 0
+    restarts: int = 0
+    garbage: int = 0
+    held: dict[int, MessageRecord] = field(default_factory=dict)
+    unacked_done: dict[int, MessageRecord] = field(default_factory=dict)
+    current: CurrentTask | None = None
+    log: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES))
+    stderr: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES))
+    lane: collections.deque[Block] = field(default_factory=lambda: collections.deque(maxlen=LANE_BLOCKS))
+    last_seen: float = 0.0
+    stop_requested: bool = False
+    kill_requested: bool = False
+    connection_attempt: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.status not in (KILLED, EXITED)
+
+    @property
+    def in_hand(self) -> int:
+        """Deliveries inside the worker process: received, not yet done or given back."""
+        return len(self.held)
+
+    @property
+    def unacked(self) -> int:
+        """This worker's share of the broker's unacked count."""
+        if not self.alive or self.ack == "auto":
+            return 0
+        return len(self.held) + len(self.unacked_done)
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries held behind the current task (the prefetch window at work)."""
+        return max(0, len(self.held) - (1 if self.current else 0))
+
+
+@dataclass(slots=True)
+class QueueView:
+    """The queue's figures and where each came from."""
+
+    ready: int | None = None
+    consumers: int | None = None
+    sampled: float | None = None
+    mgmt_unacked: int | None = None
+    mgmt_sampled: float | None = None
+    external: tuple[obs.ExternalConsumer, ...] | None = None
+
+
+class Model:
+    """Everything the dashboard shows, folded from events."""
+
+    def __init__(
+        self,
+        *,
+        queue: str = "task_queue",
+        mode: DispatchMode | None = None,
+        prefix: str | None = None,
+        ledger_cap: int | None = None,
+    ) -> None:
+        self.queue_name = queue
+        self.mode = mode or DispatchMode()
+        self.workers: dict[str, WorkerState] = {}
+        self.queue = QueueView()
+        self.ledger = Ledger(prefix=prefix) if ledger_cap is None else Ledger(ledger_cap, prefix)
+        self.broker_state = "connecting"
+        self.broker_attempt = 0
+        self.broker_message = ""
+        self.broker_since = 0.0
+        self.broker_restarts = 0
+        self.events = 0
+        self.garbage = 0
+        self.last_error = ""
+        self.done_per_second: collections.deque[tuple[int, int]] = collections.deque(maxlen=RATE_SECONDS)
+        self.first_ts: float | None = None
+        self.baseline = 0
+
+    # ----- folding
+
+    def apply_all(self, items: Iterable[obs.Observation]) -> None:
+        for item in items:
+            self.apply(item)
+
+    def apply(self, item: obs.Observation) -> None:
+        self.events += 1
+        handler = _HANDLERS.get(type(item))
+        if handler is not None:
+            handler(self, item)
+
+    def _worker(self, name: str) -> WorkerState:
+        state = self.workers.get(name)
+        if state is None:
+            state = self.workers[name] = WorkerState(name)
+        return state
+
+    def _on_spawned(self, e: obs.WorkerSpawned) -> None:
+        w = self._worker(e.worker)
+        if w.pid is not None:
+            w.restarts += 1
+        w.pid, w.status, w.exit_code = e.pid, STARTING, None
+        w.stop_requested = w.kill_requested = False
+        w.stderr.clear()
+        if self.first_ts is None:
+            self.first_ts = e.ts
+
+    def _on_ready(self, e: protocol.Ready) -> None:
+        w = self._worker(e.worker)
+        w.pid, w.prefetch, w.ack, w.last_seen = e.pid, e.prefetch, e.ack, e.ts
+        if w.status in (STARTING, RECONNECTING):
+            w.status = BUSY if w.current else IDLE
+        w.log.append(" [*] Waiting for messages. To exit press CTRL+C")
+
+    def _on_received(self, e: protocol.Received) -> None:
+        w = self._worker(e.worker)
+        w.received += 1
+        w.last_seen = e.ts
+        if e.redelivered:
+            w.redelivered += 1
+        record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or "manual")
+        w.held[e.tag] = record
+
+    def _on_started(self, e: protocol.Started) -> None:
+        w = self._worker(e.worker)
+        record = w.held.get(e.tag)
+        body = record.body if record else ""
+        label = record.label() if record else f"tag {e.tag}"
+        w.current = CurrentTask(e.tag, label, body, e.ts, e.seconds)
+        if w.status == IDLE:
+            w.status = BUSY
+        w.log.append(f" [x] Received {body!r}")
+        redelivered = bool(record and record.deliveries and record.deliveries[-1].redelivered)
+        w.lane.append(Block(e.ts, None, label, redelivered))
+
+    def _on_done(self, e: protocol.Done) -> None:
+        w = self._worker(e.worker)
+        w.done += 1
+        w.last_seen = e.ts
+        record = w.held.pop(e.tag, None)
+        if record is not None:
+            self.ledger.done(record, e.ts, e.acked)
+            if not e.acked:
+                w.unacked_done[e.tag] = record
+        if w.current is not None and w.current.tag == e.tag:
+            w.current = None
+        if w.status == BUSY:
+            w.status = IDLE
+        w.log.append(" [x] Done")
+        if w.lane and w.lane[-1].end is None:
+            w.lane[-1].end = e.ts
+            w.lane[-1].outcome = "done"
+        second = int(e.ts)
+        rates = self.done_per_second
+        if rates and rates[-1][0] == second:
+            rates[-1] = (second, rates[-1][1] + 1)
+        else:
+            rates.append((second, 1))
+
+    def _on_returned(self, e: protocol.Returned) -> None:
+        w = self._worker(e.worker)
+        w.returned += 1
+        record = w.held.pop(e.tag, None)
+        if record is not None:
+            self.ledger.returned(record, e.ts, e.reason)
+        if w.current is not None and w.current.tag == e.tag:
+            w.current = None
+            if w.lane and w.lane[-1].end is None:
+                w.lane[-1].end, w.lane[-1].outcome = e.ts, "returned"
+            if w.status == BUSY:
+                w.status = IDLE
+
+    def _on_mode(self, e: protocol.Mode) -> None:
+        w = self._worker(e.worker)
+        w.prefetch, w.ack = e.prefetch, e.ack
+        w.log.append(f" [~] mode: {DispatchMode(e.prefetch, _ack(e.ack)).describe()}")
+
+    def _on_connection(self, e: protocol.Connection) -> None:
+        w = self._worker(e.worker)
+        if e.state == "restored":
+            w.status = BUSY if w.current else IDLE
+            w.connection_attempt = 0
+            w.log.append(" [*] reconnected")
+        else:
+            w.status = RECONNECTING
+            w.connection_attempt = e.attempt
+            if e.state == "lost":
+                w.log.append(" [!] connection lost")
+                # The broker requeued what this connection held, done-but-unacked ones too.
+                for record in w.unacked_done.values():
+                    self.ledger.worker_gone(record, e.ts, killed=False)
+                w.unacked_done.clear()
+
+    def _on_error(self, e: protocol.Error) -> None:
+        w = self._worker(e.worker)
+        w.log.append(f" [!] {e.message}")
+        self.last_error = f"{e.worker}: {e.message}"
+
+    def _on_stopped(self, e: protocol.Stopped) -> None:
+        w = self._worker(e.worker)
+        if w.alive:
+            w.status = STOPPING
+        w.log.append(f" [*] stopped ({e.reason})")
+
+    def _on_exited(self, e: obs.WorkerExited) -> None:
+        w = self._worker(e.worker)
+        killed = e.code == -9 or (e.code < 0 and w.kill_requested)
+        w.status = KILLED if killed else EXITED
+        w.exit_code = e.code
+        w.log.append(" [!] killed (SIGKILL)" if killed else f" [*] exited with code {e.code}")
+        for record in w.held.values():
+            self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0)
+        for record in w.unacked_done.values():
+            self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0)
+        w.held.clear()
+        w.unacked_done.clear()
+        if w.current is not None:
+            if w.lane and w.lane[-1].end is None:
+                w.lane[-1].end, w.lane[-1].outcome = e.ts, "killed" if killed else "exited"
+            w.current = None
+
+    def _on_stderr(self, e: obs.WorkerStderr) -> None:
+        self._worker(e.worker).stderr.append(e.line)
+
+    def _on_garbage(self, e: obs.WorkerGarbage) -> None:
+        self.garbage += 1
+        self._worker(e.worker).garbage += 1
+
+    def _on_stop_requested(self, e: obs.StopRequested) -> None:
+        w = self._worker(e.worker)
+        w.stop_requested = True
+        w.kill_requested = e.kill
+        if w.alive and not e.kill:
+            w.status = STOPPING
+
+    def _on_published(self, e: obs.Published) -> None:
+        self.ledger.published_task(e.msg_id, e.body, e.ts)
+        if self.first_ts is None:
+            self.first_ts = e.ts
+
+    def _on_confirmed(self, e: obs.Confirmed) -> None:
+        self.ledger.confirmed_task(e.msg_id)
+
+    def _on_publish_failed(self, e: obs.PublishFailed) -> None:
+        self.ledger.publish_failed(e.msg_id)
+        self.last_error = e.message
+
+    def _on_sample(self, e: obs.QueueSample) -> None:
+        q = self.queue
+        if q.sampled is None:
+            # What was already in the queue when we came: part of the balance.
+            self.baseline = e.ready + (e.unacked or 0)
+        q.ready, q.consumers, q.sampled = e.ready, e.consumers, e.ts
+        if e.unacked is not None:
+            q.mgmt_unacked, q.mgmt_sampled = e.unacked, e.ts
+        if e.external is not None:
+            q.external = e.external
+
+    def _on_broker(self, e: obs.BrokerStatus) -> None:
+        if e.state == "connected" and self.broker_state in ("lost", "reconnecting"):
+            self.broker_restarts += 1
+            self.ledger.broker_restarted()
+        if e.state != self.broker_state:
+            self.broker_since = e.ts
+        self.broker_state, self.broker_attempt, self.broker_message = e.state, e.attempt, e.message
+
+    def _on_purged(self, e: obs.Purged) -> None:
+        self.ledger.purge(e.count)
+
+    def _on_mode_requested(self, e: obs.ModeRequested) -> None:
+        self.mode = DispatchMode(e.prefetch, _ack(e.ack))
+
+    # ----- figures for the widgets
+
+    def live_workers(self) -> list[WorkerState]:
+        return [w for w in self.workers.values() if w.alive]
+
+    def derived_unacked(self) -> int:
+        """Unacked as the workers' own events account for it."""
+        return sum(w.unacked for w in self.workers.values())
+
+    def unacked(self, now: float) -> tuple[int, str]:
+        """The unacked figure and its source: the management API when fresh, else derived."""
+        q = self.queue
+        if q.mgmt_unacked is not None and q.mgmt_sampled is not None and now - q.mgmt_sampled < 15:
+            return q.mgmt_unacked, "management API, ~5 s old"
+        return self.derived_unacked(), "derived from worker events"
+
+    def stale(self, now: float) -> bool:
+        """True when the broker's figures are too old to trust."""
+        sampled = self.queue.sampled
+        return self.broker_state != "connected" or sampled is None or now - sampled > STALE_AFTER
+
+    def our_consumers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.alive and w.status not in (STARTING, STOPPING))
+
+    def rate(self, now: float, seconds: int = 5) -> float:
+        """Tasks done per second over the last few whole seconds."""
+        cutoff = int(now) - seconds
+        total = sum(count for second, count in self.done_per_second if cutoff <= second < int(now))
+        return total / seconds
+
+    def rate_series(self, now: float, seconds: int = 30) -> list[float]:
+        """Done per second for each of the last ``seconds`` seconds, oldest first."""
+        counts = dict(self.done_per_second)
+        end = int(now)
+        return [float(counts.get(s, 0)) for s in range(end - seconds, end)]
+
+    def balance(self, now: float) -> tuple[int, int, bool | None]:
+        """(published + already queued) vs (done + ready + unacked + lost + purged).
+
+        The sides come from independent sources: published is the publisher's
+        confirmed record, done and lost the workers' events, ready the broker's
+        passive declare, unacked the management API or the workers. The check only
+        means something when the queue is quiet (nothing in progress, fresh
+        figures): then the third item is True or False, else None.
+        """
+        ledger = self.ledger
+        published = ledger.confirmed + self.baseline
+        ready = self.queue.ready or 0
+        unacked, _ = self.unacked(now)
+        rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged
+        quiet = (
+            not self.stale(now)
+            and ledger.count(HELD) == 0
+            and all(w.current is None for w in self.workers.values())
+            and ledger.count(READY) == ready
+        )
+        return published, rhs, (published == rhs) if quiet else None
+
+
+def _ack(value: str) -> AckMode:
+    try:
+        return check_ack(value)
+    except SettingsError:
+        return "manual"
+
+
+_HANDLERS: dict[type, Callable[[Model, Any], None]] = {
+    protocol.Ready: Model._on_ready,
+    protocol.Received: Model._on_received,
+    protocol.Started: Model._on_started,
+    protocol.Done: Model._on_done,
+    protocol.Returned: Model._on_returned,
+    protocol.Mode: Model._on_mode,
+    protocol.Connection: Model._on_connection,
+    protocol.Error: Model._on_error,
+    protocol.Stopped: Model._on_stopped,
+    obs.WorkerSpawned: Model._on_spawned,
+    obs.WorkerExited: Model._on_exited,
+    obs.WorkerStderr: Model._on_stderr,
+    obs.WorkerGarbage: Model._on_garbage,
+    obs.StopRequested: Model._on_stop_requested,
+    obs.Published: Model._on_published,
+    obs.Confirmed: Model._on_confirmed,
+    obs.PublishFailed: Model._on_publish_failed,
+    obs.QueueSample: Model._on_sample,
+    obs.BrokerStatus: Model._on_broker,
+    obs.Purged: Model._on_purged,
+    obs.ModeRequested: Model._on_mode_requested,
+}
+
+__all__ = ["DONE", "HELD", "LOST", "PURGED", "READY", "UNACKED_DONE", "Model", "WorkerState"]

@@ -1,0 +1,119 @@
+"""Provides WorkerCard: one worker's counts, current task and last lines, in the tutorial's words."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Static
+
+from tui.state import BUSY, KILLED, STOPPING, WorkerState
+
+STATUS_CLASSES = ("-busy", "-idle", "-dead", "-stopping", "-starting", "-reconnecting")
+
+
+def progress_bar(fraction: float, width: int = 10) -> str:
+    """A text bar, so a refresh costs a string, not a widget tree."""
+    filled = max(0, min(width, round(fraction * width)))
+    return "▰" * filled + "▱" * (width - filled)
+
+
+def describe_status(worker: WorkerState) -> str:
+    if worker.status == KILLED:
+        return "killed"
+    if worker.status == "exited":
+        return f"exited, code {worker.exit_code}"
+    if worker.status == "reconnecting":
+        return f"reconnecting, attempt {worker.connection_attempt}"
+    return worker.status
+
+
+class WorkerCard(Widget, can_focus=True):
+    """A card per worker; click or focus selects it."""
+
+    class Selected(Message):
+        """The user picked this card."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+    def __init__(self, worker_name: str) -> None:
+        super().__init__(id=f"card-{worker_name}", classes="worker-card")
+        self.worker_name = worker_name
+        self._last: tuple[object, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        yield Static(classes="counts")
+        yield Static(classes="task")
+        yield Static(classes="log")
+
+    def on_click(self) -> None:
+        self.post_message(self.Selected(self.worker_name))
+
+    def on_focus(self) -> None:
+        self.post_message(self.Selected(self.worker_name))
+
+    def show(self, worker: WorkerState, now: float) -> None:
+        """Render the worker; skips the work when nothing visible changed."""
+        current = worker.current
+        elapsed = round(now - current.started, 1) if current else 0.0
+        key = (
+            worker.status, worker.pid, worker.received, worker.done, worker.in_hand,
+            worker.redelivered, worker.returned, worker.prefetch, worker.ack, elapsed,
+            len(worker.log), worker.log[-1] if worker.log else "", len(worker.stderr), worker.unacked,
+        )  # fmt: skip
+        if key == self._last:
+            return
+        self._last = key
+        self.border_title = f"{worker.name} · pid {worker.pid or '-'} · {describe_status(worker)}"
+        mode = "mode ?" if worker.prefetch is None else (
+            f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
+        )  # fmt: skip
+        self.border_subtitle = mode
+        for cls in STATUS_CLASSES:
+            self.remove_class(cls)
+        self.add_class(
+            "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
+        )
+        counts = Text.assemble(
+            ("received ", "dim"), (f"{worker.received:<7}", "bold"),
+            ("done ", "dim"), (f"{worker.done}", "bold"),
+            ("\nholds    ", "dim"), (f"{worker.in_hand:<7}", "bold cyan" if worker.in_hand else "bold"),
+            ("redelivered ", "dim"), (f"{worker.redelivered}", "bold yellow" if worker.redelivered else "bold"),
+        )  # fmt: skip
+        if worker.returned:
+            counts.append(f" returned {worker.returned}", "dim")
+        if worker.unacked_done:
+            counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
+        self.query_one(".counts", Static).update(counts)
+        self.query_one(".task", Static).update(self._task_line(worker, now))
+        lines = list(worker.stderr)[-3:] if worker.stderr and worker.status in ("exited", KILLED) else []
+        log = Text("\n".join(list(worker.log)[-4:]))
+        if lines:
+            log.append("\n" + "\n".join(lines), "red")
+        self.query_one(".log", Static).update(log)
+
+    @staticmethod
+    def _task_line(worker: WorkerState, now: float) -> Text:
+        current = worker.current
+        if current is None:
+            if worker.status == STOPPING:
+                return Text("stopping: finishing nothing, giving back the rest", "dim")
+            return Text("idle" if worker.alive else "", "dim")
+        elapsed = max(0.0, now - current.started)
+        if current.seconds <= 0:
+            return Text(f"{current.label} {current.body[:30]}", "bold")
+        fraction = min(1.0, elapsed / current.seconds)
+        left = max(0.0, current.seconds - elapsed)
+        text = Text(f"{current.label} ", "bold")
+        text.append(f"{current.body[:14]} ")
+        text.append(progress_bar(fraction), "green")
+        text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
+        if left > 60:
+            text.append(f" (ETA {left / 60:.0f} min)", "dim")
+        waiting = worker.waiting
+        if waiting:
+            text.append(f" +{waiting} waiting", "yellow")
+        return text

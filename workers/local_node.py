@@ -1,0 +1,478 @@
+"""Provides a throwaway private RabbitMQ node: own temp dir, free ports, stopped on exit.
+
+The dashboard falls back to one when the default broker is unreachable, the
+tests use one when no broker runs, and ``dispatch-lab broker`` runs one in the
+foreground. Nothing here touches a system broker: the node has its own data
+and log directories, config files, Erlang cookie (a private HOME), node name
+and ports, all on 127.0.0.1.
+
+Measured on a 2-core machine with RabbitMQ 3.10.8 / OTP 25 (see the tests):
+the Erlang VM answers ``rabbitmq-diagnostics ping`` well before RabbitMQ opens
+its AMQP listener, which comes last in the boot, so readiness here means "an
+AMQP connection succeeded" (and, with management on, "/api/overview answered").
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+
+import pika
+import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
+
+from workers.broker import connection_parameters
+
+Progress = Callable[[str], None]
+
+DEBIAN_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+HOST = "127.0.0.1"
+NOT_INSTALLED = (
+    "No RabbitMQ broker is reachable and rabbitmq-server is not installed: "
+    "install it (apt-get install rabbitmq-server) or run `docker compose up -d`."
+)
+# Variables a caller's environment (or /etc/rabbitmq/rabbitmq-env.conf, which
+# the scripts source unless told otherwise) could use to point our node at the
+# system broker's name, ports or files.
+_INHERITED_PREFIXES = ("RABBITMQ_",)
+_INHERITED_NAMES = ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS", "ERL_LIBS", "NODENAME", "CONF_ENV_FILE")
+_POLL = 0.1
+_CTL_TIMEOUT = 30.0
+_EXIT_TIMEOUT = 30.0
+_KILL_TIMEOUT = 10.0
+
+
+class LocalNodeError(Exception):
+    """A private node could not be started; ``str()`` is one sentence naming the fix."""
+
+
+def rabbitmq_server_path() -> str | None:
+    """The rabbitmq-server script to run, or None when RabbitMQ is not installed.
+
+    Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the
+    rabbitmq user and logs to system paths, so the real script under
+    /usr/lib/rabbitmq/bin is preferred.
+    """
+    if os.access(DEBIAN_SERVER, os.X_OK):
+        return str(DEBIAN_SERVER)
+    return shutil.which("rabbitmq-server")
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def node_pids(node_name: str) -> list[int]:
+    """PIDs of Erlang VMs whose command line names ``node_name`` (like ``pgrep -f``)."""
+    pids: list[int] = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"beam.smp") and node_name.encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+class LocalNode:
+    """A private RabbitMQ node in its own temp dir, started as our child process.
+
+    ``stop()`` keeps the data so ``restart()`` shows what survives a broker
+    restart; ``destroy()`` (also run at exit) stops it and removes every file.
+    ``base_dir`` is the directory the node's temp dir is made in (default: the
+    system temp dir).
+    """
+
+    def __init__(self, *, base_dir: Path | None = None, management: bool = True) -> None:
+        self.management = management
+        self.node_name = f"dlab-{secrets.token_hex(4)}@localhost"
+        self.amqp_port, self.management_port, self.dist_port = free_ports(3)
+        self.dir = Path(tempfile.mkdtemp(prefix="dlab-node-", dir=base_dir))
+        self.log_path = self.dir / "log" / "rabbit.log"
+        self.console_path = self.dir / "console.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()
+        self._destroyed = False
+        self._write_files()
+        atexit.register(self.destroy)
+
+    @property
+    def url(self) -> str:
+        """The AMQP URL; guest/guest is accepted because the node listens on loopback only."""
+        return f"amqp://guest:guest@{HOST}:{self.amqp_port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        """The management UI and HTTP API base URL."""
+        return f"http://{HOST}:{self.management_port}"
+
+    @property
+    def running(self) -> bool:
+        """True while the node's process is alive."""
+        process = self._process
+        return process is not None and process.poll() is None
+
+    def __repr__(self) -> str:
+        return f"LocalNode({self.node_name}, amqp={self.amqp_port}, dir={self.dir})"
+
+    def _write_files(self) -> None:
+        (self.dir / "home").mkdir(mode=0o700)
+        (self.dir / "mnesia").mkdir()
+        (self.dir / "log").mkdir()
+        # Our own (empty) env file, or the scripts source /etc/rabbitmq/rabbitmq-env.conf,
+        # which may name the system node (NODENAME=rabbit@localhost).
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        lines = [
+            f"listeners.tcp.1 = {HOST}:{self.amqp_port}",
+            "loopback_users.guest = true",
+        ]
+        plugins = "[rabbitmq_management]." if self.management else "[]."
+        if self.management:
+            lines += [f"management.tcp.ip = {HOST}", f"management.tcp.port = {self.management_port}"]
+        (self.dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+        (self.dir / "enabled_plugins").write_text(plugins + "\n")
+
+    def environment(self) -> dict[str, str]:
+        """The environment for rabbitmq-server and rabbitmqctl aimed at this node."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(_INHERITED_PREFIXES) and key not in _INHERITED_NAMES
+        }
+        d = self.dir
+        env.update(
+            HOME=str(d / "home"),  # the Erlang cookie lives in $HOME: a private one
+            RABBITMQ_NODENAME=self.node_name,
+            RABBITMQ_CONF_ENV_FILE=str(d / "rabbitmq-env.conf"),
+            RABBITMQ_CONFIG_FILE=str(d / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(d / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(d / "enabled_plugins"),
+            RABBITMQ_MNESIA_BASE=str(d / "mnesia"),
+            RABBITMQ_LOG_BASE=str(d / "log"),
+            RABBITMQ_LOGS=str(self.log_path),
+            RABBITMQ_PID_FILE=str(d / "rabbitmq.pid"),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            # Distribution on loopback only; the node name in argv lets `pgrep -f` find the VM
+            # (RabbitMQ 3.10 passes the name through the environment, not argv).
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                f"-kernel inet_dist_use_interface {{127,0,0,1}} -dispatch_lab_node {self.node_name}"
+            ),
+            # Run the VM in place of the script (our child's PID is beam.smp) with an Erlang
+            # shell on stdin: when we die, however we die, the pipe's EOF halts the node.
+            RABBITMQ_ALLOW_INPUT="true",
+        )
+        return env
+
+    def start(self, progress: Progress | None = None, timeout: float = 90.0) -> str:
+        """Boot the node and wait until it accepts AMQP connections; returns its URL.
+
+        ``progress`` is called with a short phase text ("booting Erlang VM",
+        "waiting for AMQP port", ...) for a spinner. Raises LocalNodeError when
+        RabbitMQ is not installed or the node does not come up within ``timeout``.
+        """
+        report = progress or (lambda _phase: None)
+        server = rabbitmq_server_path()
+        if server is None:
+            raise LocalNodeError(NOT_INSTALLED)
+        with self._lock:
+            if self._destroyed:
+                raise LocalNodeError(f"The private node {self.node_name} was destroyed: create a new one.")
+            if self.running:
+                return self.url
+            report("booting Erlang VM")
+            with self.console_path.open("ab") as console:
+                self._process = subprocess.Popen(
+                    [server],
+                    env=self.environment(),
+                    cwd=self.dir,
+                    stdin=subprocess.PIPE,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # own process group: Ctrl+C in the terminal is ours to handle
+                )
+        try:
+            self._wait_ready(report, time.monotonic() + timeout, timeout)
+        except BaseException:
+            self._shutdown(graceful=False)
+            raise
+        return self.url
+
+    def _wait_ready(self, report: Progress, deadline: float, timeout: float) -> None:
+        steps: list[tuple[str, Callable[[], bool]]] = [
+            ("starting RabbitMQ", lambda: port_open(HOST, self.dist_port, 0.2)),
+            ("waiting for AMQP port", lambda: port_open(HOST, self.amqp_port, 0.2)),
+            ("opening an AMQP connection", self._amqp_works),
+        ]
+        if self.management:
+            steps.append(("waiting for the management API", self._management_works))
+        for phase, ready in steps:
+            report(phase)
+            while not ready():
+                process = self._process
+                if self._destroyed or process is None:
+                    raise LocalNodeError(f"The private node {self.node_name} was stopped while it booted.")
+                code = process.poll()
+                if code is not None:
+                    raise LocalNodeError(self._failure(f"exited during boot (exit code {code})"))
+                if time.monotonic() > deadline:
+                    raise LocalNodeError(self._failure(f"did not finish booting within {timeout:g} s"))
+                time.sleep(_POLL)
+
+    def _amqp_works(self) -> bool:
+        params = connection_parameters(self.url, name="dispatch-lab local node probe")
+        params.socket_timeout = 2
+        params.stack_timeout = 3
+        try:
+            connection = pika.BlockingConnection(params)
+        # A port that accepts but never speaks AMQP ends in AMQPConnectorStackTimeout,
+        # which is not an AMQPError.
+        except (pika.exceptions.AMQPError, AMQPConnectorException, OSError):
+            return False
+        connection.close()
+        return True
+
+    def _management_works(self) -> bool:
+        token = base64.b64encode(b"guest:guest").decode()
+        request = urllib.request.Request(
+            self.management_url + "/api/overview", headers={"Authorization": f"Basic {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return bool(response.status == 200)
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _failure(self, what: str) -> str:
+        """One sentence for a failed boot, naming a copy of the logs that outlives destroy()."""
+        saved = Path(tempfile.gettempdir()) / f"{self.node_name.split('@')[0]}-boot.log"
+        console = self.console_path.read_bytes() if self.console_path.exists() else b""
+        log = self.log_path.read_bytes() if self.log_path.exists() else b""
+        saved.write_bytes(log + b"\n" + console)  # console last: its tail holds the boot error
+        clue = _boot_error(console.decode(errors="replace"))
+        hint = f": {clue};" if clue else ":"
+        return f"The private RabbitMQ node {what}{hint} see `tail -n 40 {saved}`."
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the node's process exits (its exit code), or None after ``timeout``.
+
+        Polls rather than calling ``Popen.wait()``: a signal handler that destroys
+        the node while the main thread sits in ``Popen.wait()`` finds the wait lock
+        held and cannot reap the process.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            process = self._process
+            if process is None:
+                return None
+            code = process.poll()
+            if code is not None:
+                return code
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the node gracefully (``rabbitmqctl stop``) and keep its data for a restart."""
+        self._shutdown(graceful=True)
+
+    def restart(self, progress: Progress | None = None) -> None:
+        """Stop and start again on the same data and ports: durable queues and persistent messages stay."""
+        self.stop()
+        self.start(progress)
+
+    def destroy(self) -> None:
+        """Stop the node and remove all its files; safe to call twice (it also runs at exit)."""
+        with self._lock:
+            if self._destroyed:
+                return
+            self._destroyed = True
+        # A graceful stop would spend about 6 s (5 of them waiting on the management
+        # plugin) flushing data that is deleted next, so the VM is simply killed.
+        self._shutdown(graceful=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        atexit.unregister(self.destroy)
+
+    def _shutdown(self, *, graceful: bool) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+            if process is None:
+                return
+            if graceful and process.poll() is None:
+                if self._rabbitmqctl_stop():
+                    _wait_quietly(process, _EXIT_TIMEOUT)
+                if process.poll() is None:
+                    _kill_group(process.pid, signal.SIGTERM)  # a graceful stop as well
+                    _wait_quietly(process, _EXIT_TIMEOUT)
+            if process.poll() is None:
+                _kill_group(process.pid, signal.SIGKILL)
+                _wait_quietly(process, _KILL_TIMEOUT)
+            # The VM's helpers (erl_child_setup, inet_gethost) share its process group.
+            _kill_group(process.pid, signal.SIGKILL)
+            if process.stdin is not None:
+                process.stdin.close()
+            for pid in node_pids(self.node_name):
+                _kill(pid, signal.SIGKILL)
+
+    def _rabbitmqctl_stop(self) -> bool:
+        """Ask the node to stop; True when rabbitmqctl says it is stopping."""
+        server = rabbitmq_server_path()
+        ctl = Path(server).with_name("rabbitmqctl") if server else None
+        if ctl is None or not ctl.exists():
+            return False
+        try:
+            done = subprocess.run(
+                [str(ctl), "-n", self.node_name, "stop"],
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=_CTL_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False  # the signals that follow stop it
+        return done.returncode == 0
+
+    def __enter__(self) -> LocalNode:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.destroy()
+
+
+def _wait_quietly(process: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _boot_error(console: str) -> str:
+    """The one-line reason a boot failed, from the node's console output, shortened; or ''."""
+    lines = [line.strip() for line in console.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("init terminating in do_boot"):
+            return line[:200]
+    for line in reversed(lines):
+        if "error" in line.lower():
+            return line[:200]
+    return ""
+
+
+def install_signal_cleanup(
+    node: LocalNode, signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGHUP)
+) -> None:
+    """Destroy ``node`` on SIGTERM/SIGHUP, then exit (or run the handler that was there).
+
+    For the application to call from the main thread: a library must not take
+    over signal handling behind its caller's back. atexit alone is not enough,
+    since a default SIGTERM ends Python without running it.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        node.destroy()
+        before = previous.get(signal.Signals(signum))
+        if callable(before):
+            before(signum, frame)
+            return
+        raise SystemExit(128 + signum)
+
+    for sig in signals:
+        signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "dispatch-lab broker") -> int:
+    """``dispatch-lab broker``: run a private node in the foreground until Ctrl+C or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run a private, throwaway RabbitMQ node until Ctrl+C (its data goes with it)."
+    )
+    parser.add_argument("--no-management", action="store_true", help="do not enable the management plugin")
+    args = parser.parse_args(argv)
+    try:
+        node = LocalNode(management=not args.no_management)
+    except OSError as exc:
+        print(f"{prog}: cannot create the node's temp dir: {exc}", file=sys.stderr)
+        return 1
+    install_signal_cleanup(node)
+    began = time.monotonic()
+
+    def progress(phase: str) -> None:
+        print(f"[{time.monotonic() - began:5.1f}s] {phase} ...", file=sys.stderr, flush=True)
+
+    try:
+        url = node.start(progress)
+        # Printed in full on purpose: guest/guest is RabbitMQ's well-known default and the
+        # node accepts it on loopback only, and users need the exact URL for AMQP_URL.
+        print(f"RabbitMQ node {node.node_name} ready in {time.monotonic() - began:.1f} s")
+        print(f"  AMQP:       {url}")
+        if node.management:
+            print(f"  management: {node.management_url}  (guest / guest)")
+        print(f"  use it:     export AMQP_URL='{url}'")
+        print("Ctrl+C stops the node and deletes its data.", flush=True)
+        code = node.wait()
+        print(
+            f"{prog}: the node exited unexpectedly (exit code {code}); see {node.log_path}", file=sys.stderr
+        )
+        return 1
+    except LocalNodeError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping the node ...", file=sys.stderr)
+        return 0
+    finally:
+        node.destroy()
