@@ -9,7 +9,7 @@ from typing import Any
 
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal
+from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -21,6 +21,7 @@ from tui.widgets.lab_header import LabHeader
 from tui.widgets.mode_dialog import PrefetchDialog
 from tui.widgets.publisher import PublisherPane
 from tui.widgets.queue_panel import QueuePanel
+from tui.widgets.timeline_view import TimelineView
 from tui.widgets.worker_card import WorkerCard
 from workers.settings import ACK_MODES, DispatchMode, mask_url
 
@@ -69,7 +70,9 @@ class DispatchLab(App[int]):
         yield LabHeader(id="header")
         with Horizontal(id="main"):
             yield QueuePanel(id="queue")
-            yield Grid(id="workers")
+            with Vertical(id="right"):
+                yield Grid(id="workers")
+                yield TimelineView(id="timeline")
         yield PublisherPane(self.presets)
         yield Footer()
 
@@ -99,6 +102,7 @@ class DispatchLab(App[int]):
             if card.is_mounted:
                 card.show(worker, now)
         grid.set_class(len(self._cards) > 4, "-many")
+        self.query_one(TimelineView).show(self.model, now)
 
     def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:
         self.selected = message.name

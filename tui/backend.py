@@ -8,6 +8,7 @@ snapshot runs the app with no backend at all.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Backend:
             persistent=config.persistent,
         )
         self._started = False
+        self._shutdown_lock = threading.Lock()
 
     def start(self) -> None:
         self.monitor.start()
@@ -75,14 +77,15 @@ class Backend:
         self._started = True
 
     def shutdown(self) -> None:
-        """Stop workers, publisher and monitor; safe to call twice."""
-        if not self._started:
-            return
-        self._started = False
-        self.publisher.cancel()
-        self.pool.shutdown()
-        self.publisher.stop()
-        self.monitor.stop()
+        """Stop workers, publisher and monitor; safe to call twice, from any thread."""
+        with self._shutdown_lock:
+            if not self._started:
+                return
+            self._started = False
+            self.publisher.cancel()
+            self.pool.shutdown()
+            self.publisher.stop()
+            self.monitor.stop()
 
     # ----- MonitorListener: called from the monitor's and publisher's threads
 

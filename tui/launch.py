@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 from rich.console import Console
@@ -33,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_connection_args(parser)
     parser.add_argument("--workers", type=int, default=2, help="worker processes to start (default 2)")
-    parser.add_argument(
-        "--prefetch", type=prefetch_arg, default=0, help="0 = round-robin (default), 1 = fair"
-    )
+    parser.add_argument("--prefetch", type=prefetch_arg, default=0, help="0 = round-robin (default), 1 = fair")
     parser.add_argument("--ack", type=ack_arg, default="manual", help="manual (default), auto, none")
     parser.add_argument("--seconds-per-dot", type=positive_float, default=1.0, metavar="F")
     parser.add_argument("--transient", action="store_true", help="a non-durable queue (lost on restart)")
@@ -53,8 +53,7 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
     workers = args.workers
     if workers > WorkerPool.MAX_WORKERS:
         console.print(
-            f"[yellow]--workers {workers} is more than this dashboard shows well; "
-            f"starting {WorkerPool.MAX_WORKERS}.[/]"
+            f"[yellow]--workers {workers} is more than this dashboard shows well; starting {WorkerPool.MAX_WORKERS}.[/]"
         )
         workers = WorkerPool.MAX_WORKERS
     if args.heartbeat is not None and not 0 <= args.heartbeat <= 3600:
@@ -105,11 +104,26 @@ def main(argv: list[str]) -> int:
     atexit.register(backend.shutdown)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        # The app's loop runs on this thread; ask it to exit from another one.
-        threading.Thread(target=app.call_from_thread, args=(app.exit,), daemon=True).start()
+        threading.Thread(target=leave, args=(signum,), daemon=True).start()
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+    def leave(signum: int) -> None:
+        # SIGHUP: the terminal is gone, and Textual's writer can hang on it, so stop the
+        # workers and go at once. SIGTERM: ask the app to exit, and force it if it can't.
+        if signum == signal.SIGTERM:
+            threading.Thread(target=force_after, args=(3.0, signum), daemon=True).start()
+            try:
+                app.call_from_thread(app.exit)
+                return
+            except Exception:
+                pass
+        backend.shutdown()
+        os._exit(128 + signum)
+
+    def force_after(seconds: float, signum: int) -> None:
+        time.sleep(seconds)
+        backend.shutdown()
+        os._exit(128 + signum)
+
     try:
         app.run()
     finally:

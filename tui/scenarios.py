@@ -33,9 +33,7 @@ def load(path: Path) -> Scenario:
         raise ScenarioError(f"Scenario {path} needs a non-empty list of task strings under 'tasks'.")
     if not isinstance(repeat, int) or not 1 <= repeat <= 1_000_000:
         raise ScenarioError(f"Scenario {path}: 'repeat' must be a whole number from 1 to 1000000.")
-    return Scenario(
-        str(data.get("name") or path.stem), str(data.get("description") or ""), tuple(tasks) * repeat
-    )
+    return Scenario(str(data.get("name") or path.stem), str(data.get("description") or ""), tuple(tasks) * repeat)
 
 
 def builtin() -> dict[str, Scenario]:

@@ -42,9 +42,7 @@ class QueuePanel(Vertical):
         others = "" if q.consumers is None else f", {ours} ours + {max(0, q.consumers - ours)} other"
         table.add_row("consumers", consumers, "passive declare" + others)
         table.add_row("published", str(ledger.published), f"confirmed {ledger.confirmed}")
-        table.add_row(
-            "done", str(ledger.done_messages), f"runs {ledger.done_runs}, duplicates {ledger.duplicates}"
-        )
+        table.add_row("done", str(ledger.done_messages), f"runs {ledger.done_runs}, duplicates {ledger.duplicates}")
         table.add_row("redelivered", str(ledger.redeliveries), "deliveries flagged by the broker")
         lost = Text(str(ledger.lost), style="bold red" if ledger.lost else "bold")
         table.add_row("lost", lost, "auto-acked, worker died")
@@ -65,9 +63,7 @@ class QueuePanel(Vertical):
         if any(series):
             sparkline.data = series
         self.query_one("#rate-label", Static).update(
-            Text.assemble(
-                ("done/s ", "dim"), (f"{model.rate(now):.1f}", "bold"), (" (last 30 s above)", "dim")
-            )
+            Text.assemble(("done/s ", "dim"), (f"{model.rate(now):.1f}", "bold"), (" (last 30 s above)", "dim"))
         )
         self.query_one("#external", Static).update(_external(model))
 
@@ -83,7 +79,5 @@ def _external(model: Model) -> Text:
     text = Text("other consumers (management API):\n", "dim")
     for consumer in external[:4]:
         ack = "manual ack" if consumer.ack_required else "auto ack"
-        text.append(
-            f" {consumer.connection[:28]} prefetch {consumer.prefetch} {ack} unacked {consumer.unacked}\n"
-        )
+        text.append(f" {consumer.connection[:28]} prefetch {consumer.prefetch} {ack} unacked {consumer.unacked}\n")
     return text

@@ -74,9 +74,7 @@ class WorkerCard(Widget, can_focus=True):
         self.border_subtitle = mode
         for cls in STATUS_CLASSES:
             self.remove_class(cls)
-        self.add_class(
-            "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
-        )
+        self.add_class("-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy")
         counts = Text.assemble(
             ("received ", "dim"), (f"{worker.received:<7}", "bold"),
             ("done ", "dim"), (f"{worker.done}", "bold"),

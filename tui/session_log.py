@@ -1,0 +1,135 @@
+"""Provides the session log: every observation as a JSON line, written off the UI thread, and read back.
+
+Worker events keep their protocol form (``{"v": 1, "event": ...}``); the other
+observations are ``{"obs": "<ClassName>", ...fields}``. ``read`` never raises on
+a bad line: it skips it and counts it, so a truncated log still replays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from tui import observations as obs
+from workers import protocol
+
+_OBSERVATIONS: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        obs.WorkerSpawned,
+        obs.WorkerExited,
+        obs.WorkerStderr,
+        obs.WorkerGarbage,
+        obs.StopRequested,
+        obs.Published,
+        obs.Confirmed,
+        obs.PublishFailed,
+        obs.QueueSample,
+        obs.BrokerStatus,
+        obs.Purged,
+        obs.ModeRequested,
+    )
+}
+
+
+def encode(item: obs.Observation) -> str:
+    """One JSON line for an observation or a worker event."""
+    if isinstance(item, protocol.Event):
+        return protocol.encode(item)
+    data: dict[str, Any] = {"obs": type(item).__name__}
+    for f in dataclasses.fields(item):
+        value = getattr(item, f.name)
+        if isinstance(value, tuple):
+            value = [dataclasses.asdict(v) if isinstance(v, obs.ExternalConsumer) else v for v in value]
+        data[f.name] = value
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def decode(line: str | bytes) -> obs.Observation | None:
+    """The observation in one line, or None."""
+    event = protocol.decode(line)
+    if event is not None:
+        return event
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    cls = _OBSERVATIONS.get(str(data.pop("obs", "")))
+    if cls is None:
+        return None
+    if cls is obs.QueueSample and isinstance(data.get("external"), list):
+        data["external"] = tuple(obs.ExternalConsumer(**c) for c in data["external"] if isinstance(c, dict))
+    if cls is obs.ModeRequested and isinstance(data.get("names"), list):
+        data["names"] = tuple(data["names"])
+    try:
+        item: obs.Observation = cls(**data)
+    except TypeError:
+        return None
+    return item
+
+
+def read(path: Path) -> Iterator[obs.Observation]:
+    """The observations in a saved log, in order; bad lines are skipped."""
+    with path.open("rb") as stream:
+        for line in stream:
+            item = decode(line)
+            if item is not None:
+                yield item
+
+
+class SessionLog:
+    """Appends batches of observations to a file on a thread of its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.written = 0
+        self._queue: queue.SimpleQueue[list[obs.Observation] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="session-log", daemon=True)
+        self._flushed = threading.Event()
+        self._stream: IO[str] | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = self.path.open("w", encoding="utf-8", buffering=1 << 16)
+        self._thread.start()
+
+    def add(self, items: list[obs.Observation]) -> None:
+        if items and self._stream is not None:
+            self._queue.put(items)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything added so far is on disk."""
+        if self._stream is None:
+            return
+        self._flushed.clear()
+        self._queue.put([])
+        self._flushed.wait(timeout)
+
+    def close(self) -> None:
+        if self._stream is None:
+            return
+        self._queue.put(None)
+        self._thread.join(5.0)
+        self._stream.close()
+        self._stream = None
+
+    def _run(self) -> None:
+        assert self._stream is not None
+        while True:
+            items = self._queue.get()
+            if items is None:
+                self._stream.flush()
+                return
+            if not items:
+                self._stream.flush()
+                self._flushed.set()
+                continue
+            self._stream.write("".join(encode(item) for item in items))
+            self.written += len(items)

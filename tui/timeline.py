@@ -1,0 +1,85 @@
+"""Provides the timeline lanes as text: one lane per worker on a shared time axis.
+
+Pure: takes the model's lanes and a clock, returns Rich Text, so tests and
+snapshots see exactly what the widget draws.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.text import Text
+
+from tui.state import Block, Model
+
+MIN_WINDOW = 20.0
+"""Seconds the axis shows at least; it compresses beyond that..."""
+MAX_WINDOW = 300.0
+"""...up to this many seconds, then scrolls."""
+
+_STYLES = {"done": "black on green", "returned": "black on cyan", "killed": "white on red", "exited": "white on red"}
+
+
+def window(model: Model, now: float) -> tuple[float, float]:
+    """The time span the lanes show: since the first event, compressed, then scrolling."""
+    first = model.first_ts if model.first_ts is not None else now
+    if now - first <= MIN_WINDOW:
+        return first, first + MIN_WINDOW  # the right-hand side is still to come
+    span = min(now - first, MAX_WINDOW)
+    return now - span, now
+
+
+def lane(blocks: Iterable[Block], start: float, end: float, width: int, now: float) -> Text:
+    """One worker's lane: a coloured run per task, labelled when it fits, dots while idle."""
+    cells: list[tuple[str, str]] = [("·", "dim")] * width
+    scale = width / (end - start) if end > start else 0.0
+    for block in blocks:
+        stop = block.end if block.end is not None else now
+        if stop < start:
+            continue
+        first = max(0, int((block.start - start) * scale))
+        last = min(width - 1, max(first, int((stop - start) * scale) - 1))
+        style = _STYLES.get(block.outcome, "black on yellow") if block.end is not None else "bold black on white"
+        if block.redelivered:
+            style = style.replace("on green", "on yellow")
+        label = ("↻" if block.redelivered else "") + block.label
+        for offset, column in enumerate(range(first, last + 1)):
+            char = label[offset] if offset < len(label) and last - first + 1 > len(label) else " "
+            cells[column] = (char, style)
+        if block.outcome in ("killed", "exited"):
+            cells[last] = ("✗", "bold white on red")
+    text = Text()
+    for char, style in cells:
+        text.append(char, style)
+    return text
+
+
+def ruler(start: float, end: float, width: int, origin: float) -> Text:
+    """Tick marks in seconds since ``origin`` (the session's first event)."""
+    span = end - start
+    step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if span / s <= width / 8)
+    text = Text(" " * width, "dim")
+    first_tick = (int((start - origin) / step) + 1) * step
+    tick = first_tick
+    while origin + tick < end:
+        column = int((origin + tick - start) / span * width)
+        label = f"|{tick}s"
+        if column + len(label) <= width:
+            text = text[:column] + Text(label, "dim") + text[column + len(label) :]
+        tick += step
+    return text
+
+
+def render(model: Model, now: float, width: int, name_width: int = 4) -> Text:
+    """All lanes with the worker names and a ruler underneath."""
+    start, end = window(model, now)
+    lane_width = max(10, width - name_width - 1)
+    out = Text()
+    for name, worker in model.workers.items():
+        out.append(f"{name:<{name_width}} "[: name_width + 1], "bold" if worker.alive else "dim strike")
+        out.append_text(lane(worker.lane, start, end, lane_width, now))
+        out.append("\n")
+    origin = model.first_ts if model.first_ts is not None else start
+    out.append(" " * (name_width + 1))
+    out.append_text(ruler(start, end, lane_width, origin))
+    return out
