@@ -228,9 +228,13 @@ class Worker:
         finished = self._finished
         if not finished:
             return
+        # A task is queued here only after its done line was added to the writer, but the
+        # work thread may have queued it after this cycle's flush: write those dones first.
+        count = len(finished)
+        self.writer.flush()
         last = 0
         channel = self._channel
-        while finished:
+        for _ in range(count):
             task = finished.popleft()
             if task.gen != self._gen or channel is None:
                 continue  # that channel is gone; the broker requeued the delivery
@@ -341,9 +345,24 @@ class Worker:
                 self._interrupt.set()
             self._work_ready.notify()
         self._give_back(given, reason, nack=nack)
+        finished = list(self._finished)
         self._finished.clear()
         self._never_acked.clear()
         self.writer.flush()
+        if reason == "stop":
+            # Done and reported but not yet acked (a CTRL+C or EOF right after a task): the
+            # channel still lives, so ack them now, or a clean stop redelivers finished work.
+            self._ack_quietly(finished)
+
+    def _ack_quietly(self, tasks: list[Task]) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        try:
+            for task in tasks:
+                channel.basic_ack(task.tag, multiple=False)
+        except Exception:
+            pass  # the channel broke meanwhile: the broker requeues them, as after a crash
 
     # ----- the work thread
 
@@ -621,6 +640,12 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
     args = build_parser(prog).parse_args(argv)
     warn_password_in_argv(args.url)
     events: BinaryIO | None = sys.stdout.buffer if args.events else None
+    # The stdin thread gets its own reader: a daemon thread blocked in sys.stdin.buffer holds
+    # that object's lock, and interpreter shutdown then aborts ("could not acquire lock for
+    # <stdin> at interpreter shutdown", SIGABRT) whenever we exit while stdin is still open.
+    commands: BinaryIO | None = None
+    if args.events:
+        commands = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - lives as long as we do
     worker = Worker(
         resolve_url(args.url),
         queue_name=args.queue,
@@ -628,7 +653,7 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         mode=DispatchMode(args.prefetch, args.ack),
         seconds_per_dot=args.seconds_per_dot,
         events=events,
-        commands=sys.stdin.buffer if args.events else None,
+        commands=commands,
         heartbeat=args.heartbeat,
         durable=not args.transient,
     )
