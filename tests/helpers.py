@@ -223,9 +223,7 @@ class WorkerProc:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"worker {self.name} did not exit within {timeout}s\n{self.describe()}"
-            ) from None
+            raise AssertionError(f"worker {self.name} did not exit within {timeout}s\n{self.describe()}") from None
         for reader in self._readers:
             reader.join(5.0)
         return code
@@ -365,14 +363,45 @@ def delete_queue(url: str, queue: str) -> None:
         connection.close()
 
 
-def msg_ids(events: Iterable[protocol.Event], kind: type[E]) -> list[str | None]:
-    """The msg_id of each event of one kind (received, started, done, returned)."""
-    return [getattr(e, "msg_id", None) for e in events if isinstance(e, kind)]
+def all_events(workers: Iterable[WorkerProc]) -> list[protocol.Event]:
+    """Every worker's events, one list (each worker's own order kept)."""
+    merged: list[protocol.Event] = []
+    for worker in workers:
+        merged += worker.events
+    return merged
 
 
-def held(worker: WorkerProc) -> int:
-    """received - done - returned: the deliveries this worker holds right now."""
-    events = worker.events
-    received = sum(isinstance(e, protocol.Received) for e in events)
-    finished = sum(isinstance(e, (protocol.Done, protocol.Returned)) for e in events)
-    return received - finished
+def wait_workers(
+    workers: Sequence[WorkerProc],
+    predicate: Callable[[list[protocol.Event]], T | None],
+    timeout: float,
+    what: str,
+) -> T:
+    """Wait until ``predicate`` holds over all the workers' events together."""
+    try:
+        return wait_until(lambda: predicate(all_events(workers)), timeout, what)
+    except AssertionError as exc:
+        details = "\n".join(w.describe() for w in workers)
+        raise AssertionError(f"{exc}\n{details}") from None
+
+
+def done_ids(events: Iterable[protocol.Event]) -> list[str | None]:
+    return [e.msg_id for e in of_kind(events, protocol.Done)]
+
+
+def held_series(events: Iterable[protocol.Event]) -> list[int]:
+    """After each of one worker's events, how many deliveries it held (received, not done or returned)."""
+    held_now = 0
+    series: list[int] = []
+    for event in events:
+        if isinstance(event, protocol.Received):
+            held_now += 1
+        elif isinstance(event, (protocol.Done, protocol.Returned)):
+            held_now -= 1
+        series.append(held_now)
+    return series
+
+
+def max_held(events: Iterable[protocol.Event]) -> int:
+    """The most deliveries one worker held at once."""
+    return max(held_series(events), default=0)

@@ -88,11 +88,7 @@ def test_hot_path_encoders_match_encode(name: str, body: str, msg_id: str | None
         assert decode(fast) is not None
     for acked in (False, True):
         fast = protocol.encode_done(name_json, TS, 7, msg_id, acked)
-        assert (
-            decode(fast)
-            == decode(encode(Done(name, TS, 7, msg_id, acked)))
-            == Done(name, TS, 7, msg_id, acked)
-        )
+        assert decode(fast) == decode(encode(Done(name, TS, 7, msg_id, acked))) == Done(name, TS, 7, msg_id, acked)
 
 
 def _received_dict() -> dict[str, object]:
@@ -171,9 +167,7 @@ def test_every_wrongly_typed_value_is_refused(event: Event) -> None:
             continue
         for wrong in wrong_values(key, value):
             bad = dict(data, **{key: wrong})
-            assert decode(json.dumps(bad)) is None, (
-                f"{type(event).__name__} with {key}={wrong!r} was accepted"
-            )
+            assert decode(json.dumps(bad)) is None, f"{type(event).__name__} with {key}={wrong!r} was accepted"
 
 
 def test_extra_keys_are_tolerated() -> None:

@@ -1,0 +1,199 @@
+"""Tests the errors a user can cause: one clear sentence, a non-zero exit, no traceback, no password."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from urllib.parse import quote
+
+import pika
+import pytest
+
+from tests.conftest import WorkerFactory
+from tests.helpers import CliResult, publish_raw, run_module, wait_figures
+from workers import protocol
+from workers.protocol import Done, Received
+from workers.settings import url_parts
+
+pytestmark = pytest.mark.broker
+
+PROGRAMS = {
+    "worker": ("workers.worker", ["--events"]),
+    "worker-tutorial": ("workers.worker", []),
+    "new_task": ("workers.new_task", ["Hello."]),
+}
+
+
+def run_program(program: str, queue: str, url: str | None, *extra: str) -> CliResult:
+    module, args = PROGRAMS[program]
+    return run_module(module, ["--queue", queue, *args, *extra], url, timeout=30)
+
+
+def assert_one_sentence(result: CliResult, fragment: str, secret: str | None) -> str:
+    """The run failed with one sentence on stderr containing ``fragment``; returns it."""
+    assert result.code != 0, result
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
+    sentence = lines[0]
+    assert fragment in sentence, sentence
+    assert sentence.rstrip().endswith("."), sentence
+    if secret:
+        assert secret not in result.output, f"the password leaked: {result.output}"
+    return sentence
+
+
+def assert_events_agree(program: str, result: CliResult, sentence: str) -> None:
+    """In events mode stdout holds an error event with the same sentence, then stopped(error)."""
+    if program != "worker":
+        return
+    events = [protocol.decode(line) for line in result.stdout.splitlines()]
+    assert None not in events, result.stdout
+    kinds = [type(e) for e in events]
+    assert kinds == [protocol.Error, protocol.Stopped], kinds
+    error, stopped = events
+    assert isinstance(error, protocol.Error) and isinstance(stopped, protocol.Stopped)
+    assert sentence.endswith(error.message)
+    assert stopped.reason == "error"
+
+
+def broker_url_with(broker_url: str, *, password: str | None = None, vhost: str | None = None) -> str:
+    parts = url_parts(broker_url)
+    return (
+        f"amqp://{quote(parts.user, safe='')}:{quote(password or parts.password, safe='')}"
+        f"@{parts.host}:{parts.port}/{quote(vhost or parts.vhost, safe='')}"
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_broker_unreachable(program: str, queue_name: str) -> None:
+    result = run_program(program, queue_name, "amqp://guest:s3cretPW@127.0.0.1:1/%2F")
+    sentence = assert_one_sentence(result, "Cannot reach a RabbitMQ broker at 127.0.0.1:1", "s3cretPW")
+    assert "docker compose up -d" in sentence and "rabbitmq-server" in sentence, "names the fixes"
+    assert_events_agree(program, result, sentence)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_wrong_credentials(program: str, broker_url: str, queue_name: str) -> None:
+    url = broker_url_with(broker_url, password="wrongPW123")
+    result = run_program(program, queue_name, url)
+    sentence = assert_one_sentence(result, "refused the login", "wrongPW123")
+    assert "AMQP_URL" in sentence
+    assert_events_agree(program, result, sentence)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_unknown_vhost(program: str, broker_url: str, queue_name: str) -> None:
+    vhost = f"no-such-vhost-{uuid.uuid4().hex[:8]}"
+    url = broker_url_with(broker_url, vhost=vhost)
+    result = run_program(program, queue_name, url)
+    parts = url_parts(url)
+    # The password is checked in URL form when it equals the user name (which may be shown).
+    secret = parts.password if parts.password != parts.user else f":{parts.password}@"
+    sentence = assert_one_sentence(result, f"no virtual host {vhost!r}", secret)
+    assert "add_vhost" in sentence
+    assert_events_agree(program, result, sentence)
+
+
+@pytest.mark.timeout(60)
+def test_password_given_in_argv_is_not_echoed(broker_url: str, queue_name: str) -> None:
+    url = broker_url_with(broker_url, password="argvPW4567")
+    result = run_module("workers.worker", ["--queue", queue_name, "--url", url], None)
+    assert result.code != 0 and "Traceback" not in result.output
+    assert "argvPW4567" not in result.output
+    lines = result.stderr.splitlines()
+    assert any("visible in the process list" in line and "AMQP_URL" in line for line in lines), lines
+    assert any("refused the login" in line for line in lines), lines
+
+
+@pytest.fixture
+def non_durable_queue(broker_url: str, queue_name: str) -> str:
+    """The tutorial's trap: a queue that already exists, declared non-durable."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        connection.channel().queue_declare(queue=queue_name, durable=False)
+    finally:
+        connection.close()
+    return queue_name
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_queue_exists_with_other_arguments(program: str, broker_url: str, non_durable_queue: str) -> None:
+    result = run_program(program, non_durable_queue, broker_url)
+    secret = url_parts(broker_url).password
+    sentence = assert_one_sentence(
+        result, f"Queue {non_durable_queue!r} already exists with a different 'durable'", f":{secret}@"
+    )
+    assert "use another --queue" in sentence and f"delete_queue {non_durable_queue}" in sentence
+    assert_events_agree(program, result, sentence)
+    # The existing queue was left alone: it still answers a passive declare, with nothing in it.
+    wait_figures(broker_url, non_durable_queue, lambda f: f.ready == 0, 5, "the queue intact")
+
+
+BAD_BODY = b"\xff\xfe bad..."
+
+
+@pytest.mark.timeout(60)
+def test_non_utf8_body_is_done_and_shown_escaped(broker_url: str, queue_name: str, spawn_worker: WorkerFactory) -> None:
+    worker = spawn_worker(queue_name, "w1", seconds_per_dot=0.01)
+    worker.ready()
+    publish_raw(broker_url, queue_name, BAD_BODY, "raw-1")
+    [done] = worker.wait_event(Done)
+    [received] = worker.of(Received)
+    assert received.body == "\\xff\\xfe bad...", "undecodable bytes are shown as escapes"
+    assert (received.msg_id, done.msg_id, done.acked) == ("raw-1", "raw-1", True)
+    assert worker.stop() == 0
+    after = wait_figures(broker_url, queue_name, lambda f: f.consumers == 0, 10, "no consumers")
+    assert after.ready == 0, "the task was acked"
+    assert worker.bad_lines == [] and "Traceback" not in worker.stderr
+
+
+@pytest.mark.timeout(60)
+def test_non_utf8_body_in_tutorial_output(broker_url: str, queue_name: str, spawn_worker: WorkerFactory) -> None:
+    worker = spawn_worker(queue_name, "w1", seconds_per_dot=0.01, events=False)
+    worker.wait_line(" [*] Waiting for messages. To exit press CTRL+C")
+    publish_raw(broker_url, queue_name, BAD_BODY, "raw-2")
+    worker.wait_line(" [x] Done")
+    received = [line for line in worker.lines if line.startswith(" [x] Received")]
+    assert len(received) == 1
+    line = received[0]
+    assert line.startswith(" [x] Received '") and line.endswith(" bad...'"), line
+    assert "\\xff" in line and "\\xfe" in line, f"the bytes are shown as escapes: {line}"
+    assert "\ufffd" not in line
+    worker.interrupt()
+    assert worker.wait_exit(10) == 0
+    after = wait_figures(broker_url, queue_name, lambda f: f.consumers == 0, 10, "no consumers")
+    assert after.ready == 0, "the task was acked"
+    assert "Traceback" not in worker.stderr
+
+
+USAGE_ERRORS: list[tuple[str, list[str], str]] = [
+    ("workers.worker", ["--prefetch", "-1"], "--prefetch must be between 0 (unlimited) and 65535, not -1."),
+    ("workers.worker", ["--prefetch", "70000"], "--prefetch must be between 0 (unlimited) and 65535"),
+    ("workers.worker", ["--prefetch", "lots"], "not a whole number: 'lots'"),
+    ("workers.worker", ["--ack", "sometimes"], "--ack must be one of manual, auto, none"),
+    ("workers.worker", ["--seconds-per-dot", "-1"], "--seconds-per-dot must be 0 or more"),
+    ("workers.worker", ["--seconds-per-dot", "nan"], "--seconds-per-dot must be 0 or more"),
+    ("workers.new_task", ["--count", "0", "x"], "--count must be between 1 and 10000000, not 0."),
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(("module", "args", "message"), USAGE_ERRORS)
+def test_bad_arguments_are_usage_errors(module: str, args: list[str], message: str) -> None:
+    """Refused before any connection: exit 2, the reason on stderr's last line, no traceback."""
+    result = run_module(module, args, "amqp://guest:neverUsedPW@127.0.0.1:1/%2F", timeout=20)
+    assert result.code == 2, result
+    assert "Traceback" not in result.output
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "neverUsedPW" not in result.output
+
+
+def test_program_table_is_complete(queue_factory: Callable[[], str]) -> None:
+    """Each program above is one of the two entry points, so every error case covers both."""
+    assert {module for module, _ in PROGRAMS.values()} == {"workers.worker", "workers.new_task"}
+    assert queue_factory().startswith("test-")
