@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,10 +15,14 @@ from textual.screen import Screen
 from textual.widgets import Footer
 
 from tui.backend import Backend, LabConfig
-from tui.scenarios import Scenario, builtin
+from tui.export import session_folder, write_ledger_csv
+from tui.runner import apply_action, check, settled
+from tui.scenarios import Action, Scenario, builtin
+from tui.session_log import SessionLog
 from tui.state import Model
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.lab_header import LabHeader
+from tui.widgets.messages_screen import MessagesScreen
 from tui.widgets.mode_dialog import PrefetchDialog
 from tui.widgets.publisher import PublisherPane
 from tui.widgets.queue_panel import QueuePanel
@@ -43,6 +48,8 @@ class DispatchLab(App[int]):
         Binding("f6", "cycle_prefetch", "Prefetch", priority=True),
         Binding("f7", "cycle_ack", "Ack mode", priority=True),
         Binding("f8", "purge", "Purge", priority=True),
+        Binding("f9", "messages", "Messages", priority=True),
+        Binding("ctrl+s", "save", "Save", priority=True),
         Binding("ctrl+n", "select(1)", "Next worker", show=False, priority=True),
         Binding("ctrl+b", "select(-1)", "Previous worker", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -56,13 +63,18 @@ class DispatchLab(App[int]):
         *,
         clock: Callable[[], float] = time.time,
         presets: dict[str, Scenario] | None = None,
+        log: SessionLog | None = None,
+        title: str | None = None,
     ) -> None:
         super().__init__()
+        if title:
+            self.title = title
         self.config = config
         self.model = model
         self.backend = backend
         self.clock = clock
         self.presets = builtin() if presets is None else presets
+        self.session_log = log
         self.selected: str | None = None
         self._cards: dict[str, WorkerCard] = {}
 
@@ -86,9 +98,12 @@ class DispatchLab(App[int]):
 
     def refresh_view(self) -> None:
         if self.backend is not None:
-            self.model.apply_all(self.backend.inbox.drain())
+            items = self.backend.inbox.drain()
+            if self.session_log is not None:
+                self.session_log.add(items)
+            self.model.apply_all(items)
         now = self.clock()
-        self.query_one(LabHeader).show(self.model, mask_url(self.config.url), self.config.durable, now)
+        self.query_one(LabHeader).show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
         self.query_one(QueuePanel).show(self.model, now, self.config.durable)
         grid = self.query_one("#workers", Grid)
         for name, worker in self.model.workers.items():
@@ -114,6 +129,34 @@ class DispatchLab(App[int]):
             return
         self.backend.publish(message.bodies)
         self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3)
+        if message.scenario is not None and message.scenario.actions:
+            self.run_scenario_actions(message.scenario)
+
+    def run_scenario_actions(self, scenario: Scenario) -> None:
+        """A scenario's timed actions, as the headless runner does them."""
+        assert self.backend is not None
+        backend = self.backend
+        for action in scenario.actions:
+
+            def act(action: Action = action) -> None:
+                apply_action(action, backend.pool, self.set_mode)
+                self.notify(f"{scenario.name}: {action.describe()}", timeout=3)
+
+            self.set_timer(action.at, act)
+        if scenario.expect:
+            last = max(a.at for a in scenario.actions) + 1.0
+            self.set_timer(last, lambda: self.run_worker(self._check_when_settled(scenario), group="checks"))
+
+    async def _check_when_settled(self, scenario: Scenario) -> None:
+        for _ in range(1200):
+            if settled(self.model):
+                break
+            await asyncio.sleep(0.5)
+        results = check(scenario, self.model)
+        failed = [c for c in results if not c.ok]
+        lines = "\n".join(("✓ " if c.ok else "✗ ") + c.describe() for c in results)
+        self.notify(lines, title=f"{scenario.name}: {'as expected' if not failed else 'NOT as expected'}",
+                    severity="error" if failed else "information", timeout=15)  # fmt: skip
 
     # ----- actions
 
@@ -204,6 +247,19 @@ class DispatchLab(App[int]):
 
         self.push_screen(PrefetchDialog(self.model.mode.prefetch), chosen)
 
+    def action_messages(self) -> None:
+        self.push_screen(MessagesScreen(self.model, self.clock))
+
+    def action_save(self) -> None:
+        """Save the event log, the ledger and a screenshot into runs/session-…/."""
+        folder = session_folder()
+        self.save_screenshot(filename="screen.svg", path=str(folder))
+        rows = write_ledger_csv(self.model.ledger, folder / "ledger.csv")
+        if self.session_log is not None:
+            self.session_log.flush()
+            shutil.copyfile(self.session_log.path, folder / "events.jsonl")
+        self.notify(f"Saved {rows} ledger rows, events and a screenshot to {folder}", timeout=6)
+
     def action_purge(self) -> None:
         if self.backend is not None:
             self.backend.purge()
@@ -230,6 +286,8 @@ class DispatchLab(App[int]):
         for name, scenario in self.presets.items():
             yield SystemCommand(
                 f"Publish preset: {name}", scenario.description,
-                lambda s=scenario: self.post_message(PublisherPane.PublishTasks(list(s.tasks), s.name)),
+                lambda s=scenario: self.post_message(PublisherPane.PublishTasks(list(s.tasks), s.name, s)),
             )  # fmt: skip
+        yield SystemCommand("Messages", "The ledger: every task's lifeline, lost ids, duplicates", self.action_messages)
+        yield SystemCommand("Save session", "Events (JSON lines), ledger (CSV) and an SVG screenshot", self.action_save)
         yield SystemCommand("Help", "What each mode does and what to watch for", self.action_help)

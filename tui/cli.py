@@ -8,6 +8,8 @@ USAGE = """usage: dispatch-lab [dashboard options]       open the dashboard
        dispatch-lab worker [options]             the tutorial's worker.py
        dispatch-lab new-task [options] WORDS     the tutorial's new_task.py
        dispatch-lab broker                       a private RabbitMQ node until Ctrl+C
+       dispatch-lab compare [options]            one scenario under each prefetch, side by side
+       dispatch-lab replay FILE                  reopen a saved session read-only
 
 Run any of them with --help for its options."""
 
@@ -27,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         from workers.local_node import main as broker_main
 
         return broker_main(args[1:], prog="dispatch-lab broker")
+    if command == "compare":
+        from tui.compare import main as compare_main
+
+        return compare_main(args[1:])
+    if command == "replay":
+        from tui.launch import replay_main
+
+        return replay_main(args[1:])
     if command in ("help",):
         print(USAGE)
         return 0

@@ -7,14 +7,19 @@ import atexit
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
 
 from tui.backend import Backend, LabConfig
+from tui.observations import SessionStarted
 from tui.pool import WorkerPool
+from tui.session_log import SessionLog
+from tui.session_log import read as read_log
 from tui.state import Model
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
 from workers.settings import (
@@ -100,7 +105,10 @@ def main(argv: list[str]) -> int:
 
     backend = Backend(config, management=management)
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
-    app = DispatchLab(config, model, backend)
+    log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
+    log.start()
+    log.add([session_started(config, backend.prefix)])
+    app = DispatchLab(config, model, backend, log=log)
     atexit.register(backend.shutdown)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -128,7 +136,38 @@ def main(argv: list[str]) -> int:
         app.run()
     finally:
         backend.shutdown()
+        log.close()
+        log.path.unlink(missing_ok=True)
     return app.return_code or 0
+
+
+def session_started(config: LabConfig, prefix: str) -> SessionStarted:
+    return SessionStarted(
+        time.time(), config.queue, prefix, config.mode.prefetch, config.mode.ack, config.durable, mask_url(config.url)
+    )
+
+
+def replay_main(argv: list[str]) -> int:
+    """Reopen a saved session (events.jsonl, or the folder holding it) read-only, without a broker."""
+    parser = argparse.ArgumentParser(prog="dispatch-lab replay", description=replay_main.__doc__)
+    parser.add_argument("file", type=Path, help="events.jsonl from Ctrl+S or compare --out, or its folder")
+    args = parser.parse_args(argv)
+    path: Path = args.file / "events.jsonl" if args.file.is_dir() else args.file
+    if not path.is_file():
+        print(f"dispatch-lab replay: no session log at {path}", file=sys.stderr)
+        return 2
+    model = Model()
+    items = list(read_log(path))
+    if not items:
+        print(f"dispatch-lab replay: {path} holds no events", file=sys.stderr)
+        return 2
+    model.apply_all(items)
+    end = max(getattr(item, "ts", 0.0) for item in items)
+    from tui.app import DispatchLab
+
+    config = LabConfig(url=model.broker or "replay", queue=model.queue_name, durable=model.durable, mode=model.mode)
+    DispatchLab(config, model, None, clock=lambda: end, title=f"replay of {path}").run()
+    return 0
 
 
 if __name__ == "__main__":

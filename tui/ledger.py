@@ -18,6 +18,9 @@ AFTER_LOST_LINK = "after a lost connection"
 AFTER_RESTART = "after a broker restart"
 REDELIVERED = "redelivered"
 
+SUPERSEDED = "gone"
+"""A delivery's outcome while we know only that the broker handed the message to someone else."""
+
 RETURN_REASONS = {
     "mode-change": MODE_CHANGE,
     "stop": AFTER_STOP,
@@ -71,7 +74,7 @@ class MessageRecord:
         return f"#{self.seq}" if self.seq is not None else self.msg_id
 
     def lifeline(self) -> str:
-        """The story in one line: ``#17 -> w2 (killed) -> requeued -> w3 (redelivered) -> done``."""
+        """The story in one line: ``#17 -> w2 -> killed -> requeued -> w3 (redelivered) -> done``."""
         parts = [self.label()]
         for delivery in self.deliveries:
             mark = " (redelivered)" if delivery.redelivered else ""
@@ -192,6 +195,11 @@ class Ledger:
             self.confirmed += 1
         elif record.state == PURGED:
             self.purged -= 1  # it was not in the purge after all
+        if record.state == HELD and record.deliveries and record.deliveries[-1].outcome is None:
+            # Handed out again before the previous holder's exit or return reached us: each
+            # worker has its own pipe, and the broker requeues faster than the pool reaps a
+            # killed process. Close that delivery now; the late event names what happened.
+            record.deliveries[-1].ended, record.deliveries[-1].outcome = ts, SUPERSEDED
         why = record.next_why if (redelivered or record.deliveries) else FIRST
         if redelivered and why == FIRST:
             why = REDELIVERED
@@ -218,12 +226,26 @@ class Ledger:
             self.duplicate_ids.append(record.msg_id)
         self._move(record, DONE if acked else UNACKED_DONE)
 
-    def returned(self, record: MessageRecord, ts: float, reason: str) -> None:
+    def returned(self, record: MessageRecord, ts: float, reason: str, worker: str | None = None) -> None:
         """The worker gave the message back unworked (nack + requeue)."""
-        self._requeue(record, ts, RETURN_REASONS.get(reason, REDELIVERED), f"returned ({reason})")
+        why, outcome = RETURN_REASONS.get(reason, REDELIVERED), f"returned ({reason})"
+        if worker is not None and self._superseded(record, worker, outcome, why):
+            return
+        self._requeue(record, ts, why, outcome)
 
-    def worker_gone(self, record: MessageRecord, ts: float, killed: bool) -> None:
-        """The worker holding this message went away; auto-acked work in it is lost."""
+    def worker_gone(
+        self, record: MessageRecord, ts: float, killed: bool, worker: str | None = None, why: str | None = None
+    ) -> None:
+        """The worker holding this message went away (or lost its link); auto-acked work in it is lost.
+
+        ``worker`` names who went, so a message the broker already handed to
+        someone else only has that worker's delivery explained; ``why`` overrides
+        the reason a redelivery will be given (a lost link is neither crash nor stop).
+        """
+        outcome = "killed" if killed else "worker exited"
+        why = why or (AFTER_CRASH if killed else AFTER_STOP)
+        if worker is not None and self._superseded(record, worker, outcome, why):
+            return
         delivery = record.deliveries[-1] if record.deliveries else None
         if record.state == HELD and delivery is not None and delivery.ack == "auto":
             delivery.ended, delivery.outcome = ts, "killed, lost" if killed else "exited, lost"
@@ -232,21 +254,35 @@ class Ledger:
             self._move(record, LOST)
             return
         if record.state in (HELD, UNACKED_DONE):
-            outcome = "killed" if killed else "worker exited"
-            if record.state == UNACKED_DONE:
-                # Finished but never acked: the broker hands it out again.
-                self._move(record, READY)
-                record.next_why = AFTER_CRASH if killed else AFTER_STOP
-                return
-            self._requeue(record, ts, AFTER_CRASH if killed else AFTER_STOP, outcome)
+            # Held, or finished but never acked: the broker hands it out again.
+            self._requeue(record, ts, why, outcome)
 
     def _requeue(self, record: MessageRecord, ts: float, why: str, outcome: str) -> None:
         if record.deliveries and record.deliveries[-1].outcome is None:
             record.deliveries[-1].ended = ts
             record.deliveries[-1].outcome = outcome
         record.next_why = why
-        if record.state == HELD:
+        if record.state in (HELD, UNACKED_DONE):
             self._move(record, READY)
+
+    def _superseded(self, record: MessageRecord, worker: str, outcome: str, why: str) -> bool:
+        """True when ``worker`` no longer has the message's latest delivery (someone else got it since).
+
+        Then the news about ``worker`` only explains its own, already closed, delivery
+        and the reason the next one was made; where the message is now stays as it is.
+        """
+        deliveries = record.deliveries
+        if not deliveries or deliveries[-1].worker == worker:
+            return False
+        for index in range(len(deliveries) - 2, -1, -1):
+            delivery = deliveries[index]
+            if delivery.worker == worker:
+                if delivery.outcome == SUPERSEDED:
+                    delivery.outcome = outcome
+                    if deliveries[index + 1].why == REDELIVERED:
+                        deliveries[index + 1].why = why
+                break
+        return True
 
     def broker_restarted(self) -> None:
         """Messages back in the queue after a restart get redelivered for that reason."""

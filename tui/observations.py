@@ -136,6 +136,19 @@ class ModeRequested:
     names: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStarted:
+    """The first line of a session log: what was being run (no credentials)."""
+
+    ts: float
+    queue: str
+    prefix: str
+    prefetch: int
+    ack: str
+    durable: bool
+    broker: str
+
+
 Observation = (
     protocol.Event
     | WorkerSpawned
@@ -150,4 +163,5 @@ Observation = (
     | BrokerStatus
     | Purged
     | ModeRequested
+    | SessionStarted
 )

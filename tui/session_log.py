@@ -33,6 +33,7 @@ _OBSERVATIONS: dict[str, type[Any]] = {
         obs.BrokerStatus,
         obs.Purged,
         obs.ModeRequested,
+        obs.SessionStarted,
     )
 }
 

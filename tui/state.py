@@ -8,12 +8,13 @@ Nothing here imports Textual or touches the network, so tests replay lists.
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tui import observations as obs
-from tui.ledger import DONE, HELD, LOST, PURGED, READY, UNACKED_DONE, Ledger, MessageRecord
+from tui.ledger import AFTER_LOST_LINK, DONE, HELD, LOST, PURGED, READY, UNACKED_DONE, Ledger, MessageRecord
 from workers import protocol
 from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 
@@ -139,6 +140,8 @@ class Model:
         self.done_per_second: collections.deque[tuple[int, int]] = collections.deque(maxlen=RATE_SECONDS)
         self.first_ts: float | None = None
         self.baseline = 0
+        self.broker = ""
+        self.durable = True
 
     # ----- folding
 
@@ -213,6 +216,8 @@ class Model:
         if w.lane and w.lane[-1].end is None:
             w.lane[-1].end = e.ts
             w.lane[-1].outcome = "done"
+        if not math.isfinite(e.ts):
+            return  # json.loads takes NaN and Infinity, so protocol.decode lets them through
         second = int(e.ts)
         rates = self.done_per_second
         if rates and rates[-1][0] == second:
@@ -225,7 +230,7 @@ class Model:
         w.returned += 1
         record = w.held.pop(e.tag, None)
         if record is not None:
-            self.ledger.returned(record, e.ts, e.reason)
+            self.ledger.returned(record, e.ts, e.reason, e.worker)
         if w.current is not None and w.current.tag == e.tag:
             w.current = None
             if w.lane and w.lane[-1].end is None:
@@ -251,7 +256,7 @@ class Model:
                 w.log.append(" [!] connection lost")
                 # The broker requeued what this connection held, done-but-unacked ones too.
                 for record in w.unacked_done.values():
-                    self.ledger.worker_gone(record, e.ts, killed=False)
+                    self.ledger.worker_gone(record, e.ts, killed=False, worker=e.worker, why=AFTER_LOST_LINK)
                 w.unacked_done.clear()
 
     def _on_error(self, e: protocol.Error) -> None:
@@ -271,10 +276,8 @@ class Model:
         w.status = KILLED if killed else EXITED
         w.exit_code = e.code
         w.log.append(" [!] killed (SIGKILL)" if killed else f" [*] exited with code {e.code}")
-        for record in w.held.values():
-            self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0)
-        for record in w.unacked_done.values():
-            self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0)
+        for record in [*w.held.values(), *w.unacked_done.values()]:
+            self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0, worker=e.worker)
         w.held.clear()
         w.unacked_done.clear()
         if w.current is not None:
@@ -332,6 +335,13 @@ class Model:
 
     def _on_mode_requested(self, e: obs.ModeRequested) -> None:
         self.mode = DispatchMode(e.prefetch, _ack(e.ack))
+
+    def _on_session_started(self, e: obs.SessionStarted) -> None:
+        self.queue_name = e.queue
+        self.ledger.prefix = e.prefix
+        self.mode = DispatchMode(e.prefetch, _ack(e.ack))
+        self.broker = e.broker
+        self.durable = e.durable
 
     # ----- figures for the widgets
 
@@ -421,6 +431,7 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     obs.BrokerStatus: Model._on_broker,
     obs.Purged: Model._on_purged,
     obs.ModeRequested: Model._on_mode_requested,
+    obs.SessionStarted: Model._on_session_started,
 }
 
 __all__ = ["DONE", "HELD", "LOST", "PURGED", "READY", "UNACKED_DONE", "Model", "WorkerState"]

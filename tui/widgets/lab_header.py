@@ -12,10 +12,10 @@ from workers.settings import DispatchMode
 class LabHeader(Static):
     """One line at the top that says what is being shown."""
 
-    def show(self, model: Model, broker: str, durable: bool, now: float) -> None:
+    def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
         mode: DispatchMode = model.mode
         text = Text.assemble(
-            ("dispatch-lab ", "bold"),
+            (f"{title} ", "bold"),
             (f"{broker} ", "dim"),
             ("queue ", "dim"),
             (f"{model.queue_name}", "bold"),
@@ -23,7 +23,9 @@ class LabHeader(Static):
             (mode.describe(), "bold cyan"),
         )
         state = model.broker_state
-        if state == "connected":
+        if title != "dispatch-lab":
+            text.append("  read-only", "bold yellow")
+        elif state == "connected":
             text.append("  ● broker connected", "green")
         elif state == "connecting":
             text.append("  ○ connecting…", "yellow")

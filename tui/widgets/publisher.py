@@ -18,10 +18,11 @@ class PublisherPane(Horizontal):
     class PublishTasks(Message):
         """Publish these task bodies, in order."""
 
-        def __init__(self, bodies: list[str], label: str) -> None:
+        def __init__(self, bodies: list[str], label: str, scenario: Scenario | None = None) -> None:
             super().__init__()
             self.bodies = bodies
             self.label = label
+            self.scenario = scenario
 
     def __init__(self, presets: dict[str, Scenario]) -> None:
         super().__init__(id="publisher")
@@ -34,7 +35,7 @@ class PublisherPane(Horizontal):
         yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
         yield Button("Send", id="send", variant="primary")
         for name in self.presets:
-            yield Button(name, id=f"preset-{name}", classes="preset")
+            yield Button(name, id=f"preset-{name}", classes="preset", tooltip=self.presets[name].description)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -47,7 +48,7 @@ class PublisherPane(Horizontal):
             self._send_typed()
         elif button_id.startswith("preset-"):
             scenario = self.presets[button_id.removeprefix("preset-")]
-            self.post_message(self.PublishTasks(list(scenario.tasks), scenario.name))
+            self.post_message(self.PublishTasks(list(scenario.tasks), scenario.name, scenario))
 
     def _send_typed(self) -> None:
         body = self.query_one("#task-body", Input).value or "Hello World!"

@@ -1,0 +1,162 @@
+"""Provides ``dispatch-lab compare``: one workload, once per dispatch mode, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tui.export import write_ledger_csv
+from tui.runner import RunResult, ScenarioRun
+from tui.scenarios import ScenarioError, find
+from tui.session_log import SessionLog
+from workers.broker import BrokerError
+from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, resolve_url
+from workers.worker import ack_arg, positive_float
+
+
+def parse_modes(text: str) -> list[int]:
+    try:
+        return [check_prefetch(int(part)) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        message = (
+            str(exc) if isinstance(exc, SettingsError) else f"--modes takes prefetch numbers like 0,1,10, not {text!r}"
+        )
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dispatch-lab compare",
+        description="Run one scenario once per prefetch setting on fresh queues with real workers; compare.",
+    )
+    add_connection_args(parser)
+    parser.add_argument("--scenario", default="odd-heavy", help="a built-in name or a .json file")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds-per-dot", type=positive_float, default=0.2, metavar="F")
+    parser.add_argument("--modes", type=parse_modes, default=[0, 1], help="prefetch values, e.g. 0,1,10")
+    parser.add_argument("--ack", type=ack_arg, default="manual")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--out", type=Path, default=None, help="save events, ledgers and an SVG here")
+    return parser
+
+
+def _mode_name(mode: DispatchMode) -> str:
+    return {0: "round-robin 0", 1: "fair 1"}.get(mode.prefetch, f"prefetch {mode.prefetch}") + (
+        "" if mode.ack == "manual" else f" {mode.ack}"
+    )
+
+
+def table(results: list[RunResult]) -> Table:
+    """Side by side: per mode the makespan, and per worker its tasks, busy time and idle-while-work-waited."""
+    best = min((r.makespan for r in results if not r.timed_out), default=0.0)
+    out = Table(title=f"scenario {results[0].scenario}: the same tasks under each mode", box=box.SIMPLE_HEAD)
+    for name, justify in (("mode", "left"), ("makespan", "right"), ("worker", "left"), ("done", "right"),
+                          ("busy", "right"), ("idle*", "right"), ("tasks", "left"), ("redeliv", "right"),
+                          ("lost", "right"), ("dup", "right")):  # fmt: skip
+        out.add_column(name, justify=justify, no_wrap=name != "tasks")  # type: ignore[arg-type]
+    for result in results:
+        span = Text(f"{result.makespan:.1f}s", "bold green" if result.makespan == best else "bold")
+        if result.timed_out:
+            span = Text("timed out", "bold red")
+        for index, w in enumerate(result.workers):
+            first = index == 0
+            labels = " ".join(w.labels) if len(w.labels) <= 8 else f"{len(w.labels)} tasks"
+            idle = Text(f"{w.idle_while_waiting:.1f}s", "bold red" if w.idle_while_waiting > 0.5 else "green")
+            out.add_row(
+                _mode_name(result.mode) if first else "", span if first else "", w.name, str(w.done),
+                f"{w.busy:.1f}s", idle, labels, str(result.redeliveries) if first else "",
+                str(result.lost) if first else "", str(result.duplicates) if first else "",
+                end_section=index == len(result.workers) - 1,
+            )  # fmt: skip
+    out.caption = "idle* = time a worker sat idle while tasks were waiting (in the queue or behind another task)"
+    return out
+
+
+def checks(results: list[RunResult]) -> Text:
+    """The scenario's expectations, per run."""
+    text = Text()
+    for result in results:
+        for check in result.checks:
+            mark, style = ("✓", "green") if check.ok else ("✗", "bold red")
+            text.append(f"{mark} {_mode_name(result.mode)}: {check.describe()}\n", style)
+    return text
+
+
+def verdict(results: list[RunResult]) -> str:
+    """One sentence on which mode won and why."""
+    finished = [r for r in results if not r.timed_out]
+    if len(finished) < 2:
+        return ""
+    fastest = min(finished, key=lambda r: r.makespan)
+    slowest = max(finished, key=lambda r: r.makespan)
+    if slowest.makespan <= 0 or fastest is slowest:
+        return ""
+    if slowest.makespan < fastest.makespan * 1.1:
+        return f"All modes took about the same time ({fastest.makespan:.1f}s to {slowest.makespan:.1f}s)."
+    idle = max(slowest.workers, key=lambda w: w.idle_while_waiting)
+    return (
+        f"{_mode_name(fastest.mode)} finished {slowest.makespan / max(fastest.makespan, 1e-9):.1f}x sooner than "
+        f"{_mode_name(slowest.mode)}; there {idle.name} sat idle {idle.idle_while_waiting:.1f}s while tasks waited."
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    # Not a terminal (a pipe, CI): wide enough for the table anyway.
+    console = Console(stderr=args.json, record=True, width=None if sys.stdout.isatty() else 110)
+    if not 1 <= args.workers <= 32:
+        console.print(f"dispatch-lab compare: --workers must be between 1 and 32, not {args.workers}.")
+        return 2
+    try:
+        scenario = find(args.scenario)
+    except ScenarioError as exc:
+        console.print(f"dispatch-lab compare: {exc}", markup=False)
+        return 2
+    url = resolve_url(args.url)
+    results: list[RunResult] = []
+    try:
+        for prefetch in args.modes:
+            mode = DispatchMode(prefetch, args.ack)
+            log = None
+            if args.out is not None:
+                log = SessionLog(args.out / f"prefetch-{prefetch}" / "events.jsonl")
+                log.start()
+            with console.status(f"{scenario.name}: {mode.describe()} …") as status:
+                run = ScenarioRun(url, scenario, mode=mode, workers=args.workers,
+                                  seconds_per_dot=args.seconds_per_dot, timeout=args.timeout, log=log,
+                                  progress=lambda text: status.update(text))  # fmt: skip
+                result = run.run()
+            results.append(result)
+            if log is not None and args.out is not None:
+                log.close()
+                write_ledger_csv(result.model.ledger, args.out / f"prefetch-{prefetch}" / "ledger.csv")
+    except BrokerError as exc:
+        console.print(f"dispatch-lab compare: {exc}", markup=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps({"results": [r.as_dict() for r in results], "verdict": verdict(results)}, indent=2))
+    else:
+        console.print(table(results))
+        console.print(checks(results), end="")
+        console.print(verdict(results))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.json").write_text(json.dumps([r.as_dict() for r in results], indent=2))
+        if not args.json:
+            console.save_svg(str(args.out / "compare.svg"), title="dispatch-lab compare")
+    failed = any(not c.ok for r in results for c in r.checks) or any(r.timed_out for r in results)
+    return 3 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,44 @@
+"""Provides exports: the ledger as CSV, and a session folder (events, ledger, screenshot)."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from tui.ledger import Ledger
+
+LEDGER_COLUMNS = ("msg_id", "label", "body", "published", "state", "deliveries", "done_count", "why_last", "lifeline")
+
+
+def write_ledger_csv(ledger: Ledger, path: Path) -> int:
+    """One row per message still in the ledger; returns the row count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(LEDGER_COLUMNS)
+        for record in ledger.records.values():
+            writer.writerow(
+                (
+                    record.msg_id,
+                    record.label(),
+                    record.body,
+                    "" if record.published is None else f"{record.published:.6f}",
+                    record.state,
+                    len(record.deliveries),
+                    record.done_count,
+                    record.deliveries[-1].why if record.deliveries else "",
+                    record.lifeline(),
+                )
+            )
+            rows += 1
+    return rows
+
+
+def session_folder(base: Path | None = None) -> Path:
+    """A new folder for one export, named by the time."""
+    root = base or Path.cwd() / "runs"
+    folder = root / time.strftime("session-%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -1,0 +1,296 @@
+"""Provides headless scenario runs: real workers on a fresh queue, timed actions, figures and checks.
+
+Used by ``dispatch-lab compare`` and by the tests. No Textual: the run folds
+the same observations into the same ``Model`` the dashboard uses.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tui import observations as obs
+from tui.ledger import DONE, LOST, TERMINAL
+from tui.pool import Inbox, WorkerPool
+from tui.scenarios import EXPECTATIONS, Action, Scenario
+from tui.session_log import SessionLog
+from tui.state import Model
+from workers.broker import BrokerError, connect, declare_task_queue
+from workers.new_task import Publisher
+from workers.settings import DispatchMode, check_ack
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation and whether the run met it."""
+
+    name: str
+    wanted: int | bool
+    actual: int | bool
+    ok: bool
+
+    def describe(self) -> str:
+        mark = "ok" if self.ok else "FAILED"
+        return f"{EXPECTATIONS.get(self.name, self.name)}: wanted {self.wanted}, got {self.actual} ({mark})"
+
+
+def check(scenario: Scenario, model: Model) -> list[Check]:
+    """The scenario's expectations against a finished run's model."""
+    ledger = model.ledger
+    actual: dict[str, int | bool] = {
+        "all_done": ledger.done_messages == ledger.confirmed,
+        "lost": ledger.lost,
+        "lost_at_least": ledger.lost,
+        "redelivered_at_least": ledger.redeliveries,
+        "duplicates_at_most": ledger.duplicates,
+    }
+    checks = []
+    for name, wanted in scenario.expect.items():
+        got = actual[name]
+        if name in ("all_done", "lost"):
+            ok = got == wanted
+        elif name.endswith("_at_least"):
+            ok = int(got) >= int(wanted)
+        else:
+            ok = int(got) <= int(wanted)
+        checks.append(Check(name, wanted, got, ok))
+    return checks
+
+
+def apply_action(action: Action, pool: WorkerPool, set_mode: Callable[[DispatchMode], object]) -> None:
+    """Carry out one scenario action on a pool (the dashboard's or a headless run's)."""
+    if action.do == "kill" and action.worker:
+        pool.kill(action.worker)
+    elif action.do == "stop" and action.worker:
+        pool.stop(action.worker)
+    elif action.do == "start":
+        pool.spawn(action.worker)
+    elif action.do == "prefetch" and isinstance(action.value, int):
+        set_mode(DispatchMode(action.value, pool.mode.ack))
+    elif action.do == "ack" and isinstance(action.value, str):
+        set_mode(DispatchMode(pool.mode.prefetch, check_ack(action.value)))
+
+
+@dataclass
+class WorkerFigures:
+    """What one worker did in a run."""
+
+    name: str
+    done: int
+    busy: float
+    idle_while_waiting: float
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    """A finished run: its figures, checks and the model they came from."""
+
+    scenario: str
+    mode: DispatchMode
+    workers: list[WorkerFigures]
+    makespan: float
+    published: int
+    done: int
+    redeliveries: int
+    lost: int
+    duplicates: int
+    checks: list[Check]
+    timed_out: bool
+    model: Model
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "scenario": self.scenario,
+            "prefetch": self.mode.prefetch,
+            "ack": self.mode.ack,
+            "mode": self.mode.describe(),
+            "makespan_s": round(self.makespan, 3),
+            "published": self.published,
+            "done": self.done,
+            "redeliveries": self.redeliveries,
+            "lost": self.lost,
+            "duplicates": self.duplicates,
+            "timed_out": self.timed_out,
+            "workers": [
+                {
+                    "name": w.name,
+                    "done": w.done,
+                    "busy_s": round(w.busy, 3),
+                    "idle_while_work_waiting_s": round(w.idle_while_waiting, 3),
+                    "tasks": w.labels,
+                }
+                for w in self.workers
+            ],
+            "checks": [{"name": c.name, "wanted": c.wanted, "actual": c.actual, "ok": c.ok} for c in self.checks],
+        }
+
+
+def settled(model: Model) -> bool:
+    """Every published task finished or lost, and nothing is held anywhere."""
+    ledger = model.ledger
+    if ledger.confirmed < ledger.published or ledger.published == 0:
+        return False
+    return all(r.state in TERMINAL for r in ledger.records.values())
+
+
+def _waiting_work(model: Model) -> int:
+    """Tasks that could be worked on: ready in the queue, or held behind another task."""
+    return model.ledger.count("ready") + sum(w.waiting for w in model.workers.values() if w.alive)
+
+
+class ScenarioRun:
+    """One scenario under one dispatch mode, on its own temporary queue."""
+
+    SAMPLE = 0.05
+
+    def __init__(
+        self,
+        url: str,
+        scenario: Scenario,
+        *,
+        mode: DispatchMode,
+        workers: int = 2,
+        seconds_per_dot: float = 0.2,
+        timeout: float = 300.0,
+        log: SessionLog | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.url = url
+        self.scenario = scenario
+        self.mode = mode
+        self.worker_count = workers
+        self.seconds_per_dot = seconds_per_dot
+        self.timeout = timeout
+        self.log = log
+        self.progress = progress or (lambda text: None)
+        self.queue = f"dlab-run-{secrets.token_hex(4)}"
+        self.inbox = Inbox()
+        self.pool = WorkerPool(url, self.queue, self.inbox, mode=mode, seconds_per_dot=seconds_per_dot)
+        self.publisher = Publisher(url, self.queue, name="dispatch-lab run publisher")
+        self.model = Model(queue=self.queue, mode=mode, prefix=self.publisher.prefix)
+        self._idle: dict[str, float] = {}
+
+    def _fold(self) -> None:
+        items = self.inbox.drain()
+        if self.log is not None:
+            self.log.add(items)
+        self.model.apply_all(items)
+
+    def _wait(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline:
+                raise BrokerError(f"Timed out after {seconds:.0f} s waiting for {what}.")
+            time.sleep(0.02)
+            self._fold()
+
+    def _start_workers(self) -> None:
+        # One at a time, so consumer order (and so round-robin order) is w1, w2, ...
+        for _ in range(self.worker_count):
+            name = self.pool.spawn()
+            self._wait(lambda n=name: self._ready_or_dead(n), 30, f"worker {name} to start")  # type: ignore[misc]
+            worker = self.model.workers[name]
+            if not worker.alive:
+                detail = "; ".join(worker.stderr) or f"exit code {worker.exit_code}"
+                raise BrokerError(f"Worker {name} failed to start: {detail}")
+
+    def _ready_or_dead(self, name: str) -> bool:
+        worker = self.model.workers.get(name)
+        return worker is not None and (worker.status == "idle" or not worker.alive)
+
+    def _do(self, action: Action) -> None:
+        apply_action(action, self.pool, self.pool.set_mode)
+        self.progress(f"{self.scenario.name}: {action.describe()}")
+
+    def run(self) -> RunResult:
+        connection = connect(self.url, name="dispatch-lab run setup")
+        try:
+            declare_task_queue(connection.channel(), self.queue)
+            self._start_workers()
+            self.progress(f"{self.scenario.name}: publishing {len(self.scenario.tasks)} tasks, {self.mode.describe()}")
+            started = time.monotonic()
+            pending = list(self.scenario.actions)
+            self.publisher.open()
+            for body in self.scenario.tasks:
+                msg_id = self.publisher.next_id()
+                self.inbox.put(obs.Published(msg_id, time.time(), body))
+                self.publisher.publish(body, msg_id)
+                self.inbox.put(obs.Confirmed(msg_id, time.time()))
+                pending = self._act(pending, started)
+            timed_out = self._drain(started, pending)
+        finally:
+            self.publisher.close()
+            self.pool.shutdown()
+            self._fold()
+            try:
+                if connection.is_open:
+                    connection.channel().queue_delete(self.queue)
+                    connection.close()
+            except Exception:
+                pass
+        return self._result(timed_out)
+
+    def _act(self, pending: list[Action], started: float) -> list[Action]:
+        elapsed = time.monotonic() - started
+        while pending and pending[0].at <= elapsed:
+            self._do(pending.pop(0))
+        return pending
+
+    def _drain(self, started: float, pending: list[Action]) -> bool:
+        last = time.monotonic()
+        while time.monotonic() - started < self.timeout:
+            self._fold()
+            pending = self._act(pending, started)
+            now = time.monotonic()
+            if _waiting_work(self.model):
+                for worker in self.model.workers.values():
+                    if worker.alive and worker.current is None and worker.status == "idle":
+                        self._idle[worker.name] = self._idle.get(worker.name, 0.0) + (now - last)
+            last = now
+            if not pending and settled(self.model):
+                return False
+            time.sleep(self.SAMPLE)
+        return True
+
+    def _result(self, timed_out: bool) -> RunResult:
+        model = self.model
+        ledger = model.ledger
+        first = min((r.published for r in ledger.records.values() if r.published), default=0.0)
+        last_done = max(
+            (b.end for w in model.workers.values() for b in w.lane if b.end is not None and b.outcome == "done"),
+            default=first,
+        )
+        figures = []
+        for name, worker in model.workers.items():
+            blocks = [b for b in worker.lane if b.outcome == "done" and b.end is not None]
+            figures.append(
+                WorkerFigures(
+                    name,
+                    worker.done,
+                    sum(b.end - b.start for b in blocks if b.end is not None),
+                    self._idle.get(name, 0.0),
+                    [b.label for b in blocks],
+                )
+            )
+        return RunResult(
+            scenario=self.scenario.name,
+            mode=self.mode,
+            workers=figures,
+            makespan=max(0.0, last_done - first),
+            published=ledger.confirmed,
+            done=ledger.done_messages,
+            redeliveries=ledger.redeliveries,
+            lost=ledger.count(LOST),
+            duplicates=ledger.duplicates,
+            checks=check(self.scenario, model),
+            timed_out=timed_out,
+            model=model,
+        )
+
+
+__all__ = ["DONE", "Check", "RunResult", "ScenarioRun", "WorkerFigures", "check"]

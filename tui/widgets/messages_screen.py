@@ -1,0 +1,119 @@
+"""Provides MessagesScreen: the message ledger, each task's lifeline, lost ids and duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Static
+
+from tui.ledger import LOST, MessageRecord
+from tui.state import Model
+
+ROWS = 300
+STATE_STYLES = {"done": "green", "lost": "bold red", "held": "cyan", "ready": "yellow", "done, never acked": "red"}
+
+
+class MessagesScreen(ModalScreen[None]):
+    """Every recent task and where it went; pick one to see its whole story."""
+
+    BINDINGS = [Binding("escape,f9", "close", "Close")]
+
+    def __init__(self, model: Model, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.model = model
+        self.clock = clock
+        self._shown: list[str] = []
+        self._selected: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="messages-body"):
+            yield Static(id="ledger-summary")
+            yield DataTable(id="messages", cursor_type="row", zebra_stripes=True)
+            yield Static(id="message-detail")
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("task", "state", "deliveries", "why (last)", "lifeline")
+        self.refresh_ledger()
+        self.set_interval(0.5, self.refresh_ledger)
+        table.focus()
+
+    def refresh_ledger(self) -> None:
+        ledger = self.model.ledger
+        summary = Text.assemble(
+            ("published ", "dim"), (f"{ledger.published}  ", "bold"),
+            ("done ", "dim"), (f"{ledger.done_messages}  ", "bold green"),
+            ("redeliveries ", "dim"), (f"{ledger.redeliveries}  ", "bold yellow"),
+            ("duplicates ", "dim"), (f"{ledger.duplicates}  ", "bold"),
+            ("lost ", "dim"), (f"{ledger.lost}  ", "bold red" if ledger.lost else "bold"),
+            ("evicted (finished, over the cap) ", "dim"), (f"{ledger.evicted}", "bold"),
+        )  # fmt: skip
+        if ledger.lost_ids:
+            summary.append("\nlost: " + " ".join(self._label(i) for i in list(ledger.lost_ids)[-40:]), "red")
+        if ledger.duplicate_ids:
+            summary.append(
+                "\nprocessed twice: " + " ".join(self._label(i) for i in list(ledger.duplicate_ids)[-40:]), "yellow"
+            )
+        self.query_one("#ledger-summary", Static).update(summary)
+        records = ledger.recent(ROWS)
+        ids = [r.msg_id for r in records]
+        table = self.query_one(DataTable)
+        if ids != self._shown:
+            cursor = table.cursor_row
+            table.clear()
+            for record in records:
+                table.add_row(*self._row(record), key=record.msg_id)
+            self._shown = ids
+            if records:
+                table.move_cursor(row=min(cursor, len(records) - 1))
+        else:
+            for record in records:
+                for column, value in zip(table.ordered_columns, self._row(record), strict=True):
+                    table.update_cell(record.msg_id, column.key, value)
+        self._show_detail()
+
+    def _label(self, msg_id: str) -> str:
+        record = self.model.ledger.records.get(msg_id)
+        return record.label() if record else msg_id
+
+    @staticmethod
+    def _row(record: MessageRecord) -> tuple[Text, Text, str, str, str]:
+        why = record.deliveries[-1].why if record.deliveries else ""
+        return (
+            Text(record.label(), "bold"),
+            Text(record.state, STATE_STYLES.get(record.state, "")),
+            str(len(record.deliveries)),
+            why,
+            record.lifeline(),
+        )
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._selected = event.row_key.value if event.row_key else None
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        record = self.model.ledger.records.get(self._selected or "")
+        detail = self.query_one("#message-detail", Static)
+        if record is None:
+            detail.update(Text("Select a task to see its deliveries.", "dim"))
+            return
+        origin = record.published or (record.deliveries[0].ts if record.deliveries else 0.0)
+        table = Table(title=f"{record.label()} {record.body[:60]!r}: {record.lifeline()}", expand=True)
+        for column in ("worker", "at", "redelivered", "why", "ack", "outcome", "took"):
+            table.add_column(column)
+        for d in record.deliveries:
+            took = f"{d.ended - d.ts:.2f}s" if d.ended is not None else "…"
+            table.add_row(d.worker, f"+{d.ts - origin:.2f}s", "yes" if d.redelivered else "no", d.why, d.ack,
+                          d.outcome or "in progress", took)  # fmt: skip
+        if record.state == LOST:
+            table.caption = "lost: delivered under auto ack to a worker that died before finishing it"
+        detail.update(table)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
