@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -104,7 +105,12 @@ class MessagesScreen(ModalScreen[None]):
             detail.update(Text("Select a task to see its deliveries.", "dim"))
             return
         origin = record.published or (record.deliveries[0].ts if record.deliveries else 0.0)
-        table = Table(title=f"{record.label()} {record.body[:60]!r}: {record.lifeline()}", expand=True)
+        table = Table(
+            title=f"{record.label()} {record.body[:60]!r}: {record.lifeline()}",
+            expand=True,
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+        )
         for column in ("worker", "at", "redelivered", "why", "ack", "outcome", "took"):
             table.add_column(column)
         for d in record.deliveries:
