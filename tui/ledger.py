@@ -76,16 +76,21 @@ class MessageRecord:
     def lifeline(self) -> str:
         """The story in one line: ``#17 -> w2 -> killed -> requeued -> w3 (redelivered) -> done``."""
         parts = [self.label()]
-        for delivery in self.deliveries:
+        last = len(self.deliveries) - 1
+        for index, delivery in enumerate(self.deliveries):
             mark = " (redelivered)" if delivery.redelivered else ""
             parts.append(f"{delivery.worker}{mark}")
             outcome = delivery.outcome
             if outcome is None:
                 parts.append("working" if self.state == HELD else self.state)
-            elif outcome in ("done", "done, never acked"):
+            elif outcome == "done":
                 parts.append(outcome)
-            elif outcome == "killed, lost":
-                parts.append("killed -> lost")
+            elif outcome == "done, never acked":
+                # Once its worker is gone the broker has it again.
+                back = index < last or self.state != UNACKED_DONE
+                parts.append(f"{outcome} -> requeued" if back else outcome)
+            elif outcome in ("killed, lost", "exited, lost"):
+                parts.append(outcome.replace(", ", " -> "))
             else:
                 parts.append(f"{outcome} -> requeued")
         if not self.deliveries:
