@@ -20,6 +20,8 @@ from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 
 STALE_AFTER = 2.0
 """Seconds after which a broker figure is shown as stale."""
+MGMT_LAG = 7.0
+"""Seconds the management API's message stats trail reality (its collection interval is 5 s)."""
 
 LOG_LINES = 6
 LANE_BLOCKS = 400
@@ -142,6 +144,8 @@ class Model:
         self.baseline = 0
         self.broker = ""
         self.durable = True
+        self.last_activity = 0.0
+        """When a task last moved (delivered, finished, given back, lost with its worker)."""
 
     # ----- folding
 
@@ -154,6 +158,8 @@ class Model:
         handler = _HANDLERS.get(type(item))
         if handler is not None:
             handler(self, item)
+            if type(item) in _MOVES:
+                self.last_activity = item.ts
 
     def _worker(self, name: str) -> WorkerState:
         state = self.workers.get(name)
@@ -393,8 +399,11 @@ class Model:
         ready = self.queue.ready or 0
         unacked, _ = self.unacked(now)
         rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged
+        _, source = self.unacked(now)
+        settling = source.startswith("management") and now - self.last_activity < MGMT_LAG
         quiet = (
             not self.stale(now)
+            and not settling
             and ledger.count(HELD) == 0
             and all(w.current is None for w in self.workers.values())
             and ledger.count(READY) == ready
@@ -408,6 +417,8 @@ def _ack(value: str) -> AckMode:
     except SettingsError:
         return "manual"
 
+
+_MOVES = frozenset({protocol.Received, protocol.Done, protocol.Returned, obs.WorkerExited, obs.Confirmed, obs.Purged})
 
 _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.Ready: Model._on_ready,

@@ -15,7 +15,7 @@ class LabHeader(Static):
     def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
         mode: DispatchMode = model.mode
         text = Text.assemble(
-            (f"{title} ", "bold"),
+            ("" if title == "dispatch-lab" else f"{title} ", "bold"),
             (f"{broker} ", "dim"),
             ("queue ", "dim"),
             (f"{model.queue_name}", "bold"),

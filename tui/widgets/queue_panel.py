@@ -19,6 +19,7 @@ class QueuePanel(Vertical):
         yield Sparkline([0.0], id="rate", summary_function=max)
         yield Static(id="rate-label")
         yield Static(id="external")
+        yield Static(id="recent")
 
     def show(self, model: Model, now: float, durable: bool) -> None:
         stale = model.stale(now)
@@ -34,10 +35,9 @@ class QueuePanel(Vertical):
         table.add_column(style="dim italic", no_wrap=True, overflow="ellipsis")
         age = "" if q.sampled is None else f", {now - q.sampled:.1f}s old" if stale else ""
         table.add_row("ready", _n(q.ready), f"passive declare{age}")
-        derived = model.derived_unacked()
-        if unacked_source.startswith("management") and derived != unacked:
-            unacked_source += f"; workers now: {derived}"
         table.add_row("unacked", str(unacked), unacked_source)
+        if unacked_source.startswith("management"):
+            table.add_row("held now", str(model.derived_unacked()), "unacked per worker events, live")
         consumers = _n(q.consumers)
         others = "" if q.consumers is None else f", {ours} ours + {max(0, q.consumers - ours)} other"
         table.add_row("consumers", consumers, "passive declare" + others)
@@ -66,6 +66,7 @@ class QueuePanel(Vertical):
             Text.assemble(("done/s ", "dim"), (f"{model.rate(now):.1f}", "bold"), (" (last 30 s above)", "dim"))
         )
         self.query_one("#external", Static).update(_external(model))
+        self.query_one("#recent", Static).update(_recent(model))
 
 
 def _n(value: int | None) -> str:
@@ -80,4 +81,18 @@ def _external(model: Model) -> Text:
     for consumer in external[:4]:
         ack = "manual ack" if consumer.ack_required else "auto ack"
         text.append(f" {consumer.connection[:28]} prefetch {consumer.prefetch} {ack} unacked {consumer.unacked}\n")
+    return text
+
+
+_STATE_STYLE = {"done": "green", "lost": "bold red", "held": "cyan", "ready": "yellow"}
+
+
+def _recent(model: Model, limit: int = 14) -> Text:
+    """The newest tasks' lifelines: where each one went (F9 shows them all)."""
+    records = model.ledger.recent(limit)
+    if not records:
+        return Text("")
+    text = Text("latest tasks (F9: all, with details)\n", "dim")
+    for record in records:
+        text.append(record.lifeline() + "\n", _STATE_STYLE.get(record.state, ""))
     return text
