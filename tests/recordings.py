@@ -20,6 +20,10 @@ T0 = 1_700_000_000.0
 PREFIX = "ab12"
 """The publisher's session prefix: ``ab12-3`` is our task #3."""
 
+SETTLE = 8.0
+"""Seconds of quiet before a recording's final sample: the management API's figures trail
+the queue by about 5 s, so a balance is only judged once nothing has moved for that long."""
+
 TUTORIAL = ("First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message.....")
 ODD_HEAVY = ("Heavy task.....", "Light task.", "Heavy task.....", "Light task.")
 
@@ -198,7 +202,7 @@ def session_round_robin() -> Recording:
     r.mark("w2 finished")
     r.after(3)
     r.done("w1", 5)
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=2, unacked=0)
     r.mark("quiet")
     return r.recording()
@@ -230,7 +234,7 @@ def session_fair() -> Recording:
     r.after(1)
     r.done("w1", 4)
     r.done("w2", 3)
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=2, unacked=0)
     r.mark("quiet")
     return r.recording()
@@ -283,7 +287,7 @@ def session_kill(*, exit_after_redelivery: bool = False) -> Recording:
     r.start("w2", 3)
     r.after(3)
     r.done("w2", 3)  # at +10
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=1, unacked=0)
     r.mark("quiet")
     return r.recording()
@@ -314,7 +318,7 @@ def session_auto_ack_loss() -> Recording:
     r.start("w2", 4)
     r.after(4)
     r.done("w2", 4)
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=1, unacked=0)
     r.mark("quiet")
     return r.recording()
@@ -364,7 +368,7 @@ def session_mode_change() -> Recording:
     r.done("w2", 4)
     r.at(T0 + 10)
     r.done("w1", 5)
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=2, unacked=0)
     r.mark("quiet")
     return r.recording()
@@ -384,7 +388,7 @@ def session_forgotten_ack() -> Recording:
         r.after(1)
         r.done("w1", seq, acked=False)
         r.mark(f"done {seq}")
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=1, unacked=3)
     r.mark("all done, none acked")
     r.after(1)
@@ -399,7 +403,7 @@ def session_forgotten_ack() -> Recording:
         r.start("w2", seq)
         r.after(1)
         r.done("w2", seq)
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=1, unacked=0)
     r.mark("quiet")
     return r.recording()
@@ -426,7 +430,7 @@ def session_duplicate() -> Recording:
     r.start("w2", 1)
     r.after(1)
     r.done("w2", 1)
-    r.after(0.2)
+    r.after(SETTLE)
     r.sample(ready=0, consumers=1, unacked=0)
     r.mark("quiet")
     return r.recording()

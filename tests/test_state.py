@@ -9,6 +9,7 @@ import pytest
 
 from tests.recordings import (
     PREFIX,
+    SETTLE,
     T0,
     Recorder,
     replay,
@@ -554,6 +555,7 @@ def test_baseline_counts_what_was_queued_before_we_came() -> None:
     r.add(protocol.Received("w1", r.now, 51, "theirs-2", "old.", False))
     for tag in (1, 50, 51):
         r.add(protocol.Done("w1", r.now, tag, None, True))
+    r.after(SETTLE)
     r.sample(ready=0, consumers=1, unacked=1)
     model = replay(r.events)
     assert model.baseline == 3
