@@ -72,8 +72,7 @@ class Backend:
     def start(self) -> None:
         self.monitor.start()
         self.publisher.start()
-        for _ in range(self.config.workers):
-            self.pool.spawn()
+        self.pool.spawn_in_order(self.config.workers)
         self._started = True
 
     def shutdown(self) -> None:
@@ -99,7 +98,7 @@ class Backend:
     ) -> None:
         others: tuple[obs.ExternalConsumer, ...] | None = None
         if external is not None:
-            ours = {str(w.process.pid) for w in self.pool.processes.values()}
+            ours = {str(pid) for pid in self.pool.pids()}
             others = tuple(
                 obs.ExternalConsumer(c.connection_name, c.prefetch, c.ack_required, c.unacked)
                 for c in external

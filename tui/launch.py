@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -22,11 +23,13 @@ from tui.session_log import SessionLog
 from tui.session_log import read as read_log
 from tui.state import Model
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
+from workers.local_node import LocalNode, LocalNodeError, port_open
 from workers.settings import (
     DispatchMode,
     add_connection_args,
     mask_url,
     resolve_url,
+    url_is_default,
     warn_password_in_argv,
 )
 from workers.worker import ack_arg, positive_float, prefetch_arg
@@ -47,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
     parser.add_argument("--heartbeat", type=int, default=None, metavar="S", help="workers' heartbeat")
     parser.add_argument("--management-url", default=None, help="management API (default: host:15672)")
+    parser.add_argument(
+        "--broker",
+        choices=("auto", "private", "url"),
+        default="auto",
+        help="auto (default): the URL's broker, or a private node when nothing listens on localhost:5672; "
+        "private: always a private node (F10 restarts it); url: only the URL's broker",
+    )
     return parser
 
 
@@ -64,6 +74,9 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
     if args.heartbeat is not None and not 0 <= args.heartbeat <= 3600:
         parser.error(f"--heartbeat must be between 0 and 3600 seconds, not {args.heartbeat}")
     warn_password_in_argv(args.url)
+    private = args.broker == "private" or (
+        args.broker == "auto" and url_is_default(args.url) and not port_open("127.0.0.1", 5672, 1.0)
+    )
     return LabConfig(
         url=resolve_url(args.url),
         queue=args.queue,
@@ -74,6 +87,7 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         persistent=not args.no_persist,
         heartbeat=args.heartbeat,
         management_url=args.management_url,
+        private_broker=private,
     )
 
 
@@ -91,15 +105,32 @@ def preflight(config: LabConfig, console: Console) -> ManagementApi | None:
     return api if reachable else None
 
 
+def start_private_node(config: LabConfig, console: Console) -> tuple[LabConfig, LocalNode]:
+    """Boot a private RabbitMQ node with a spinner; the config then points at it."""
+    node = LocalNode()
+    began = time.monotonic()
+    with console.status("Starting a private RabbitMQ node (about 10 s) …") as status:
+        node.start(lambda phase: status.update(f"Private RabbitMQ node: {phase} ({time.monotonic() - began:.0f}s) …"))
+    console.print(f"Private RabbitMQ node {node.node_name} ready in {time.monotonic() - began:.1f} s", highlight=False)
+    return replace(config, url=node.url, management_url=node.management_url), node
+
+
 def main(argv: list[str]) -> int:
     console = Console(stderr=True)
     config = parse_config(argv, console)
+    node: LocalNode | None = None
     try:
+        if config.private_broker:
+            config, node = start_private_node(config, console)
         management = preflight(config, console)
-    except BrokerError as exc:
+    except (BrokerError, LocalNodeError) as exc:
         console.print(f"dispatch-lab: {exc}", highlight=False, markup=False)
+        if node is not None:
+            node.destroy()
         return 1
     except KeyboardInterrupt:
+        if node is not None:
+            node.destroy()
         return 130
     from tui.app import DispatchLab
 
@@ -108,7 +139,7 @@ def main(argv: list[str]) -> int:
     log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
     log.start()
     log.add([session_started(config, backend.prefix)])
-    app = DispatchLab(config, model, backend, log=log)
+    app = DispatchLab(config, model, backend, log=log, node=node)
     atexit.register(backend.shutdown)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -125,11 +156,15 @@ def main(argv: list[str]) -> int:
             except Exception:
                 pass
         backend.shutdown()
+        if node is not None:
+            node.destroy()
         os._exit(128 + signum)
 
     def force_after(seconds: float, signum: int) -> None:
         time.sleep(seconds)
         backend.shutdown()
+        if node is not None:
+            node.destroy()
         os._exit(128 + signum)
 
     try:
@@ -138,6 +173,9 @@ def main(argv: list[str]) -> int:
         backend.shutdown()
         log.close()
         log.path.unlink(missing_ok=True)
+        if node is not None:
+            with console.status("Stopping the private RabbitMQ node …"):
+                node.destroy()
     return app.return_code or 0
 
 

@@ -52,6 +52,8 @@ class Delivery:
     ack: str
     ended: float | None = None
     outcome: str | None = None
+    started: float | None = None
+    """When work on it began; until then it waits in the worker's prefetch window."""
 
 
 @dataclass(slots=True)
@@ -81,8 +83,10 @@ class MessageRecord:
             mark = " (redelivered)" if delivery.redelivered else ""
             parts.append(f"{delivery.worker}{mark}")
             outcome = delivery.outcome
-            if outcome is None:
-                parts.append("working" if self.state == HELD else self.state)
+            if outcome is None and self.state == HELD:
+                parts.append("working" if delivery.started is not None else "waiting")
+            elif outcome is None:
+                parts.append(self.state)
             elif outcome == "done":
                 parts.append(outcome)
             elif outcome == "done, never acked":
@@ -288,6 +292,17 @@ class Ledger:
                         deliveries[index + 1].why = why
                 break
         return True
+
+    def lost_in_restart(self, ts: float) -> int:
+        """A transient queue or transient messages: what was waiting in the queue is gone."""
+        gone = [r for r in self.records.values() if r.state == READY]
+        for record in gone:
+            if record.deliveries and record.deliveries[-1].outcome is None:
+                record.deliveries[-1].ended, record.deliveries[-1].outcome = ts, "lost in broker restart"
+            self.lost += 1
+            self.lost_ids.append(record.msg_id)
+            self._move(record, LOST)
+        return len(gone)
 
     def broker_restarted(self) -> None:
         """Messages back in the queue after a restart get redelivered for that reason."""

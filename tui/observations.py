@@ -137,6 +137,15 @@ class ModeRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerRestarted:
+    """The app restarted its private broker; ``kept`` says the queue and messages were durable."""
+
+    ts: float
+    kept: bool
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStarted:
     """The first line of a session log: what was being run (no credentials)."""
 
@@ -164,4 +173,5 @@ Observation = (
     | Purged
     | ModeRequested
     | SessionStarted
+    | BrokerRestarted
 )

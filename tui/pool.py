@@ -54,6 +54,8 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     threads: list[threading.Thread] = field(default_factory=list)
     stdin_lock: threading.Lock = field(default_factory=threading.Lock)
+    consuming: threading.Event = field(default_factory=threading.Event)
+    """Set at its first ``ready`` event (its consumer is registered), or when its output ends."""
 
     @property
     def running(self) -> bool:
@@ -79,6 +81,10 @@ class WorkerProcess:
                     self.process.stdin.close()
             except OSError:
                 pass
+
+
+class PoolClosed(RuntimeError):
+    """The pool was shut down: it starts no more workers."""
 
 
 class WorkerPool:
@@ -109,6 +115,7 @@ class WorkerPool:
         self.processes: dict[str, WorkerProcess] = {}
         self._numbers = 0
         self._lock = threading.Lock()
+        self._closed = False
 
     def next_name(self) -> str:
         self._numbers += 1
@@ -130,32 +137,57 @@ class WorkerPool:
         return argv
 
     def spawn(self, name: str | None = None) -> str:
-        """Start a worker (a new one, or again under an old name); returns its name."""
-        name = name or self.next_name()
+        """Start a worker (a new one, or again under an old name); returns its name.
+
+        Raises PoolClosed after ``shutdown``: a worker started then would outlive us.
+        """
         env = dict(os.environ)
         env[URL_ENV] = self.url  # never argv: argv is world-readable in ps
         env["DISPATCH_LAB_PARENT"] = str(os.getpid())
         env["PYTHONUNBUFFERED"] = "1"
-        process = subprocess.Popen(
-            self._argv(name),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            start_new_session=True,  # Ctrl+C in the dashboard's terminal is ours, not theirs
-        )
-        worker = WorkerProcess(name, process)
-        self.inbox.put(obs.WorkerSpawned(name, time.time(), process.pid))
-        assert process.stdout is not None and process.stderr is not None
-        out = threading.Thread(target=self._read_events, args=(worker, process.stdout), daemon=True)
-        err = threading.Thread(target=self._read_stderr, args=(worker, process.stderr), daemon=True)
-        worker.threads = [out, err]
-        with self._lock:
+        with self._lock:  # spawns come from the UI thread and the starter thread
+            if self._closed:
+                raise PoolClosed("the worker pool is shut down")
+            name = name or self.next_name()
+            process = subprocess.Popen(
+                self._argv(name),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                start_new_session=True,  # Ctrl+C in the dashboard's terminal is ours, not theirs
+            )
+            worker = WorkerProcess(name, process)
+            self.inbox.put(obs.WorkerSpawned(name, time.time(), process.pid))
+            assert process.stdout is not None and process.stderr is not None
+            out = threading.Thread(target=self._read_events, args=(worker, process.stdout), daemon=True)
+            err = threading.Thread(target=self._read_stderr, args=(worker, process.stderr), daemon=True)
+            worker.threads = [out, err]
             self.processes[name] = worker
         out.start()
         err.start()
         return name
+
+    def spawn_in_order(self, count: int, timeout: float = 30.0) -> threading.Thread:
+        """Start ``count`` workers on a thread, each once the one before consumes.
+
+        The broker hands out round-robin deliveries in the order its consumers
+        registered. Workers started together register in whatever order they win
+        the race, so w2 could take task 1; one at a time, w1 always comes first.
+        """
+
+        def run() -> None:
+            for _ in range(count):
+                try:
+                    name = self.spawn()
+                except PoolClosed:
+                    return
+                self.processes[name].consuming.wait(timeout)
+
+        starter = threading.Thread(target=run, name="spawn-in-order", daemon=True)
+        starter.start()
+        return starter
 
     def _read_events(self, worker: WorkerProcess, stream: IO[bytes]) -> None:
         inbox, name, decode = self.inbox, worker.name, protocol.decode
@@ -167,6 +199,9 @@ class WorkerPool:
                     inbox.put(obs.WorkerGarbage(name, time.time(), text[:200]))
                 continue
             inbox.put(event)
+            if type(event) is protocol.Ready:
+                worker.consuming.set()
+        worker.consuming.set()  # it will never consume: nobody waits for it any longer
         code = worker.process.wait()
         for thread in worker.threads[1:]:
             thread.join(timeout=1.0)  # its last stderr lines belong before the exit
@@ -182,7 +217,14 @@ class WorkerPool:
         return self.processes.get(name)
 
     def running(self) -> list[str]:
-        return [name for name, w in self.processes.items() if w.running]
+        with self._lock:  # a snapshot: the starter thread may be adding one
+            workers = list(self.processes.items())
+        return [name for name, w in workers if w.running]
+
+    def pids(self) -> set[int]:
+        """The process ids of every worker started, running or not."""
+        with self._lock:
+            return {w.process.pid for w in self.processes.values()}
 
     def kill(self, name: str) -> bool:
         """SIGKILL: the socket closes and the broker requeues what the worker held."""
@@ -215,7 +257,9 @@ class WorkerPool:
 
     def shutdown(self, timeout: float = 3.0) -> None:
         """Stop every worker: EOF on stdin first, SIGTERM, then SIGKILL for any straggler."""
-        workers = list(self.processes.values())
+        with self._lock:
+            self._closed = True
+            workers = list(self.processes.values())
         for worker in workers:
             worker.close_stdin()
         deadline = time.monotonic() + timeout

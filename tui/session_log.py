@@ -34,6 +34,7 @@ _OBSERVATIONS: dict[str, type[Any]] = {
         obs.Purged,
         obs.ModeRequested,
         obs.SessionStarted,
+        obs.BrokerRestarted,
     )
 }
 

@@ -198,6 +198,8 @@ class Model:
         record = w.held.get(e.tag)
         body = record.body if record else ""
         label = record.label() if record else f"tag {e.tag}"
+        if record is not None and record.deliveries and record.deliveries[-1].worker == e.worker:
+            record.deliveries[-1].started = e.ts
         w.current = CurrentTask(e.tag, label, body, e.ts, e.seconds)
         if w.status == IDLE:
             w.status = BUSY
@@ -342,6 +344,11 @@ class Model:
     def _on_mode_requested(self, e: obs.ModeRequested) -> None:
         self.mode = DispatchMode(e.prefetch, _ack(e.ack))
 
+    def _on_broker_restarted(self, e: obs.BrokerRestarted) -> None:
+        self.ledger.broker_restarted()
+        if not e.kept:
+            self.last_error = f"{self.ledger.lost_in_restart(e.ts)} waiting task(s) lost in the broker restart"
+
     def _on_session_started(self, e: obs.SessionStarted) -> None:
         self.queue_name = e.queue
         self.ledger.prefix = e.prefix
@@ -443,6 +450,7 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     obs.Purged: Model._on_purged,
     obs.ModeRequested: Model._on_mode_requested,
     obs.SessionStarted: Model._on_session_started,
+    obs.BrokerRestarted: Model._on_broker_restarted,
 }
 
 __all__ = ["DONE", "HELD", "LOST", "PURGED", "READY", "UNACKED_DONE", "Model", "WorkerState"]

@@ -1,4 +1,4 @@
-"""Provides LabHeader: broker (password masked), queue, mode in words, and the broker link's state."""
+"""Provides LabHeader: the broker link's state, broker (password masked), queue, and the mode in words."""
 
 from __future__ import annotations
 
@@ -6,31 +6,27 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.state import Model
-from workers.settings import DispatchMode
 
 
 class LabHeader(Static):
-    """One line at the top that says what is being shown."""
+    """One line at the top that says what is being shown; the link's state comes first so it is never cut off."""
 
     def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
-        mode: DispatchMode = model.mode
-        text = Text.assemble(
-            ("" if title == "dispatch-lab" else f"{title} ", "bold"),
-            (f"{broker} ", "dim"),
-            ("queue ", "dim"),
-            (f"{model.queue_name}", "bold"),
-            (" (durable) " if durable else " (transient) ", "dim"),
-            (mode.describe(), "bold cyan"),
-        )
         state = model.broker_state
+        text = Text()
         if title != "dispatch-lab":
-            text.append("  read-only", "bold yellow")
+            text.append(f"{title} (read-only) ", "bold yellow")
         elif state == "connected":
-            text.append("  ● broker connected", "green")
+            text.append("● connected ", "bold green")
         elif state == "connecting":
-            text.append("  ○ connecting…", "yellow")
+            text.append("○ connecting… ", "bold yellow")
         else:
             attempt = f", attempt {model.broker_attempt}" if model.broker_attempt else ""
-            text.append(f"  ● broker {state}{attempt} ({now - model.broker_since:.0f}s)", "bold red")
-        self.set_class(state not in ("connected", "connecting"), "-trouble")
+            text.append(f"● broker {state}{attempt} ({now - model.broker_since:.0f}s) ", "bold red")
+        text.append(model.mode.describe(), "bold cyan")
+        text.append(" · queue ", "dim")
+        text.append(model.queue_name, "bold")
+        text.append(" (durable) " if durable else " (transient) ", "dim")
+        text.append(broker, "dim")
+        self.set_class(state not in ("connected", "connecting") and title == "dispatch-lab", "-trouble")
         self.update(text)

@@ -1,0 +1,185 @@
+"""Provides LabActions: what the dashboard's keys and commands do to workers, modes, scenarios and the broker.
+
+DispatchLab (tui/app.py) builds on it; this half holds no widgets, only requests
+to the backend, so the app module stays composition and refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from textual import work
+from textual.app import App
+
+from tui.backend import Backend, LabConfig
+from tui.observations import BrokerRestarted
+from tui.runner import apply_action, check, settled
+from tui.scenarios import Action, Scenario
+from tui.state import Model
+from tui.widgets.help_screen import HelpScreen
+from tui.widgets.mode_dialog import PrefetchDialog
+from workers.local_node import LocalNode, LocalNodeError
+from workers.settings import ACK_MODES, DispatchMode
+
+PREFETCH_CYCLE = (0, 1, 10)
+
+
+class LabActions(App[int]):
+    """Actions on the lab; every one is a non-blocking request to the backend."""
+
+    config: LabConfig
+    model: Model
+    backend: Backend | None
+    node: LocalNode | None
+    selected: str | None
+
+    def refresh_view(self) -> None:
+        """Redraw from the model (DispatchLab implements it)."""
+
+    def run_scenario_actions(self, scenario: Scenario) -> None:
+        """A scenario's timed actions, as the headless runner does them."""
+        assert self.backend is not None
+        backend = self.backend
+        for action in scenario.actions:
+
+            def act(action: Action = action) -> None:
+                apply_action(action, backend.pool, self.set_mode)
+                self.notify(f"{scenario.name}: {action.describe()}", timeout=3)
+
+            self.set_timer(action.at, act)
+        if scenario.expect:
+            last = max(a.at for a in scenario.actions) + 1.0
+            self.set_timer(last, lambda: self.run_worker(self._check_when_settled(scenario), group="checks"))
+
+    async def _check_when_settled(self, scenario: Scenario) -> None:
+        for _ in range(1200):
+            if settled(self.model):
+                break
+            await asyncio.sleep(0.5)
+        results = check(scenario, self.model)
+        failed = [c for c in results if not c.ok]
+        lines = "\n".join(("✓ " if c.ok else "✗ ") + c.describe() for c in results)
+        self.notify(lines, title=f"{scenario.name}: {'as expected' if not failed else 'NOT as expected'}",
+                    severity="error" if failed else "information", timeout=15)  # fmt: skip
+
+    # ----- actions
+
+    def _selected_worker(self) -> str | None:
+        if self.selected in self.model.workers:
+            return self.selected
+        self.notify("No worker selected: click a card or press Ctrl+N.", severity="warning")
+        return None
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_select(self, step: int) -> None:
+        names = list(self.model.workers)
+        if not names:
+            return
+        index = names.index(self.selected) if self.selected in names else -step
+        self.selected = names[(index + step) % len(names)]
+        self.refresh_view()
+
+    def action_add_worker(self) -> None:
+        if self.backend is None:
+            return
+        if len(self.backend.pool.running()) >= self.backend.pool.MAX_WORKERS:
+            self.notify(f"At most {self.backend.pool.MAX_WORKERS} workers.", severity="warning")
+            return
+        name = self.backend.pool.spawn()
+        self.notify(f"Starting worker {name}", timeout=2)
+
+    def action_kill(self) -> None:
+        name = self._selected_worker()
+        if name is None or self.backend is None:
+            return
+        held = self.model.workers[name].in_hand
+        if not self.backend.pool.kill(name):
+            self.notify(f"{name} is not running.", severity="warning")
+            return
+        fate = "lost (auto ack)" if self.model.workers[name].ack == "auto" else "requeued by the broker"
+        self.notify(f"Killed {name} with SIGKILL: {held} task(s) it held will be {fate}.")
+
+    def action_stop(self) -> None:
+        name = self._selected_worker()
+        if name is not None and self.backend is not None and not self.backend.pool.stop(name):
+            self.notify(f"{name} is not running.", severity="warning")
+
+    def action_restart(self) -> None:
+        name = self._selected_worker()
+        if name is None or self.backend is None:
+            return
+        pool = self.backend.pool
+        if name in pool.running():
+            pool.stop(name)
+            self.run_worker(self._respawn_when_gone(name), name=f"restart-{name}", group=f"restart-{name}")
+        else:
+            pool.spawn(name)
+        self.notify(f"Restarting {name}", timeout=2)
+
+    async def _respawn_when_gone(self, name: str) -> None:
+        assert self.backend is not None
+        pool = self.backend.pool
+        for _ in range(600):
+            if name not in pool.running():
+                pool.spawn(name)
+                return
+            await asyncio.sleep(0.1)
+        self.notify(f"{name} is still finishing its task; kill it (F3) to restart now.", severity="warning")
+
+    def set_mode(self, mode: DispatchMode) -> None:
+        if self.backend is None:
+            return
+        self.backend.set_mode(mode)
+        self.notify(f"Mode for all workers: {mode.describe()}", timeout=4)
+
+    def action_cycle_prefetch(self) -> None:
+        current = self.model.mode
+        following = [p for p in PREFETCH_CYCLE if p > current.prefetch]
+        self.set_mode(DispatchMode(following[0] if following else PREFETCH_CYCLE[0], current.ack))
+
+    def action_cycle_ack(self) -> None:
+        current = self.model.mode
+        ack = ACK_MODES[(ACK_MODES.index(current.ack) + 1) % len(ACK_MODES)]
+        self.set_mode(DispatchMode(current.prefetch, ack))
+
+    def action_set_prefetch(self) -> None:
+        def chosen(prefetch: int | None) -> None:
+            if prefetch is not None:
+                self.set_mode(DispatchMode(prefetch, self.model.mode.ack))
+
+        self.push_screen(PrefetchDialog(self.model.mode.prefetch), chosen)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "restart_broker":
+            return self.node is not None  # only a broker we started ourselves
+        return True
+
+    def action_restart_broker(self) -> None:
+        if self.node is not None and self.backend is not None:
+            kept = self.config.durable and self.config.persistent
+            what = (
+                "durable queue, persistent messages: tasks should survive" if kept else "transient: tasks will be lost"
+            )
+            self.notify(f"Restarting the broker ({what}) …", timeout=8)
+            self.restart_node(kept)
+
+    @work(thread=True, exclusive=True, group="broker-restart", exit_on_error=False)
+    def restart_node(self, kept: bool) -> None:
+        assert self.node is not None and self.backend is not None
+        began = time.monotonic()
+        try:
+            self.node.restart()
+        except LocalNodeError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error", timeout=15)
+            return
+        seconds = time.monotonic() - began
+        self.backend.inbox.put(BrokerRestarted(time.time(), kept, seconds))
+        self.call_from_thread(self.notify, f"Broker back after {seconds:.1f} s; workers reconnect by themselves.")
+
+    def action_purge(self) -> None:
+        if self.backend is not None:
+            self.backend.purge()
+            self.notify("Purging the queue's ready messages", timeout=2)
