@@ -11,6 +11,7 @@ from workers import protocol
 from workers.protocol import (
     BODY_CAP,
     EVENT_NAMES,
+    Alive,
     Connection,
     Done,
     Error,
@@ -41,6 +42,7 @@ SAMPLES: list[Event] = [
     Returned("w1", TS, 9, "ab12-9", "mode-change"),
     Mode("w1", TS, 1, "auto"),
     Connection("w1", TS, "reconnecting", 3),
+    Alive("w1", TS, 60),
     Error("w1", TS, "Cannot reach a RabbitMQ broker at 127.0.0.1:1."),
     Stopped("w1", TS, "stop"),
 ]

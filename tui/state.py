@@ -20,6 +20,8 @@ from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 
 STALE_AFTER = 2.0
 """Seconds after which a broker figure is shown as stale."""
+UNRESPONSIVE_AFTER = 3.0
+"""Seconds without an event (workers say ``alive`` every second) before a worker counts as hung."""
 MGMT_LAG = 7.0
 """Seconds the management API's message stats trail reality (its collection interval is 5 s)."""
 
@@ -79,6 +81,7 @@ class WorkerState:
     last_seen: float = 0.0
     stop_requested: bool = False
     kill_requested: bool = False
+    heartbeat: int = 0
     connection_attempt: int = 0
 
     @property
@@ -96,6 +99,23 @@ class WorkerState:
         if not self.alive or self.ack == "auto":
             return 0
         return len(self.held) + len(self.unacked_done)
+
+    def silent_for(self, now: float) -> float | None:
+        """Seconds without any sign of life from a live worker (None when it is dead or never seen).
+
+        Workers say ``alive`` every second, so a few silent seconds mean it is hung
+        (SIGSTOP, a frozen VM): the broker notices only after about 2 x heartbeat.
+        """
+        if not self.alive or not self.last_seen or self.status in (STARTING, STOPPING):
+            return None
+        silent = now - self.last_seen
+        return silent if silent > UNRESPONSIVE_AFTER else None
+
+    def dropped_in(self, now: float) -> float | None:
+        """Seconds until the broker should drop a silent worker's connection, if known."""
+        if self.silent_for(now) is None or not self.heartbeat:
+            return None
+        return max(0.0, 2 * self.heartbeat - (now - self.last_seen))
 
     @property
     def waiting(self) -> int:
@@ -193,8 +213,13 @@ class Model:
         record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or "manual")
         w.held[e.tag] = record
 
+    def _on_alive(self, e: protocol.Alive) -> None:
+        w = self._worker(e.worker)
+        w.last_seen, w.heartbeat = e.ts, e.heartbeat
+
     def _on_started(self, e: protocol.Started) -> None:
         w = self._worker(e.worker)
+        w.last_seen = e.ts
         record = w.held.get(e.tag)
         body = record.body if record else ""
         label = record.label() if record else f"tag {e.tag}"
@@ -435,6 +460,7 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.Returned: Model._on_returned,
     protocol.Mode: Model._on_mode,
     protocol.Connection: Model._on_connection,
+    protocol.Alive: Model._on_alive,
     protocol.Error: Model._on_error,
     protocol.Stopped: Model._on_stopped,
     obs.WorkerSpawned: Model._on_spawned,

@@ -97,6 +97,19 @@ class Connection:
 
 
 @dataclass(frozen=True, slots=True)
+class Alive:
+    """Once a second from the connection's thread: the worker is not hung.
+
+    ``heartbeat`` is the AMQP heartbeat timeout negotiated with the broker; a
+    worker that stops answering (SIGSTOP) is dropped after about twice that.
+    """
+
+    worker: str
+    ts: float
+    heartbeat: int
+
+
+@dataclass(frozen=True, slots=True)
 class Error:
     """Something went wrong; ``message`` is one line with no secrets."""
 
@@ -114,7 +127,7 @@ class Stopped:
     reason: str
 
 
-Event = Ready | Received | Started | Done | Returned | Mode | Connection | Error | Stopped
+Event = Ready | Received | Started | Done | Returned | Mode | Connection | Alive | Error | Stopped
 
 EVENT_NAMES: dict[type[Event], str] = {
     Ready: "ready",
@@ -124,6 +137,7 @@ EVENT_NAMES: dict[type[Event], str] = {
     Returned: "returned",
     Mode: "mode",
     Connection: "connection",
+    Alive: "alive",
     Error: "error",
     Stopped: "stopped",
 }
@@ -146,6 +160,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "reason": (str,),
     "state": (str,),
     "attempt": (int,),
+    "heartbeat": (int,),
     "message": (str,),
 }
 _BOOL_FIELDS = frozenset({"redelivered", "acked"})
@@ -195,9 +210,7 @@ def decode(line: str | bytes) -> Event | None:
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 
-def encode_received(
-    worker_json: str, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool
-) -> str:
+def encode_received(worker_json: str, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool) -> str:
     """A ``received`` line; ``worker_json`` is the worker name already JSON-encoded."""
     return (
         f'{{"v":1,"event":"received","worker":{worker_json},"ts":{ts!r},"tag":{tag},'

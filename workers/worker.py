@@ -152,6 +152,7 @@ class Worker:
         self._draining = False
         self._stop_reason: str | None = None
         self._exit = False
+        self._alive_at = 0.0
 
     # ----- output
 
@@ -379,9 +380,7 @@ class Worker:
                 self._interrupt.clear()
             self._say(f" [x] Received {task.text!r}")
             if writer.enabled:
-                writer.add(
-                    protocol.encode_started(self._name_json, time.time(), task.tag, task.msg_id, task.seconds)
-                )
+                writer.add(protocol.encode_started(self._name_json, time.time(), task.tag, task.msg_id, task.seconds))
                 if task.seconds > 0:
                     writer.flush()
             if task.seconds > 0:
@@ -392,9 +391,7 @@ class Worker:
                 self._current = None
                 if writer.enabled:
                     writer.add(
-                        protocol.encode_done(
-                            self._name_json, time.time(), task.tag, task.msg_id, task.ack != "none"
-                        )
+                        protocol.encode_done(self._name_json, time.time(), task.tag, task.msg_id, task.ack != "none")
                     )
                 if task.ack == "manual":
                     self._finished.append(task)
@@ -424,9 +421,7 @@ class Worker:
         self._request_wake()
 
     def _open(self) -> None:
-        connection = connect(
-            self.url, name=f"dispatch-lab {self.name} (pid {os.getpid()})", heartbeat=self.heartbeat
-        )
+        connection = connect(self.url, name=f"dispatch-lab {self.name} (pid {os.getpid()})", heartbeat=self.heartbeat)
         try:
             channel = connection.channel()
             declare_task_queue(channel, self.queue_name, durable=self.durable)
@@ -486,6 +481,16 @@ class Worker:
             )
         )
 
+    def _say_alive(self) -> None:
+        now = time.time()
+        if now - self._alive_at < 1.0 or not self.writer.enabled or self._connection is None:
+            return
+        self._alive_at = now
+        # pika keeps the value negotiated in Connection.Tune on the parameters it connected with.
+        params = getattr(getattr(self._connection, "_impl", None), "params", None)
+        heartbeat = int(getattr(params, "heartbeat", 0) or 0)
+        self.writer.add(protocol.encode(protocol.Alive(self.name, now, heartbeat)))
+
     def _loop(self) -> None:
         while not self._exit:
             if self._draining and self._idle():
@@ -495,6 +500,7 @@ class Worker:
             try:
                 assert self._connection is not None
                 self._connection.process_data_events(time_limit=0.2)
+                self._say_alive()
                 self._after_cycle()
             except pika.exceptions.ChannelClosedByBroker as exc:
                 raise BrokerError(explain_channel_error(exc, self.queue_name)) from None
@@ -630,9 +636,7 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         metavar="S",
         help="ask the broker for this heartbeat timeout in seconds",
     )
-    parser.add_argument(
-        "--transient", action="store_true", help="declare the queue non-durable (default: durable)"
-    )
+    parser.add_argument("--transient", action="store_true", help="declare the queue non-durable (default: durable)")
     return parser
 
 

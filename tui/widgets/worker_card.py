@@ -19,7 +19,12 @@ def progress_bar(fraction: float, width: int = 10) -> str:
     return "▰" * filled + "▱" * (width - filled)
 
 
-def describe_status(worker: WorkerState) -> str:
+def describe_status(worker: WorkerState, now: float) -> str:
+    silent = worker.silent_for(now)
+    if silent is not None:
+        dropped = worker.dropped_in(now)
+        countdown = f", broker drops it in ~{dropped:.0f}s" if dropped else ", broker should drop it now"
+        return f"UNRESPONSIVE {silent:.0f}s{countdown}"
     if worker.status == KILLED:
         return "killed"
     if worker.status == "exited":
@@ -59,15 +64,18 @@ class WorkerCard(Widget, can_focus=True):
         """Render the worker; skips the work when nothing visible changed."""
         current = worker.current
         elapsed = round(now - current.started, 1) if current else 0.0
+        silent = worker.silent_for(now)
         key = (
-            worker.status, worker.pid, worker.received, worker.done, worker.in_hand,
+            worker.status, worker.pid, None if silent is None else round(silent),
+            worker.received, worker.done, worker.in_hand,
             worker.redelivered, worker.returned, worker.prefetch, worker.ack, elapsed,
             len(worker.log), worker.log[-1] if worker.log else "", len(worker.stderr), worker.unacked,
         )  # fmt: skip
         if key == self._last:
             return
         self._last = key
-        self.border_title = f"{worker.name} · pid {worker.pid or '-'} · {describe_status(worker)}"
+        self.border_title = f"{worker.name} · pid {worker.pid or '-'} · {describe_status(worker, now)}"
+        self.set_class(worker.silent_for(now) is not None, "-unresponsive")
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
