@@ -80,12 +80,17 @@ class DispatchLab(LabActions):
         self._cards: dict[str, WorkerCard] = {}
 
     def compose(self) -> ComposeResult:
-        yield LabHeader(id="header")
+        # Kept as attributes: the refresh timer must find them whichever screen is on top.
+        self._header = LabHeader(id="header")
+        self._queue_panel = QueuePanel(id="queue")
+        self._grid = Grid(id="workers")
+        self._timeline = TimelineView(id="timeline")
+        yield self._header
         with Horizontal(id="main"):
-            yield QueuePanel(id="queue")
+            yield self._queue_panel
             with Vertical(id="right"):
-                yield Grid(id="workers")
-                yield TimelineView(id="timeline")
+                yield self._grid
+                yield self._timeline
         yield PublisherPane(self.presets)
         yield Footer()
 
@@ -104,9 +109,11 @@ class DispatchLab(LabActions):
                 self.session_log.add(items)
             self.model.apply_all(items)
         now = self.clock()
-        self.query_one(LabHeader).show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
-        self.query_one(QueuePanel).show(self.model, now, self.config.durable)
-        grid = self.query_one("#workers", Grid)
+        if not self._header.is_attached:
+            return  # shutting down
+        self._header.show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
+        self._queue_panel.show(self.model, now, self.config.durable)
+        grid = self._grid
         for name, worker in self.model.workers.items():
             card = self._cards.get(name)
             if card is None:
@@ -118,7 +125,7 @@ class DispatchLab(LabActions):
             if card.is_mounted:
                 card.show(worker, now)
         grid.set_class(len(self._cards) > 4, "-many")
-        self.query_one(TimelineView).show(self.model, now)
+        self._timeline.show(self.model, now)
 
     def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:
         self.selected = message.name
