@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tui import observations as obs
 from tui.state import Model
 from workers import protocol
+from workers.settings import DispatchMode
 
 T0 = 1_700_000_000.0
 """The start of every recording (a fixed epoch second, so replays never depend on today)."""
@@ -55,9 +56,9 @@ def _ts(item: obs.Observation) -> float:
     return float(getattr(item, "ts", T0))
 
 
-def replay(events: list[obs.Observation], *, ledger_cap: int | None = None) -> Model:
+def replay(events: list[obs.Observation], *, mode: DispatchMode | None = None, ledger_cap: int | None = None) -> Model:
     """A fresh model that knows our publisher's prefix, with ``events`` folded in."""
-    model = Model(prefix=PREFIX, ledger_cap=ledger_cap)
+    model = Model(mode=mode, prefix=PREFIX, ledger_cap=ledger_cap)
     model.apply_all(events)
     return model
 

@@ -113,7 +113,7 @@ def test_why_follows_the_story() -> None:
     assert [d.why for d in record.deliveries] == [FIRST, AFTER_CRASH, "returned by a mode change", REDELIVERED]
     assert record.lifeline() == (
         "#1 -> w1 -> killed -> requeued -> w2 (redelivered) -> returned (mode-change) -> requeued"
-        " -> w2 (redelivered) -> returned (something new) -> requeued -> w3 (redelivered) -> working"
+        " -> w2 (redelivered) -> returned (something new) -> requeued -> w3 (redelivered) -> waiting"
     )
     assert (ledger.deliveries, ledger.redeliveries) == (4, 3)
 

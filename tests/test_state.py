@@ -76,6 +76,7 @@ def test_round_robin_deals_one_three_five_and_two_four() -> None:
     assert (w1.waiting, w2.waiting) == (2, 1)  # the prefetch window at work
     assert model.derived_unacked() == 5
     assert model.ledger.count(HELD) == 5
+    assert (lifeline(model, 1), lifeline(model, 3)) == ("#1 -> w1 -> working", "#3 -> w1 -> waiting")
     assert model.balance(session.ts("all delivered"))[2] is None  # in motion
 
 
@@ -293,7 +294,7 @@ def test_stop_returns_are_explained_as_a_stop() -> None:
     model = replay(r.events)
     assert model.workers["w1"].status == EXITED
     assert whys(model, 2) == [FIRST, AFTER_STOP]
-    assert lifeline(model, 2) == "#2 -> w1 -> returned (stop) -> requeued -> w2 (redelivered) -> working"
+    assert lifeline(model, 2) == "#2 -> w1 -> returned (stop) -> requeued -> w2 (redelivered) -> waiting"
 
 
 # ----- (f) forgotten ack
