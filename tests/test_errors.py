@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from urllib.parse import quote
 
 import pika
@@ -191,9 +190,3 @@ def test_bad_arguments_are_usage_errors(module: str, args: list[str], message: s
     assert "Traceback" not in result.output
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
     assert "neverUsedPW" not in result.output
-
-
-def test_program_table_is_complete(queue_factory: Callable[[], str]) -> None:
-    """Each program above is one of the two entry points, so every error case covers both."""
-    assert {module for module, _ in PROGRAMS.values()} == {"workers.worker", "workers.new_task"}
-    assert queue_factory().startswith("test-")

@@ -24,7 +24,7 @@ from tests.helpers import (
 )
 from workers import protocol
 from workers.broker import ManagementApi, QueueFigures
-from workers.protocol import Connection, Done, Mode, Ready, Received, Returned, Started, Stopped
+from workers.protocol import Alive, Connection, Done, Mode, Ready, Received, Returned, Started, Stopped
 
 pytestmark = pytest.mark.broker
 
@@ -261,6 +261,9 @@ def check_long_task_single_delivery(
     assert not worker.of(Received)[0].redelivered
     assert [e.msg_id for e in worker.of(Done)] == [msg_id] and worker.of(Done)[0].acked
     assert worker.of(Connection) == [], "the connection must not drop during a long task"
+    alive = worker.of(Alive)
+    assert len(alive) >= seconds / 2, "the connection's thread kept running during the task"
+    assert {e.heartbeat for e in alive} == {heartbeat}, "the broker agreed to our heartbeat"
     assert ready_after_exit(broker_url, queue, worker) == 0, "the task was acked once, nothing came back"
     assert len(worker.of(Received)) == 1
     assert_clean_output(worker)
@@ -284,8 +287,8 @@ def test_live_mode_change_returns_waiting_tasks(broker_url: str, queue_name: str
     """Prefetch 0 -> 1 on a running worker: its waiting backlog goes back and is shared."""
     w1 = spawn_worker(queue_name, "w1", prefetch=0, seconds_per_dot=0.1)
     w1.ready()
-    ids = publish(broker_url, queue_name, [f"task {i}....." for i in range(6)])
-    w1.wait_event(Received, count=6)
+    ids = publish(broker_url, queue_name, [f"task {i}......" for i in range(8)])
+    w1.wait_event(Received, count=8)
     w1.wait_event(Started)
     w2 = spawn_worker(queue_name, "w2", prefetch=1, seconds_per_dot=0.1)
     w2.ready()
@@ -308,12 +311,13 @@ def test_live_mode_change_returns_waiting_tasks(broker_url: str, queue_name: str
 
     # Prefetch is per consumer, and the task in progress belongs to the cancelled one, so
     # the new consumer may be sent one more meanwhile; once that task is done, one at a time.
-    current = w1.of(Started)[0].tag
     w1_events = w1.events
+    mode_at = w1_events.index(mode)
+    before = w1_events[:mode_at]
+    [current] = {e.tag for e in of_kind(before, Started)} - {e.tag for e in of_kind(before, Done)}
     after = next(i for i, e in enumerate(w1_events) if isinstance(e, Done) and e.tag == current)
     series = held_series(w1_events)
     assert max(series[after:]) <= 1, w1.describe()
-    mode_at = w1_events.index(mode)
     assert max(series[mode_at:]) <= 2, w1.describe()
     assert w1.stop() == 0 and w2.stop() == 0
     assert_clean_output(w1, w2)
