@@ -30,12 +30,31 @@ def broker_reachable(url: str) -> bool:
 
 
 def find_or_start_broker() -> str | None:
-    """The URL of a broker the tests may use: AMQP_URL, else the local default; None if none answers.
+    """The URL of a broker the tests may use: AMQP_URL, else the local default, else a private node.
 
-    The one place to extend with "start a private node" when no broker runs.
+    With no AMQP_URL and nothing answering on 127.0.0.1:5672, a private node
+    (workers.local_node) is booted for the session when rabbitmq-server is
+    installed; it is destroyed when pytest exits (LocalNode registers destroy()
+    with atexit, and the node halts by itself if pytest is killed). An AMQP_URL
+    that does not answer is a mistake to report, not to paper over: None.
     """
-    url = os.environ.get(URL_ENV) or LOCAL_URL
-    return url if broker_reachable(url) else None
+    import warnings
+
+    from workers.local_node import LocalNode, LocalNodeError, rabbitmq_server_path
+
+    chosen = os.environ.get(URL_ENV)
+    url = chosen or LOCAL_URL
+    if broker_reachable(url):
+        return url
+    if chosen or rabbitmq_server_path() is None:
+        return None
+    node = LocalNode()
+    try:
+        return node.start()
+    except LocalNodeError as exc:
+        node.destroy()
+        warnings.warn(f"no private RabbitMQ node for the tests: {exc}", stacklevel=1)
+        return None
 
 
 @pytest.fixture(scope="session")
