@@ -45,6 +45,7 @@ def test_the_replayed_model_is_what_the_pictures_show() -> None:
     assert w2.current is not None and (w2.current.label, w2.current.seconds) == ("#5", 5.0)
     assert SNAPSHOT_NOW - w2.current.started == 2.5
     assert (w2.in_hand, w2.waiting, w2.redelivered) == (2, 1, 1)
+    assert w2.silent_for(SNAPSHOT_NOW) is None and w3.silent_for(SNAPSHOT_NOW) is None  # not "unresponsive"
     assert model.ledger.records["ab12-5"].lifeline() == "#5 -> w2 -> working"
     assert model.ledger.records["ab12-4"].lifeline() == "#4 -> w1 -> killed -> requeued -> w2 (redelivered) -> waiting"
     assert (model.ledger.done_messages, model.ledger.redeliveries) == (4, 1)
