@@ -153,6 +153,15 @@ def test_purge_marks_the_oldest_ready_tasks_and_takes_back_a_wrong_guess() -> No
     assert ledger.purged == 3
 
 
+def test_a_requeued_task_that_is_purged_says_so() -> None:
+    ledger = Ledger(prefix=PREFIX)
+    hold(ledger, 1, "w1")
+    ledger.worker_gone(ledger.records[mid(1)], T0 + 2, killed=True)
+    assert ledger.records[mid(1)].lifeline() == "#1 -> w1 -> killed -> requeued"
+    ledger.purge(1)
+    assert ledger.records[mid(1)].lifeline() == "#1 -> w1 -> killed -> requeued -> purged"
+
+
 # ----- eviction at the cap
 
 

@@ -99,6 +99,8 @@ class MessageRecord:
                 parts.append(f"{outcome} -> requeued")
         if not self.deliveries:
             parts.append(self.state)
+        elif self.state in (PURGED, LOST) and parts[-1].endswith("requeued"):
+            parts.append(self.state)  # back in the queue, then purged (or gone with a transient queue)
         return " -> ".join(parts)
 
 
