@@ -17,6 +17,7 @@ from tests.recordings import ODD_HEAVY, SNAPSHOT_NOW, TUTORIAL, replay, session_
 from tui.app import DispatchLab
 from tui.backend import LabConfig
 from tui.scenarios import Scenario
+from tui.state import FROM_MANAGEMENT
 
 SIZE = (120, 36)
 PASSWORD = "s3cret"
@@ -49,7 +50,7 @@ def test_the_replayed_model_is_what_the_pictures_show() -> None:
     assert model.ledger.records["ab12-5"].lifeline() == "#5 -> w2 -> working"
     assert model.ledger.records["ab12-4"].lifeline() == "#4 -> w1 -> killed -> requeued -> w2 (redelivered) -> waiting"
     assert (model.ledger.done_messages, model.ledger.redeliveries) == (4, 1)
-    assert model.unacked(SNAPSHOT_NOW) == (3, "management API, ~5 s old")
+    assert model.unacked(SNAPSHOT_NOW) == (3, FROM_MANAGEMENT)
     assert not model.stale(SNAPSHOT_NOW)
 
 

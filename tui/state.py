@@ -20,10 +20,15 @@ from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 
 STALE_AFTER = 2.0
 """Seconds after which a broker figure is shown as stale."""
+FROM_MANAGEMENT = "management API, ~5 s behind"
+DERIVED = "derived: worker events"
+"""Where the unacked figure came from, as the queue panel says it."""
 UNRESPONSIVE_AFTER = 3.0
 """Seconds without an event (workers say ``alive`` every second) before a worker counts as hung."""
 MGMT_LAG = 7.0
 """Seconds the management API's message stats trail reality (its collection interval is 5 s)."""
+VANISH_QUIET = 1.5
+"""Seconds of stillness before ready tasks missing from an empty queue count as lost unseen."""
 
 LOG_LINES = 6
 LANE_BLOCKS = 400
@@ -96,9 +101,11 @@ class WorkerState:
     @property
     def unacked(self) -> int:
         """This worker's share of the broker's unacked count."""
-        if not self.alive or self.ack == "auto":
+        if not self.alive:
             return 0
-        return len(self.held) + len(self.unacked_done)
+        # Each delivery keeps the ack mode it was made under: a live switch leaves old ones as they were.
+        manual = sum(1 for r in self.held.values() if not r.deliveries or r.deliveries[-1].ack != "auto")
+        return manual + len(self.unacked_done)
 
     def silent_for(self, now: float) -> float | None:
         """Seconds without any sign of life from a live worker (None when it is dead or never seen).
@@ -166,6 +173,8 @@ class Model:
         self.durable = True
         self.last_activity = 0.0
         """When a task last moved (delivered, finished, given back, lost with its worker)."""
+        self.last_auto_death: float | None = None
+        """When a worker in auto ack last died: what the broker had written to its socket is gone."""
 
     # ----- folding
 
@@ -308,6 +317,8 @@ class Model:
         killed = e.code == -9 or (e.code < 0 and w.kill_requested)
         w.status = KILLED if killed else EXITED
         w.exit_code = e.code
+        if e.code != 0 and w.ack == "auto":
+            self.last_auto_death = e.ts
         w.log.append(" [!] killed (SIGKILL)" if killed else f" [*] exited with code {e.code}")
         for record in [*w.held.values(), *w.unacked_done.values()]:
             self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0, worker=e.worker)
@@ -354,6 +365,22 @@ class Model:
             q.mgmt_unacked, q.mgmt_sampled = e.unacked, e.ts
         if e.external is not None:
             q.external = e.external
+        if e.ready == 0 and self.last_auto_death is not None and self.ledger.count(READY) and self._still(e.ts):
+            self.ledger.vanished(self.last_auto_death)
+
+    def _still(self, now: float) -> bool:
+        """Nothing moved for a while and every live worker is idle, holds nothing and answers.
+
+        Then a task missing from the broker's empty queue is not on its way to anyone.
+        """
+        if now - self.last_activity < VANISH_QUIET:
+            return False
+        for w in self.workers.values():
+            if not w.alive or w.status == STARTING:
+                continue
+            if w.held or w.current is not None or now - w.last_seen > UNRESPONSIVE_AFTER:
+                return False
+        return True
 
     def _on_broker(self, e: obs.BrokerStatus) -> None:
         if e.state == "connected" and self.broker_state in ("lost", "reconnecting"):
@@ -394,8 +421,8 @@ class Model:
         """The unacked figure and its source: the management API when fresh, else derived."""
         q = self.queue
         if q.mgmt_unacked is not None and q.mgmt_sampled is not None and now - q.mgmt_sampled < 15:
-            return q.mgmt_unacked, "management API, ~5 s old"
-        return self.derived_unacked(), "derived from worker events"
+            return q.mgmt_unacked, FROM_MANAGEMENT
+        return self.derived_unacked(), DERIVED
 
     def stale(self, now: float) -> bool:
         """True when the broker's figures are too old to trust."""
@@ -432,7 +459,7 @@ class Model:
         unacked, _ = self.unacked(now)
         rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged
         _, source = self.unacked(now)
-        settling = source.startswith("management") and now - self.last_activity < MGMT_LAG
+        settling = source == FROM_MANAGEMENT and now - self.last_activity < MGMT_LAG
         quiet = (
             not self.stale(now)
             and not settling

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
 from workers.settings import mask_url, scrub, url_parts
 
@@ -52,7 +53,7 @@ def describe_connect_error(exc: BaseException, url: str) -> str:
         )
     if isinstance(exc, socket.gaierror):
         return f"Cannot resolve the broker host {parts.host!r}: check --url or AMQP_URL."
-    if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
+    if isinstance(exc, (pika.exceptions.IncompatibleProtocolError, AMQPConnectorStackTimeout)):
         return f"{where} does not speak AMQP 0-9-1: is that port a RabbitMQ broker?"
     text = repr(exc.args[0]) if exc.args else repr(exc)
     if "Refused" in text or "refused" in text:
@@ -66,13 +67,12 @@ def connect(url: str, *, name: str, heartbeat: int | None = None) -> pika.Blocki
     """A BlockingConnection, or BrokerError with a sentence that names the fix."""
     try:
         return pika.BlockingConnection(connection_parameters(url, name=name, heartbeat=heartbeat))
-    except (pika.exceptions.AMQPError, OSError) as exc:
+    except (pika.exceptions.AMQPError, OSError, AMQPConnectorException) as exc:
+        # AMQPConnectorStackTimeout (a port that accepts but never speaks AMQP) is not an AMQPError.
         raise BrokerError(describe_connect_error(exc, url)) from None
 
 
-_INEQUIVALENT = re.compile(
-    r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$"
-)
+_INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$")
 
 
 def explain_channel_error(exc: pika.exceptions.ChannelClosedByBroker, queue: str) -> str:

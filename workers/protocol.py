@@ -174,10 +174,15 @@ def encode(event: Event) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a number on the wire")
+
+
 def decode(line: str | bytes) -> Event | None:
     """The event in one line, or None for anything that is not a valid v1 event."""
     try:
-        data = json.loads(line)
+        # json.loads takes NaN and Infinity by default; no real event carries them.
+        data = json.loads(line, parse_constant=_no_constants)
     except (ValueError, RecursionError):  # RecursionError: deeply nested junk like "[[[[..."
         return None
     if not isinstance(data, dict):

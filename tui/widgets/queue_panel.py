@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from tui.state import Model
+from tui.state import FROM_MANAGEMENT, Model
 
 
 class QueuePanel(Vertical):
@@ -29,29 +29,30 @@ class QueuePanel(Vertical):
         ledger = model.ledger
         unacked, unacked_source = model.unacked(now)
         ours = model.our_consumers()
-        table = Table.grid(padding=(0, 1))
+        table = Table.grid(padding=(0, 1), expand=True)
         table.add_column(style="dim", min_width=11, no_wrap=True)
         table.add_column(justify="right", min_width=6, style="bold", no_wrap=True)
         table.add_column(style="dim italic", no_wrap=True, overflow="ellipsis")
         age = "" if q.sampled is None else f", {now - q.sampled:.1f}s old" if stale else ""
         table.add_row("ready", _n(q.ready), f"passive declare{age}")
         table.add_row("unacked", str(unacked), unacked_source)
-        if unacked_source.startswith("management"):
-            table.add_row("held now", str(model.derived_unacked()), "unacked per worker events, live")
+        if unacked_source == FROM_MANAGEMENT:
+            table.add_row("held now", str(model.derived_unacked()), "live, from worker events")
         consumers = _n(q.consumers)
-        others = "" if q.consumers is None else f", {ours} ours + {max(0, q.consumers - ours)} other"
-        table.add_row("consumers", consumers, "passive declare" + others)
+        others = "passive declare" if q.consumers is None else f"{ours} ours + {max(0, q.consumers - ours)} other"
+        table.add_row("consumers", consumers, others)
         table.add_row("published", str(ledger.published), f"confirmed {ledger.confirmed}")
         table.add_row("done", str(ledger.done_messages), f"runs {ledger.done_runs}, duplicates {ledger.duplicates}")
-        table.add_row("redelivered", str(ledger.redeliveries), "deliveries flagged by the broker")
+        table.add_row("redelivered", str(ledger.redeliveries), "flagged by the broker")
         lost = Text(str(ledger.lost), style="bold red" if ledger.lost else "bold")
-        table.add_row("lost", lost, "auto-acked, worker died")
+        table.add_row("lost", lost, "auto ack, worker died")
         if ledger.purged:
             table.add_row("purged", str(ledger.purged), "removed by purge")
         published, accounted, holds = model.balance(now)
         verdict = {True: Text("✓", "bold green"), False: Text("✗", "bold red"), None: Text("…", "dim")}[holds]
-        word = {True: "holds", False: "OFF", None: "in motion"}[holds]
-        table.add_row("balance", verdict, f"{word}: {published} in, {accounted} accounted")
+        relation = {True: "=", False: "≠", None: "→"}[holds]
+        word = {True: "holds", False: "OFF", None: "moving"}[holds]
+        table.add_row("balance", verdict, f"{word}: {published} in {relation} {accounted} out")
         if stale:
             state = model.broker_state
             why = f"broker {state}" + (f", attempt {model.broker_attempt}" if model.broker_attempt else "")

@@ -12,6 +12,6 @@ class TimelineView(Static):
     """One lane per worker: green = done, yellow = redelivered, red ✗ = killed, dots = idle."""
 
     def show(self, model: Model, now: float) -> None:
-        self.border_title = "timeline: green done · yellow ↻ redelivered · cyan returned · ✗ killed · dots idle"
+        self.border_title = "timeline · done · ↻ redelivered · ✗ killed · ··· idle"
         width = max(20, self.size.width - 2)
         self.update(timeline.render(model, now, width))

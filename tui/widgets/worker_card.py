@@ -13,7 +13,7 @@ from tui.state import BUSY, KILLED, STOPPING, WorkerState
 STATUS_CLASSES = ("-busy", "-idle", "-dead", "-stopping", "-starting", "-reconnecting")
 
 
-def progress_bar(fraction: float, width: int = 10) -> str:
+def progress_bar(fraction: float, width: int = 8) -> str:
     """A text bar, so a refresh costs a string, not a widget tree."""
     filled = max(0, min(width, round(fraction * width)))
     return "▰" * filled + "▱" * (width - filled)
@@ -109,17 +109,26 @@ class WorkerCard(Widget, can_focus=True):
                 return Text("stopping: finishing nothing, giving back the rest", "dim")
             return Text("idle" if worker.alive else "", "dim")
         elapsed = max(0.0, now - current.started)
-        if current.seconds <= 0:
-            return Text(f"{current.label} {current.body[:30]}", "bold")
-        fraction = min(1.0, elapsed / current.seconds)
-        left = max(0.0, current.seconds - elapsed)
-        text = Text(f"{current.label} ", "bold")
-        text.append(f"{current.body[:14]} ")
-        text.append(progress_bar(fraction), "green")
-        text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
-        if left > 60:
-            text.append(f" (ETA {left / 60:.0f} min)", "dim")
         waiting = worker.waiting
+        if current.seconds <= 0:
+            text = Text(f"{current.label} working", "bold")
+        else:
+            fraction = min(1.0, elapsed / current.seconds)
+            left = max(0.0, current.seconds - elapsed)
+            text = Text(f"{current.label} ", "bold")
+            text.append(progress_bar(fraction), "green")
+            text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
+            if left > 60:
+                text.append(f" ETA {_duration(left)}", "dim")
         if waiting:
-            text.append(f" +{waiting} waiting", "yellow")
+            text.append(f" +{waiting} waiting", "bold yellow")
         return text
+
+
+def _duration(seconds: float) -> str:
+    """3 min, 2.5 h, 4.1 days: an honest ETA for very long tasks."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
