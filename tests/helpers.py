@@ -240,14 +240,18 @@ class WorkerProc:
             os.kill(self.proc.pid, signal.SIGINT)
 
     def stop(self, timeout: float = 15.0) -> int:
-        """The graceful stop command, then EOF; returns the exit code."""
+        """The graceful stop command (events mode); returns the exit code.
+
+        EOF only follows the exit: EOF means "stop now" and would cut the current task short.
+        """
         if self.proc.poll() is None:
             try:
                 self.send(protocol.Stop())
             except (BrokenPipeError, OSError):
                 pass
+        code = self.wait_exit(timeout)
         self.close_stdin()
-        return self.wait_exit(timeout)
+        return code
 
     def close(self) -> None:
         """Teardown: whatever state it is in, the process is gone and reaped afterwards."""
