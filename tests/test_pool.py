@@ -1,0 +1,354 @@
+"""WorkerPool against the real broker: spawn, stop, kill, start order, secrets, bad output, shutdown."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+import pika
+import pytest
+
+from tests.helpers import publish, wait_until
+from tui import observations as obs
+from tui.pool import Inbox, PoolClosed, WorkerPool
+from tui.state import Model
+from workers import protocol
+from workers.settings import DispatchMode, url_parts
+
+T = TypeVar("T")
+
+PASSWORD = "Zq9-distinctive-PW"
+"""A password no other part of the system could print by accident."""
+
+
+class Observed:
+    """Drains a pool's inbox into one ordered list."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+        self.items: list[obs.Observation] = []
+
+    def all(self) -> list[obs.Observation]:
+        self.items += self.inbox.drain()
+        return self.items
+
+    def of(self, kind: type[T], worker: str | None = None) -> list[T]:
+        return [
+            i for i in self.all() if isinstance(i, kind) and (worker is None or getattr(i, "worker", None) == worker)
+        ]
+
+    def wait(self, kind: type[T], worker: str | None = None, count: int = 1, timeout: float = 20.0) -> list[T]:
+        """At least ``count`` observations of ``kind`` (from ``worker``); fails with what arrived."""
+
+        def enough() -> list[T] | None:
+            found = self.of(kind, worker)
+            return found if len(found) >= count else None
+
+        try:
+            return wait_until(enough, timeout, "")
+        except AssertionError:
+            seen = "\n  ".join(repr(i) for i in self.items[-30:])
+            raise AssertionError(
+                f"no {count} x {kind.__name__} from {worker or 'any'} in {timeout}s:\n  {seen}"
+            ) from None
+
+
+ROUND_ROBIN = DispatchMode(0, "manual")
+
+PoolFactory = Callable[[str, str], tuple[WorkerPool, Observed]]
+
+
+def make_pool(url: str, queue: str) -> tuple[WorkerPool, Observed]:
+    inbox = Inbox()
+    return WorkerPool(url, queue, inbox, mode=ROUND_ROBIN, seconds_per_dot=0.05), Observed(inbox)
+
+
+@pytest.fixture
+def pools() -> Iterator[PoolFactory]:
+    """Makes pools; each is shut down at teardown, pass or fail."""
+    made: list[WorkerPool] = []
+
+    def factory(url: str, queue: str) -> tuple[WorkerPool, Observed]:
+        pool, observed = make_pool(url, queue)
+        made.append(pool)
+        return pool, observed
+
+    yield factory
+    for pool in made:
+        pool.shutdown(timeout=1.0)
+
+
+def fake_worker(monkeypatch: pytest.MonkeyPatch, script: str, *args: str) -> None:
+    """Make the pool start ``python -c script args`` instead of the real worker."""
+    monkeypatch.setattr(WorkerPool, "_argv", lambda self, name: [sys.executable, "-u", "-c", script, name, *args])
+
+
+# ----- spawn, stop, kill, restart
+
+
+def test_spawn_stop_kill_and_respawn(broker_url: str, queue_name: str, pools: PoolFactory) -> None:
+    pool, seen = pools(broker_url, queue_name)
+    assert (pool.spawn(), pool.spawn()) == ("w1", "w2")
+    ready = {r.worker: r for r in seen.wait(protocol.Ready, count=2)}
+    spawned = {s.worker: s.pid for s in seen.of(obs.WorkerSpawned)}
+    assert {name: r.pid for name, r in ready.items()} == spawned
+    assert all((r.queue, r.prefetch, r.ack) == (queue_name, 0, "manual") for r in ready.values())
+    assert sorted(pool.running()) == ["w1", "w2"] and pool.pids() == set(spawned.values())
+
+    # stop: graceful, exit code 0, and only once
+    assert pool.stop("w1")
+    assert seen.wait(obs.WorkerExited, "w1")[0].code == 0
+    assert [s.kill for s in seen.of(obs.StopRequested, "w1")] == [False]
+    assert seen.of(protocol.Stopped, "w1")[0].reason == "stop"
+    assert not pool.stop("w1") and not pool.kill("w1")
+
+    # kill: SIGKILL, and only once
+    assert pool.kill("w2")
+    assert seen.wait(obs.WorkerExited, "w2")[0].code == -9
+    assert [s.kill for s in seen.of(obs.StopRequested, "w2")] == [True]
+    assert not seen.of(protocol.Stopped, "w2"), "a SIGKILLed worker cannot say goodbye"
+    assert pool.running() == [] and not pool.kill("w2")
+
+    # a live mode change reaches the running workers; a respawned one starts in it
+    assert pool.spawn("w1") == "w1"
+    seen.wait(protocol.Ready, "w1", count=2)
+    assert pool.set_mode(DispatchMode(3, "manual")) == ["w1"]
+    mode = seen.wait(protocol.Mode, "w1")[0]
+    assert (mode.prefetch, mode.ack) == (3, "manual")
+    assert pool.spawn() == "w3"
+    assert seen.wait(protocol.Ready, "w3")[0].prefetch == 3
+    pids = {s.worker: s.pid for s in seen.of(obs.WorkerSpawned)}
+    assert pids["w1"] != spawned["w1"]
+
+    # the folded model tells the same story
+    model = Model(queue=queue_name)
+    model.apply_all(seen.all())
+    assert model.workers["w1"].restarts == 1 and model.workers["w1"].status == "idle"
+    assert model.workers["w2"].status == "killed"
+
+
+def test_spawn_in_order_makes_round_robin_start_with_w1(broker_url: str, queue_name: str, pools: PoolFactory) -> None:
+    """Workers started together register with the broker in a random order; one at a time, in name order."""
+    pool, seen = pools(broker_url, queue_name)
+    pool.spawn_in_order(3)
+    ready = seen.wait(protocol.Ready, count=3)
+    spawned = {s.worker: s.ts for s in seen.of(obs.WorkerSpawned)}
+    assert [r.worker for r in ready] == ["w1", "w2", "w3"]
+    assert spawned["w2"] >= ready[0].ts and spawned["w3"] >= ready[1].ts
+    ids = publish(broker_url, queue_name, [f"task {n}" for n in range(1, 7)])
+    seen.wait(protocol.Done, count=6)
+    got = {name: [ids.index(r.msg_id or "") + 1 for r in seen.of(protocol.Received, name)] for name in spawned}
+    assert got == {"w1": [1, 4], "w2": [2, 5], "w3": [3, 6]}
+
+
+def test_no_spawn_after_shutdown(broker_url: str, queue_name: str) -> None:
+    pool, _ = make_pool(broker_url, queue_name)
+    pool.shutdown()
+    with pytest.raises(PoolClosed):
+        pool.spawn()
+    assert pool.processes == {}
+
+
+# ----- the URL's password stays out of argv and output
+
+
+def _mgmt(broker_url: str, method: str, path: str, body: dict[str, str] | None = None) -> None:
+    parts = url_parts(broker_url)
+    token = base64.b64encode(f"{parts.user}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"http://{parts.host}:15672/api{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def dedicated_user(broker_url: str) -> Iterator[str]:
+    """A broker user with a distinctive password, deleted afterwards; yields its AMQP URL.
+
+    Made through the management API when it answers (milliseconds), else with
+    rabbitmqctl (about 2 s a call: it boots an Erlang VM).
+    """
+    user = f"dlab_test_{uuid.uuid4().hex[:8]}"
+    parts = url_parts(broker_url)
+    vhost = quote(parts.vhost, safe="")
+    try:
+        _mgmt(broker_url, "PUT", f"/users/{user}", {"password": PASSWORD, "tags": ""})
+        _mgmt(broker_url, "PUT", f"/permissions/{vhost}/{user}", {"configure": ".*", "write": ".*", "read": ".*"})
+        via_api = True
+    except (urllib.error.URLError, OSError):
+        try:
+            _rabbitmqctl("add_user", user, PASSWORD)
+            _rabbitmqctl("set_permissions", "-p", parts.vhost, user, ".*", ".*", ".*")
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"cannot create a broker user here: {exc}")
+        via_api = False
+    try:
+        yield f"amqp://{user}:{PASSWORD}@{parts.host}:{parts.port}/{vhost}"
+    finally:
+        if via_api:
+            _mgmt(broker_url, "DELETE", f"/users/{user}")
+        else:
+            _rabbitmqctl("delete_user", user)
+
+
+def test_password_stays_out_of_argv_and_output(
+    broker_url: str,
+    dedicated_user: str,
+    queue_factory: Callable[[], str],
+    pools: PoolFactory,
+) -> None:
+    good_queue, bad_queue = queue_factory(), queue_factory()
+    declare_transient(broker_url, bad_queue)
+    good, good_seen = pools(dedicated_user, good_queue)
+    bad, bad_seen = pools(dedicated_user, bad_queue)
+    names = [good.spawn(), bad.spawn()]
+    workers = [good.processes[names[0]], bad.processes[names[1]]]
+    for worker in workers:
+        argv = Path(f"/proc/{worker.process.pid}/cmdline").read_bytes()
+        assert PASSWORD.encode() not in argv, argv
+        assert b"amqp://" not in argv, argv
+    # It travels in the environment (readable by the same user only), so the worker did log in with it.
+    assert PASSWORD.encode() in Path(f"/proc/{workers[0].process.pid}/environ").read_bytes()
+    good_seen.wait(protocol.Ready)
+    publish(broker_url, good_queue, ["one task."])
+    good_seen.wait(protocol.Done)
+    assert bad_seen.wait(obs.WorkerExited)[0].code == 1
+    good.shutdown(timeout=2.0)
+    good_seen.wait(obs.WorkerExited)
+    said = [repr(item) for item in good_seen.all() + bad_seen.all()]
+    assert any("different 'durable'" in line for line in said), said  # the failure was explained...
+    assert not [line for line in said if PASSWORD in line]  # ...without the secret
+
+
+def declare_transient(url: str, queue: str) -> None:
+    """Declare ``queue`` non-durable, so a worker's durable declare of it fails with 406."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue=queue, durable=False)
+    finally:
+        connection.close()
+
+
+# ----- a worker that fails or misbehaves
+
+
+def test_worker_dying_at_start_reports_stderr_then_exit(broker_url: str, queue_name: str, pools: PoolFactory) -> None:
+    declare_transient(broker_url, queue_name)
+    pool, seen = pools(broker_url, queue_name)
+    pool.spawn()
+    exited = seen.wait(obs.WorkerExited)[0]
+    assert exited.code == 1
+    items = seen.all()
+    stderr = [i for i in items if isinstance(i, obs.WorkerStderr)]
+    assert stderr and "already exists with a different 'durable'" in stderr[0].line, items
+    assert max(items.index(s) for s in stderr) < items.index(exited), "stderr must arrive before the exit"
+    assert seen.of(protocol.Error)[0].message.startswith(f"Queue {queue_name!r} already exists")
+    assert seen.of(protocol.Stopped)[0].reason == "error"
+    model = Model(queue=queue_name)
+    model.apply_all(items)
+    worker = model.workers["w1"]
+    assert (worker.status, worker.exit_code) == ("exited", 1)
+    assert any("durable" in line for line in worker.stderr)
+
+
+GARBAGE_SCRIPT = """
+import os, sys
+out = sys.stdout.buffer
+out.write(b"this is not json\\n")
+out.write(b"\\xff\\xfe binary \\x00 junk\\n")
+out.write(b'{"v": 1, "event": "ready"}\\n')
+out.write(b"x" * 5000 + b"\\n")
+out.write(("my url is " + os.environ["AMQP_URL"] + "\\n").encode())
+out.write(sys.argv[2].encode() + b"\\n")
+out.write(b"no newline at the end")
+out.flush()
+"""
+
+
+def test_garbage_on_stdout_never_crashes_the_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    ready = protocol.Ready("w1", time.time(), 4242, "q", 1, "manual")
+    fake_worker(monkeypatch, GARBAGE_SCRIPT, protocol.encode(ready).strip())
+    pool, seen = make_pool(f"amqp://someone:{PASSWORD}@127.0.0.1:5672/%2F", "q")
+    try:
+        pool.spawn()
+        assert seen.wait(obs.WorkerExited)[0].code == 0
+    finally:
+        pool.shutdown(timeout=1.0)
+    items = seen.all()
+    garbage = [i.line for i in items if isinstance(i, obs.WorkerGarbage)]
+    assert len(garbage) == 6, garbage
+    assert garbage[0] == "this is not json"
+    assert "junk" in garbage[1] and "\\xff" in garbage[1]
+    assert len(garbage[3]) == 200
+    assert garbage[4] == "my url is amqp://someone:***@127.0.0.1:5672/%2F"
+    assert garbage[5] == "no newline at the end"
+    # The valid event after the junk still arrived, in its place.
+    assert [type(i).__name__ for i in items if not isinstance(i, obs.WorkerGarbage)] == [
+        "WorkerSpawned",
+        "Ready",
+        "WorkerExited",
+    ]
+    assert seen.of(protocol.Ready) == [ready]
+    model = Model()
+    model.apply_all(items)
+    assert model.garbage == 6 and model.workers["w1"].garbage == 6
+
+
+STUBBORN_SCRIPT = """
+import signal, sys, time
+if sys.argv[2] == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if sys.argv[2] == "polite":
+    print("up", flush=True)
+    sys.stdin.read()
+    sys.exit(0)
+print("up", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code"),
+    [("polite", 0), ("ignore-eof", -15), ("ignore-term", -9)],
+)
+def test_shutdown_ends_every_worker_in_time(monkeypatch: pytest.MonkeyPatch, behaviour: str, code: int) -> None:
+    """EOF on stdin first, then SIGTERM, then SIGKILL: even a worker deaf to both goes."""
+    fake_worker(monkeypatch, STUBBORN_SCRIPT, behaviour)
+    pool, seen = make_pool("amqp://guest:guest@127.0.0.1:5672/%2F", "q")
+    timeout = 1.0
+    try:
+        pool.spawn()
+        seen.wait(obs.WorkerGarbage)  # "up": its signal handler is in place
+        started = time.monotonic()
+        pool.shutdown(timeout=timeout)
+        elapsed = time.monotonic() - started
+    finally:
+        for worker in pool.processes.values():
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+    process = pool.processes["w1"].process
+    assert process.returncode == code
+    assert seen.wait(obs.WorkerExited)[0].code == code
+    # the EOF wait, one second of SIGTERM grace, then SIGKILL at once
+    budget = {0: 0.5, -15: timeout + 0.5, -9: timeout + 1.0 + 0.5}[code]
+    assert elapsed < budget + 1.0, f"shutdown took {elapsed:.2f}s for a {behaviour} worker"
