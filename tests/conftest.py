@@ -15,6 +15,8 @@ from workers.broker import ManagementApi
 from workers.settings import URL_ENV
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+_private_management_url: str | None = None
+"""The management API of the private node the session booted, if it booted one."""
 
 
 def broker_reachable(url: str) -> bool:
@@ -50,7 +52,10 @@ def find_or_start_broker() -> str | None:
         return None
     node = LocalNode()
     try:
-        return node.start()
+        url = node.start()
+        global _private_management_url
+        _private_management_url = node.management_url
+        return url
     except LocalNodeError as exc:
         node.destroy()
         warnings.warn(f"no private RabbitMQ node for the tests: {exc}", stacklevel=1)
@@ -68,7 +73,7 @@ def broker_url() -> str:
 @pytest.fixture(scope="session")
 def management(broker_url: str) -> ManagementApi | None:
     """The management API when the plugin answers, else None (tests then deduce from AMQP)."""
-    api = ManagementApi(broker_url, timeout=2.0)
+    api = ManagementApi(broker_url, base=_private_management_url, timeout=2.0)
     return api if api.consumers("-") is not None else None
 
 
