@@ -122,6 +122,8 @@ class Ledger:
         self.done_runs = 0
         self.duplicates = 0
         self.lost = 0
+        self.lost_unseen = 0
+        """Of ``lost``: vanished in transit to a dead auto-ack worker, never reported by anyone."""
         self.purged = 0
         self.evicted = 0
         self.lost_ids: collections.deque[str] = collections.deque(maxlen=1000)
@@ -306,6 +308,23 @@ class Ledger:
             self._move(record, LOST)
         return len(gone)
 
+    def vanished(self, before: float) -> int:
+        """Ready messages the broker no longer has and no worker reported: lost unseen; returns how many.
+
+        Under auto ack the broker forgets a message once it is written to the
+        consumer's socket, and a worker killed before reading it never says it
+        had it. The caller knows the queue is empty and every live worker quiet;
+        only messages already waiting before ``before`` (when an auto-ack worker
+        died) can have gone that way.
+        """
+        gone = [r for r in self.records.values() if r.state == READY and _ready_since(r) < before]
+        for record in gone:
+            self.lost += 1
+            self.lost_unseen += 1
+            self.lost_ids.append(record.msg_id)
+            self._move(record, LOST)
+        return len(gone)
+
     def broker_restarted(self) -> None:
         """Messages back in the queue after a restart get redelivered for that reason."""
         for record in self.records.values():
@@ -336,3 +355,9 @@ class Ledger:
             if len(out) >= limit:
                 break
         return out
+
+
+def _ready_since(record: MessageRecord) -> float:
+    """When the message was (last) put in the queue: published, or given back by its last worker."""
+    last = record.deliveries[-1].ended if record.deliveries else None
+    return last if last is not None else (record.published or 0.0)

@@ -1,23 +1,35 @@
 """Provides headless scenario runs: real workers on a fresh queue, timed actions, figures and checks.
 
 Used by ``dispatch-lab compare`` and by the tests. No Textual: the run folds
-the same observations into the same ``Model`` the dashboard uses.
+the same observations into the same ``Model`` the dashboard uses, including the
+broker's own queue figures from the dashboard's own ``QueueMonitor``.
+
+A run handed a private ``LocalNode`` can restart its broker (the
+``restart_broker`` action): the restart runs on a thread while the run goes on
+folding events; the actions' clock stops meanwhile (a worker started while the
+broker is down would only fail to connect), and a restart that falls due while
+tasks are still being published waits until they all are (a publish cut off by
+the restart could not be retried without risking a second copy).
 """
 
 from __future__ import annotations
 
+import random
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tui import observations as obs
-from tui.ledger import DONE, LOST, TERMINAL
+from tui.ledger import DONE, HELD, LOST, TERMINAL
 from tui.pool import Inbox, WorkerPool
 from tui.scenarios import EXPECTATIONS, Action, Scenario
 from tui.session_log import SessionLog
 from tui.state import Model
-from workers.broker import BrokerError, connect, declare_task_queue
+from workers.broker import BrokerError, ConsumerInfo, connect, declare_task_queue
+from workers.local_node import LocalNode, LocalNodeError
+from workers.monitor import QueueMonitor
 from workers.new_task import Publisher
 from workers.settings import DispatchMode, check_ack
 
@@ -61,8 +73,39 @@ def check(scenario: Scenario, model: Model) -> list[Check]:
     return checks
 
 
+def random_kills(
+    seed: int | str,
+    workers: Sequence[str],
+    *,
+    every: float = 0.5,
+    count: int = 10,
+    first: float | None = None,
+) -> list[Action]:
+    """A seeded chaos schedule: every ``every`` s SIGKILL a random live worker and start a new one.
+
+    Replacements get fresh names (w5, w6, ... after w1-w4): a worker started again
+    under its old name could be marked dead by the old process's late exit.
+    """
+    rng = random.Random(seed)
+    live = list(workers)
+    number = max((int(name[1:]) for name in live if name[1:].isdigit()), default=0)
+    actions: list[Action] = []
+    at = every if first is None else first
+    for _ in range(count):
+        victim = rng.choice(live)
+        live.remove(victim)
+        number += 1
+        live.append(f"w{number}")
+        actions += [Action(at, "kill", victim), Action(at, "start", f"w{number}")]
+        at += every
+    return actions
+
+
 def apply_action(action: Action, pool: WorkerPool, set_mode: Callable[[DispatchMode], object]) -> None:
-    """Carry out one scenario action on a pool (the dashboard's or a headless run's)."""
+    """Carry out one scenario action on a pool (the dashboard's or a headless run's).
+
+    ``restart_broker`` needs a broker of our own and is left to the caller.
+    """
     if action.do == "kill" and action.worker:
         pool.kill(action.worker)
     elif action.do == "stop" and action.worker:
@@ -102,6 +145,8 @@ class RunResult:
     checks: list[Check]
     timed_out: bool
     model: Model
+    kills: int = 0
+    broker_restarts: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -115,6 +160,8 @@ class RunResult:
             "redeliveries": self.redeliveries,
             "lost": self.lost,
             "duplicates": self.duplicates,
+            "kills": self.kills,
+            "broker_restarts": self.broker_restarts,
             "timed_out": self.timed_out,
             "workers": [
                 {
@@ -143,6 +190,33 @@ def _waiting_work(model: Model) -> int:
     return model.ledger.count("ready") + sum(w.waiting for w in model.workers.values() if w.alive)
 
 
+class _MonitorReport:
+    """The monitor's listener for a headless run: the queue's figures and the link's state go to the inbox."""
+
+    def __init__(self, inbox: Inbox) -> None:
+        self.inbox = inbox
+
+    def queue_sampled(
+        self, ts: float, ready: int, consumers: int, unacked: int | None, external: Sequence[ConsumerInfo] | None
+    ) -> None:
+        self.inbox.put(obs.QueueSample(ts, ready, consumers, unacked))
+
+    def broker_status(self, ts: float, state: str, attempt: int, message: str) -> None:
+        self.inbox.put(obs.BrokerStatus(ts, state, attempt, message))
+
+    def queue_purged(self, ts: float, count: int) -> None:
+        self.inbox.put(obs.Purged(ts, count))
+
+    def task_published(self, ts: float, msg_id: str, body: str) -> None:
+        """The run publishes on its own."""
+
+    def task_confirmed(self, ts: float, msg_id: str) -> None:
+        """The run publishes on its own."""
+
+    def task_failed(self, ts: float, msg_id: str, message: str) -> None:
+        """The run publishes on its own."""
+
+
 class ScenarioRun:
     """One scenario under one dispatch mode, on its own temporary queue."""
 
@@ -159,7 +233,15 @@ class ScenarioRun:
         timeout: float = 300.0,
         log: SessionLog | None = None,
         progress: Progress | None = None,
+        node: LocalNode | None = None,
+        until_settled: bool = False,
     ) -> None:
+        """``node``: the private broker ``url`` points at, for ``restart_broker`` actions.
+
+        ``until_settled``: for an open-ended chaos schedule. The actions still to come
+        are dropped once the work is over (the broker's queue empty, no task held),
+        and the run ends as soon as every task is settled; by default all actions run.
+        """
         self.url = url
         self.scenario = scenario
         self.mode = mode
@@ -173,7 +255,19 @@ class ScenarioRun:
         self.pool = WorkerPool(url, self.queue, self.inbox, mode=mode, seconds_per_dot=seconds_per_dot)
         self.publisher = Publisher(url, self.queue, name="dispatch-lab run publisher")
         self.model = Model(queue=self.queue, mode=mode, prefix=self.publisher.prefix)
+        self.node = node
+        self.until_settled = until_settled
+        self.kills = 0
+        self.broker_restarts = 0
         self._idle: dict[str, float] = {}
+        self._publishing = False
+        self._restart: threading.Thread | None = None
+        self._restart_error: str | None = None
+        self._paused = 0.0
+        """Seconds the actions' clock stood still while the broker restarted."""
+        self._calm_after = 0.0
+        """Wall-clock time of the last publish or broker restart: queue figures from before it are no news."""
+        self.monitor = QueueMonitor(url, self.queue, _MonitorReport(self.inbox))
 
     def _fold(self) -> None:
         items = self.inbox.drain()
@@ -204,55 +298,132 @@ class ScenarioRun:
         return worker is not None and (worker.status == "idle" or not worker.alive)
 
     def _do(self, action: Action) -> None:
-        apply_action(action, self.pool, self.pool.set_mode)
+        if action.do == "restart_broker":
+            self._restart_broker()
+        elif action.do == "kill" and action.worker:
+            self.kills += self.pool.kill(action.worker)
+        else:
+            apply_action(action, self.pool, self.pool.set_mode)
         self.progress(f"{self.scenario.name}: {action.describe()}")
+
+    @property
+    def restarting(self) -> bool:
+        return self._restart is not None and self._restart.is_alive()
+
+    def _restart_broker(self) -> None:
+        if self.node is None:
+            raise BrokerError("A restart_broker action needs the run's own private broker (a LocalNode).")
+        node = self.node
+
+        def restart() -> None:
+            began = time.monotonic()
+            try:
+                node.restart()
+            except LocalNodeError as exc:
+                self._restart_error = str(exc)
+                return
+            seconds = time.monotonic() - began
+            self._calm_after = time.time()
+            self._paused += seconds
+            self.broker_restarts += 1
+            # The run's queue is durable and its messages persistent: they survive.
+            self.inbox.put(obs.BrokerRestarted(time.time(), True, seconds))
+
+        self._restart = threading.Thread(target=restart, name="broker-restart", daemon=True)
+        self._restart.start()
 
     def run(self) -> RunResult:
         connection = connect(self.url, name="dispatch-lab run setup")
         try:
             declare_task_queue(connection.channel(), self.queue)
+            self.monitor.start()
             self._start_workers()
             self.progress(f"{self.scenario.name}: publishing {len(self.scenario.tasks)} tasks, {self.mode.describe()}")
             started = time.monotonic()
             pending = list(self.scenario.actions)
             self.publisher.open()
+            self._publishing = True
             for body in self.scenario.tasks:
                 msg_id = self.publisher.next_id()
                 self.inbox.put(obs.Published(msg_id, time.time(), body))
                 self.publisher.publish(body, msg_id)
                 self.inbox.put(obs.Confirmed(msg_id, time.time()))
                 pending = self._act(pending, started)
+            self._publishing = False
+            self._calm_after = max(self._calm_after, time.time())
             timed_out = self._drain(started, pending)
         finally:
             self.publisher.close()
+            if self._restart is not None:
+                self._restart.join(60)  # the node must be up again before the queue can go
             self.pool.shutdown()
+            self.monitor.stop()
             self._fold()
             try:
                 if connection.is_open:
-                    connection.channel().queue_delete(self.queue)
                     connection.close()
             except Exception:
-                pass
+                pass  # a broker restart closed it
+            self._delete_queue()
+        if self._restart_error:
+            raise BrokerError(self._restart_error)
         return self._result(timed_out)
 
+    def _delete_queue(self) -> None:
+        try:
+            # A fresh connection: a broker restart has closed the ones opened before it.
+            connection = connect(self.url, name="dispatch-lab run cleanup")
+        except BrokerError:
+            return
+        try:
+            connection.channel().queue_delete(self.queue)
+        except Exception:
+            pass
+        finally:
+            try:
+                connection.close()
+            except Exception:
+                pass
+
     def _act(self, pending: list[Action], started: float) -> list[Action]:
-        elapsed = time.monotonic() - started
-        while pending and pending[0].at <= elapsed:
-            self._do(pending.pop(0))
+        if self.restarting:
+            return pending  # the clock stands still until the broker is back
+        elapsed = time.monotonic() - started - self._paused
+        due = [a for a in pending if a.at <= elapsed]
+        for action in due:
+            if action.do == "restart_broker" and (self._publishing or self.restarting):
+                continue  # after the last publish (see the module docstring), one restart at a time
+            pending.remove(action)
+            self._do(action)
         return pending
+
+    def _work_over(self) -> bool:
+        """Everything published, the broker's queue empty since, no task in any worker's hands."""
+        queue = self.model.queue
+        return (
+            not self._publishing
+            and not self.restarting
+            and queue.sampled is not None
+            and queue.sampled > self._calm_after
+            and queue.ready == 0
+            and self.model.ledger.count(HELD) == 0
+        )
 
     def _drain(self, started: float, pending: list[Action]) -> bool:
         last = time.monotonic()
         while time.monotonic() - started < self.timeout:
             self._fold()
             pending = self._act(pending, started)
+            if self.until_settled and pending and self._work_over():
+                self.progress(f"{self.scenario.name}: the work is over; {len(pending)} actions dropped")
+                pending = []
             now = time.monotonic()
             if _waiting_work(self.model):
                 for worker in self.model.workers.values():
                     if worker.alive and worker.current is None and worker.status == "idle":
                         self._idle[worker.name] = self._idle.get(worker.name, 0.0) + (now - last)
             last = now
-            if not pending and settled(self.model):
+            if (self.until_settled or not pending) and not self.restarting and settled(self.model):
                 return False
             time.sleep(self.SAMPLE)
         return True
@@ -290,7 +461,9 @@ class ScenarioRun:
             checks=check(self.scenario, model),
             timed_out=timed_out,
             model=model,
+            kills=self.kills,
+            broker_restarts=self.broker_restarts,
         )
 
 
-__all__ = ["DONE", "Check", "RunResult", "ScenarioRun", "WorkerFigures", "check"]
+__all__ = ["DONE", "Check", "RunResult", "ScenarioRun", "WorkerFigures", "check", "random_kills"]

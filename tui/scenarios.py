@@ -22,7 +22,8 @@ from typing import Any
 from workers.settings import ACK_MODES, MAX_PREFETCH
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
-ACTIONS = ("kill", "stop", "start", "prefetch", "ack")
+ACTIONS = ("kill", "stop", "start", "prefetch", "ack", "restart_broker")
+"""``restart_broker`` needs a private broker: headless runs handed a LocalNode carry it out."""
 EXPECTATIONS = {
     "all_done": "every published task finished",
     "lost": "lost tasks",
