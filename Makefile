@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
+CODE := $(wildcard workers tui tests benchmarks)
 
 .PHONY: dashboard test lint bench clean
 
@@ -17,8 +18,8 @@ dashboard: $(STAMP)
 	$(VENV)/bin/dispatch-lab $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check workers tui tests benchmarks
-	$(VENV)/bin/ruff format --check workers tui tests benchmarks
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
 	$(VENV)/bin/mypy
 
 test: lint

@@ -160,8 +160,7 @@ def test_non_utf8_body_in_tutorial_output(broker_url: str, queue_name: str, spaw
     received = [line for line in worker.lines if line.startswith(" [x] Received")]
     assert len(received) == 1
     line = received[0]
-    assert line.startswith(" [x] Received '") and line.endswith(" bad...'"), line
-    assert "\\xff" in line and "\\xfe" in line, f"the bytes are shown as escapes: {line}"
+    assert line == " [x] Received '\\xff\\xfe bad...'", f"the bytes are shown as escapes, once: {line}"
     assert "\ufffd" not in line
     worker.interrupt()
     assert worker.wait_exit(10) == 0

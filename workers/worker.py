@@ -98,6 +98,11 @@ class Task:
     ack: AckMode
 
 
+def shown(text: str) -> str:
+    """The body quoted as the tutorial prints it (%r), without doubling our own byte escapes."""
+    return repr(text) if "\\" not in text else f"'{text}'"
+
+
 def body_text(body: bytes) -> str:
     """The body as text for events and the terminal; bytes that are not UTF-8 shown escaped."""
     head = body[: protocol.BODY_CAP * 4]
@@ -189,7 +194,7 @@ class Worker:
                 self._work_ready.notify()
                 return
         # Idle and nothing to do: work here, in order, without the thread hop.
-        self._say(f" [x] Received {text!r}")
+        self._say(f" [x] Received {shown(text)}")
         if writer.enabled:
             writer.add(protocol.encode_started(self._name_json, now, tag, msg_id, 0.0))
             writer.add(protocol.encode_done(self._name_json, now, tag, msg_id, ack != "none"))
@@ -378,7 +383,7 @@ class Worker:
                 task = self._waiting.popleft()
                 self._current = task
                 self._interrupt.clear()
-            self._say(f" [x] Received {task.text!r}")
+            self._say(f" [x] Received {shown(task.text)}")
             if writer.enabled:
                 writer.add(protocol.encode_started(self._name_json, time.time(), task.tag, task.msg_id, task.seconds))
                 if task.seconds > 0:
