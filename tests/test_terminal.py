@@ -1,0 +1,100 @@
+"""A real-terminal smoke test: dispatch-lab in tmux at 120x36, a key or two, then Ctrl+Q."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, child_env, wait_until
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+DISPATCH_LAB = ROOT / ".venv" / "bin" / "dispatch-lab"
+
+
+class Tmux:
+    """One tmux server of our own (``-L``), so nothing here touches anyone else's sessions."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run(self, *args: str, check: bool = True) -> str:
+        done = subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=10, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"tmux {args} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", self.name, check=False)
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", self.name, *keys)
+
+    def wait_screen(self, text: str, timeout: float, what: str, *, present: bool = True) -> str:
+        """Wait until ``text`` is on the screen (or, with ``present=False``, gone); return the screen."""
+
+        def shown() -> str | None:
+            screen = self.screen()
+            return screen if (text in screen) == present else None
+
+        try:
+            return wait_until(shown, timeout, what, 0.1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- screen ---\n{self.screen()}") from None
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    server = Tmux(f"dlab-test-{uuid.uuid4().hex[:8]}")
+    yield server
+    server.run("kill-server", check=False)
+
+
+def workers_on(queue: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-af", "--", "-m workers"], capture_output=True, text=True, check=False)
+    return [int(line.split()[0]) for line in found.stdout.splitlines() if f"--queue {queue} " in line]
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its parent to read its exit status."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def test_dashboard_in_a_real_terminal(broker_url: str, queue_name: str, tmux: Tmux, tmp_path: Path) -> None:
+    exit_file = tmp_path / "exit-code"
+    command = f"{DISPATCH_LAB} --queue {queue_name} --seconds-per-dot 0.1; echo $? > {exit_file}"
+    # The URL goes in the environment of the tmux server, never its argv. Textual draws on
+    # stderr, so the app's output is left alone.
+    subprocess.run(
+        ["tmux", "-L", tmux.name, "new-session", "-d", "-s", tmux.name, "-x", "120", "-y", "36", command],
+        env=child_env(broker_url),
+        check=True,
+        timeout=10,
+    )
+    screen = tmux.wait_screen("idle", 30, "two idle workers on screen")
+    wait_until(lambda: len(workers_on(queue_name)) == 2 and "w2" in tmux.screen(), 10, "both workers")
+    screen = tmux.screen()
+    assert "w1" in screen and "w2" in screen and f"queue {queue_name}" in screen, screen
+    assert "guest:guest" not in screen
+    pids = workers_on(queue_name)
+
+    tmux.keys("F1")
+    tmux.wait_screen("Dispatch modes", 10, "the help screen")
+    tmux.keys("Escape")
+    tmux.wait_screen("Dispatch modes", 10, "the help screen closed", present=False)
+    tmux.wait_screen("w1", 5, "the dashboard again")
+
+    tmux.keys("C-q")
+    code = wait_until(lambda: exit_file.exists() and exit_file.read_text().strip(), 15, "dispatch-lab to exit")
+    assert code == "0"
+    assert not [pid for pid in pids if alive(pid)], "workers outlived the dashboard"
+    assert not workers_on(queue_name)
