@@ -165,8 +165,11 @@ class WorkerPool:
             err = threading.Thread(target=self._read_stderr, args=(worker, process.stderr), daemon=True)
             worker.threads = [out, err]
             self.processes[name] = worker
-        out.start()
+        # stderr's reader first: the events reader joins it once stdout ends, which for a child
+        # that dies at once can happen before the next line runs ("cannot join thread before
+        # it is started", and WorkerExited is never reported).
         err.start()
+        out.start()
         return name
 
     def spawn_in_order(self, count: int, timeout: float = 30.0) -> threading.Thread:
