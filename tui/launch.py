@@ -67,10 +67,11 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         parser.error(f"--workers must be 0 or more, not {args.workers}")
     workers = args.workers
     if workers > WorkerPool.MAX_WORKERS:
+        most = WorkerPool.MAX_WORKERS
         console.print(
-            f"[yellow]--workers {workers} is more than this dashboard shows well; starting {WorkerPool.MAX_WORKERS}.[/]"
+            f"[yellow]--workers {workers} is more than this dashboard shows well; starting {most}.[/]", soft_wrap=True
         )
-        workers = WorkerPool.MAX_WORKERS
+        workers = most
     if args.heartbeat is not None and not 0 <= args.heartbeat <= 3600:
         parser.error(f"--heartbeat must be between 0 and 3600 seconds, not {args.heartbeat}")
     warn_password_in_argv(args.url)
@@ -124,7 +125,8 @@ def main(argv: list[str]) -> int:
             config, node = start_private_node(config, console)
         management = preflight(config, console)
     except (BrokerError, LocalNodeError) as exc:
-        console.print(f"dispatch-lab: {exc}", highlight=False, markup=False)
+        # soft_wrap: rich would otherwise break the sentence at 80 columns when stderr is not a terminal.
+        console.print(f"dispatch-lab: {exc}", highlight=False, markup=False, soft_wrap=True)
         if node is not None:
             node.destroy()
         return 1
