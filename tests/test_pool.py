@@ -352,3 +352,23 @@ def test_shutdown_ends_every_worker_in_time(monkeypatch: pytest.MonkeyPatch, beh
     # the EOF wait, one second of SIGTERM grace, then SIGKILL at once
     budget = {0: 0.5, -15: timeout + 0.5, -9: timeout + 1.0 + 0.5}[code]
     assert elapsed < budget + 1.0, f"shutdown took {elapsed:.2f}s for a {behaviour} worker"
+
+
+def test_shutdown_grace_is_shared_by_all_stragglers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hung workers (SIGSTOP, or deaf to SIGTERM) cost the grace second once, not once each."""
+    fake_worker(monkeypatch, STUBBORN_SCRIPT, "ignore-term")
+    pool, seen = make_pool("amqp://guest:guest@127.0.0.1:5672/%2F", "q")
+    try:
+        for _ in range(4):
+            pool.spawn()
+        seen.wait(obs.WorkerGarbage, count=4)
+        started = time.monotonic()
+        pool.shutdown(timeout=0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        for worker in pool.processes.values():
+            if worker.process.poll() is None:
+                worker.process.kill()
+                worker.process.wait()
+    assert [w.process.returncode for w in pool.processes.values()] == [-9] * 4
+    assert elapsed < 0.5 + 1.0 + 1.0, f"shutdown took {elapsed:.2f}s for 4 workers deaf to SIGTERM"

@@ -272,9 +272,10 @@ class WorkerPool:
                 worker.process.wait(timeout=max(0.05, remaining))
             except subprocess.TimeoutExpired:
                 worker.process.terminate()
+        grace = time.monotonic() + 1.0  # one second of SIGTERM grace for all: hung workers must not add up
         for worker in workers:
             try:
-                worker.process.wait(timeout=1.0)
+                worker.process.wait(timeout=max(0.05, grace - time.monotonic()))
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait(timeout=5.0)
