@@ -61,6 +61,8 @@ class Lab:
     model: RecordingModel
     backend: Backend
     pilot: Pilot[int]
+    shutdown_at: float = 0.0
+    """When ``backend.shutdown()`` began (epoch seconds, as event timestamps)."""
 
     async def until(self, condition: Callable[[], T | None], timeout: float, what: str) -> T:
         """Let the app run until ``condition`` is truthy; fail after ``timeout`` seconds."""
@@ -182,8 +184,10 @@ def run_lab(
     try:
         asyncio.run(main())
     finally:
+        shutdown_at = time.time()
         backend.shutdown()
     assert lab is not None
+    lab.shutdown_at = shutdown_at
     return lab
 
 
@@ -415,6 +419,27 @@ def test_quit_leaves_no_worker_process(broker_url: str, queue_name: str) -> None
     assert stopped == {"w1": "stop", "w2": "stop"}, stopped
     print(f"\nctrl+q to every worker gone: {elapsed:.2f}s")
     assert elapsed < 10.0
+
+
+def test_quit_while_publishing_publishes_nothing_more(broker_url: str, queue_name: str) -> None:
+    """Two batches asked for, quit during the first: neither goes on once the dashboard shuts down."""
+
+    batch = 5000  # a minute of publishing: the first batch is surely unfinished at the quit
+
+    async def scenario(lab: Lab) -> None:
+        await lab.ready(2)
+        await lab.type_task("quick", batch)
+        lab.app.post_message(events.Key("enter", None))  # the same again at once, queued behind it
+        await lab.until(lambda: lab.backend.publisher.pending > batch, 5, "two batches asked for")
+        await lab.until(lambda: lab.model.ledger.confirmed >= 20, 10, "the first batch being published")
+        await lab.key("ctrl+q")
+
+    lab = run_lab(broker_url, queue_name, scenario)
+    items = lab.model.seen + lab.backend.inbox.drain()
+    published = [i for i in items if isinstance(i, obs.Published)]
+    assert 20 <= len(published) < batch
+    late = [i for i in published if i.ts > lab.shutdown_at + 0.05]
+    assert not late, f"{len(late)} tasks were published after the shutdown began"
 
 
 # ----- (f) auto ack: a kill loses what the worker held

@@ -178,9 +178,10 @@ class PublisherThread:
             url, queue_name, durable=durable, persistent=persistent, prefix=prefix,
             name="dispatch-lab publisher",
         )  # fmt: skip
-        self._jobs: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, list[str]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
-        self._cancel = threading.Event()
+        self._generation = 0
+        """Bumped by ``cancel``: batches asked for under an older generation are dropped."""
         self.pending = 0
         """Tasks asked for and not yet confirmed or failed (read by the UI for progress)."""
 
@@ -189,26 +190,27 @@ class PublisherThread:
 
     def submit(self, bodies: list[str]) -> None:
         self.pending += len(bodies)
-        self._jobs.put(bodies)
+        self._jobs.put((self._generation, bodies))
 
     def cancel(self) -> None:
-        """Drop what is not yet published."""
-        self._cancel.set()
+        """Drop what is not yet published: the rest of the batch in progress and every batch behind it."""
+        self._generation += 1
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._cancel.set()
+        self.cancel()
         self._jobs.put(None)
         self._thread.join(timeout)
         self.publisher.close()
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            item = self._jobs.get()
+            if item is None:
                 return
-            self._cancel.clear()
+            # A flag cleared here would let the next queued batch run after a cancel.
+            generation, job = item
             for index, body in enumerate(job):
-                if self._cancel.is_set():
+                if generation != self._generation:
                     self.pending -= len(job) - index
                     break
                 self._publish_one(body)
