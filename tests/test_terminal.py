@@ -18,13 +18,16 @@ DISPATCH_LAB = ROOT / ".venv" / "bin" / "dispatch-lab"
 
 
 class Tmux:
-    """One tmux server of our own (``-L``), so nothing here touches anyone else's sessions."""
+    """One tmux server of our own (its socket in a temporary folder), so nothing here touches anyone else's."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, socket: Path) -> None:
         self.name = name
+        self.socket = socket
 
     def run(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=10, check=False)
+        done = subprocess.run(
+            ["tmux", "-S", str(self.socket), *args], capture_output=True, text=True, timeout=10, check=False
+        )
         if check and done.returncode != 0:
             raise AssertionError(f"tmux {args} failed: {done.stderr.strip()}")
         return done.stdout
@@ -49,8 +52,8 @@ class Tmux:
 
 
 @pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    server = Tmux(f"dlab-test-{uuid.uuid4().hex[:8]}")
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    server = Tmux(f"dlab-test-{uuid.uuid4().hex[:8]}", tmp_path / "tmux.sock")
     yield server
     server.run("kill-server", check=False)
 
@@ -75,7 +78,7 @@ def test_dashboard_in_a_real_terminal(broker_url: str, queue_name: str, tmux: Tm
     # The URL goes in the environment of the tmux server, never its argv. Textual draws on
     # stderr, so the app's output is left alone.
     subprocess.run(
-        ["tmux", "-L", tmux.name, "new-session", "-d", "-s", tmux.name, "-x", "120", "-y", "36", command],
+        ["tmux", "-S", str(tmux.socket), "new-session", "-d", "-s", tmux.name, "-x", "120", "-y", "36", command],
         env=child_env(broker_url),
         check=True,
         timeout=10,
