@@ -8,6 +8,7 @@ the keys of each kind are listed in DESIGN.md and may grow but never be renamed.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,11 +179,29 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not a number on the wire")
 
 
-def decode(line: str | bytes) -> Event | None:
-    """The event in one line, or None for anything that is not a valid v1 event."""
+# json.loads builds a new JSONDecoder on every call that passes an option; the
+# dashboard decodes every event of every worker, so keep one.
+_json_decode = json.JSONDecoder(parse_constant=_no_constants).decode
+_detect_encoding = json.detect_encoding
+_FLOAT_FIELDS = frozenset({"ts", "seconds"})
+# Per kind: the class and, for each field, the exact types json may give it. json
+# only ever makes exact dict/list/str/int/float/bool/None, so `type(v) in set`
+# is the isinstance check above without its bool-is-an-int trap.
+_SPECS: dict[str, tuple[type[Event], tuple[tuple[str, frozenset[type], bool], ...]]] = {
+    name: (
+        cls,
+        tuple((f, frozenset(_FIELD_TYPES[f]), f in _FLOAT_FIELDS) for f in cls.__slots__),
+    )
+    for cls, name in EVENT_NAMES.items()
+}
+
+
+def _decode_json(line: str | bytes) -> Event | None:
+    """The general decoder: any valid v1 event, in any key order or spacing."""
     try:
-        # json.loads takes NaN and Infinity by default; no real event carries them.
-        data = json.loads(line, parse_constant=_no_constants)
+        if not isinstance(line, str):
+            line = line.decode(_detect_encoding(line), "surrogatepass")  # what json.loads does
+        data = _json_decode(line)
     except (ValueError, RecursionError):  # RecursionError: deeply nested junk like "[[[[..."
         return None
     if not isinstance(data, dict):
@@ -190,23 +209,61 @@ def decode(line: str | bytes) -> Event | None:
     version, kind = data.get("v"), data.get("event")
     if version != VERSION or isinstance(version, bool) or not isinstance(kind, str):
         return None  # true == 1 in Python; an unhashable kind would raise in the lookup
-    cls = _BY_NAME.get(kind)
-    if cls is None:
+    spec = _SPECS.get(kind)
+    if spec is None:
         return None
-    values: list[Any] = []  # each checked against _FIELD_TYPES below
-    for name in cls.__slots__:
+    cls, fields = spec
+    values: list[Any] = []
+    for name, types, to_float in fields:
         if name not in data:
             return None  # every listed key is present, even when null (msg_id)
         value: Any = data[name]
-        wanted = _FIELD_TYPES[name]
-        if name not in _BOOL_FIELDS and isinstance(value, bool):
+        kind_of = type(value)
+        if kind_of not in types:
             return None
-        if not isinstance(value, wanted):
-            return None
-        if isinstance(value, int) and name in ("ts", "seconds"):
+        if to_float and kind_of is int:
             value = float(value)
         values.append(value)
     return cls(*values)
+
+
+# The fast path: the three lines a worker writes per task, exactly as the
+# encode_* helpers below write them (strings without escapes, numbers of sane
+# length). It gives the same event as _decode_json; anything else, or anything
+# it is unsure of, goes to _decode_json. Measured: about half the cost per line.
+_STR = r'"([^"\\\x00-\x1f]*)"'
+_INT = r"(0|[1-9][0-9]{0,17})"
+_NUM = r"((?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,3})?)"
+_HOT_LINE = re.compile(
+    rf'\{{"v":1,"event":"(received|started|done)","worker":{_STR},"ts":{_NUM},"tag":{_INT},'
+    rf'"msg_id":(?:null|{_STR})'
+    rf'(?:,"body":{_STR},"redelivered":(true|false)|,"seconds":{_NUM}|,"acked":(true|false))'
+    r"\}[ \t\n\r]*\Z"
+)
+_HOT_SLOTS = (
+    Received.__slots__ == ("worker", "ts", "tag", "msg_id", "body", "redelivered")
+    and Started.__slots__ == ("worker", "ts", "tag", "msg_id", "seconds")
+    and Done.__slots__ == ("worker", "ts", "tag", "msg_id", "acked")
+)
+"""False once a hot kind grows a field: the fast path then steps aside until it is updated."""
+
+
+def decode(line: str | bytes) -> Event | None:
+    """The event in one line, or None for anything that is not a valid v1 event."""
+    try:
+        match = _HOT_LINE.match(line if isinstance(line, str) else line.decode("utf-8"))
+    except UnicodeDecodeError:
+        match = None
+    if match is None or not _HOT_SLOTS:
+        return _decode_json(line)
+    kind, worker, ts, tag, msg_id, body, redelivered, seconds, acked = match.groups()
+    if kind == "done" and acked is not None:
+        return Done(worker, float(ts), int(tag), msg_id, acked == "true")
+    if kind == "started" and seconds is not None:
+        return Started(worker, float(ts), int(tag), msg_id, float(seconds))
+    if kind == "received" and redelivered is not None:
+        return Received(worker, float(ts), int(tag), msg_id, body, redelivered == "true")
+    return _decode_json(line)  # a kind with another kind's keys: let the general path refuse it
 
 
 # Hot-path encoders: the worker writes three of these per task, so they avoid
