@@ -1,0 +1,199 @@
+"""Provides the consumer processes a benchmark starts: ours and the bare reference, read line by line.
+
+Every process started here is tracked until it has exited; ``stop_all`` ends
+whatever is left (stdin EOF first, then SIGTERM, then SIGKILL), so a failed or
+interrupted run leaves no ``-m workers`` process behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from workers import protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+Kind = Literal["ours", "bare"]
+
+_live: set[Consumer] = set()
+_live_lock = threading.Lock()
+
+
+class BenchError(Exception):
+    """A run could not be measured; ``str()`` says why in one sentence."""
+
+
+class Consumer:
+    """One consumer process with piped stdio; a reader thread parses its stdout as it comes."""
+
+    def __init__(self, kind: Kind, queue: str, prefetch: int, env: Mapping[str, str]) -> None:
+        self.kind = kind
+        self.ready_at: float | None = None
+        """time.monotonic() when the reader saw the ready line."""
+        self.acked = 0
+        self.ack_times: list[float] = []
+        """Epoch time of each ack (ours: of each ``done`` with ``acked``, written just before its ack)."""
+        self.garbled = 0
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.finished = threading.Event()
+        self._stderr: collections.deque[str] = collections.deque(maxlen=20)
+        if kind == "ours":
+            args: Sequence[str] = (
+                *("-m", "workers.worker", "--events", "--prefetch", str(prefetch)),
+                *("--ack", "manual", "--seconds-per-dot", "0", "--queue", queue),
+            )
+        else:
+            args = ("-m", "benchmarks.bare_consumer", "--prefetch", str(prefetch), "--queue", queue)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-u", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=dict(env),
+        )
+        with _live_lock:
+            _live.add(self)
+        target = self._read_events if kind == "ours" else self._read_bare
+        threading.Thread(target=target, name=f"read-{self.popen.pid}", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name=f"stderr-{self.popen.pid}", daemon=True).start()
+
+    # ----- readers (one thread each)
+
+    def _read_events(self) -> None:
+        """Decode every line as the dashboard would: ``protocol.decode``, never crash on a bad line."""
+        assert self.popen.stdout is not None
+        decode = protocol.decode
+        done_cls, ready_cls = protocol.Done, protocol.Ready
+        counts = self.counts
+        ack_times = self.ack_times
+        for line in self.popen.stdout:
+            event = decode(line)
+            if event is None:
+                if line.strip():
+                    self.garbled += 1
+                continue
+            cls = type(event)
+            counts[protocol.EVENT_NAMES[cls]] += 1
+            if cls is done_cls:
+                assert isinstance(event, protocol.Done)
+                if event.acked:
+                    ack_times.append(event.ts)
+                    self.acked += 1
+            elif cls is ready_cls:
+                self.ready_at = time.monotonic()
+        self.finished.set()
+
+    def _read_bare(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if line == "ready":
+                self.ready_at = time.monotonic()
+            elif line.startswith("acked "):
+                self.acked = int(line[6:])
+            elif line.startswith("times "):
+                self.ack_times.extend(float(t) for t in json.loads(line[6:]))
+                self.acked = len(self.ack_times)
+            elif line:
+                self.garbled += 1
+        self.finished.set()
+
+    def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None
+        for raw in self.popen.stderr:
+            self._stderr.append(raw.decode("utf-8", "replace").rstrip())
+
+    # ----- control
+
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def failure(self) -> str:
+        """Why this process ended early, for an error message."""
+        tail = " | ".join(line for line in self._stderr if line) or "no output on stderr"
+        return f"{self.kind} consumer (pid {self.popen.pid}) exited with {self.popen.returncode}: {tail}"
+
+    def close_stdin(self) -> None:
+        """End-of-file on stdin: both kinds stop consuming and exit."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            try:
+                self.popen.stdin.close()
+            except OSError:
+                pass
+
+    def end(self, timeout: float) -> None:
+        """Stop it: stdin EOF, then SIGTERM, then SIGKILL; reap it and its reader."""
+        self.close_stdin()
+        for escalate in (None, self.popen.terminate, self.popen.kill):
+            if escalate is not None:
+                escalate()
+            try:
+                self.popen.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.finished.wait(timeout)
+        with _live_lock:
+            _live.discard(self)
+
+
+class Group:
+    """Consumers of one kind started together on one queue."""
+
+    def __init__(self, kind: Kind, count: int, queue: str, prefetch: int, env: Mapping[str, str]) -> None:
+        self.kind = kind
+        self.started_at = time.monotonic()
+        self.members: list[Consumer] = []
+        try:
+            for _ in range(count):
+                self.members.append(Consumer(kind, queue, prefetch, env))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _check_alive(self) -> None:
+        for member in self.members:
+            if member.exited():
+                raise BenchError(member.failure())
+
+    def wait(self, condition: str, deadline: float, *, total: int = 0) -> None:
+        """Poll until all are ready (``ready``) or ``total`` acks were seen (``acked``)."""
+        while True:
+            if condition == "ready":
+                if all(m.ready_at is not None for m in self.members):
+                    return
+            elif sum(m.acked for m in self.members) >= total:
+                return
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.kind} consumers: timed out waiting for {condition}")
+            time.sleep(0.02)
+
+    def ready_after(self) -> float:
+        """Seconds from the first launch to the last ready line."""
+        return max(m.ready_at or 0.0 for m in self.members) - self.started_at
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close every stdin first so they stop in parallel, then reap them."""
+        for member in self.members:
+            member.close_stdin()
+        for member in self.members:
+            member.end(timeout)
+
+
+def stop_all() -> None:
+    """End every consumer process still alive (after an error or an interrupt)."""
+    with _live_lock:
+        left = list(_live)
+    for consumer in left:
+        consumer.close_stdin()
+    for consumer in left:
+        consumer.end(2.0)

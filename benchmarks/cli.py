@@ -1,0 +1,103 @@
+"""Provides ``benchmarks/run.py``: run the figures, then print one table (or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import signal
+import sys
+import time
+from types import FrameType
+
+import pika
+from rich.console import Console
+
+from benchmarks.children import BenchError, stop_all
+from benchmarks.control import Control
+from benchmarks.figures import FIGURES, PROFILES, Bench, Figure
+from benchmarks.report import Machine, as_json, table
+from workers.broker import BrokerError
+from workers.settings import resolve_url, warn_password_in_argv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/run.py",
+        description="Measure our worker against bare pika consumers on the real broker.",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (< 3 min)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the machinery")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost:5672)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[f.__name__ for f in FIGURES],
+        help="run only this figure function (repeatable)",
+    )
+    return parser
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Unwind through the finally blocks, which stop every child and delete the queue.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warn_password_in_argv(args.url)
+    profile = "smoke" if args.smoke else "quick" if args.quick else "full"
+    params = PROFILES[profile]
+    url = resolve_url(args.url)
+    env = {**os.environ, "AMQP_URL": url}  # children get the URL here, never in argv
+    log = Console(stderr=True, highlight=False).print
+    queue = f"dispatch-lab-bench-{os.getpid()}-{secrets.token_hex(2)}"
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    started = time.monotonic()
+    try:
+        control = Control(url, queue)
+    except BrokerError as exc:
+        print(f"benchmarks: {exc}", file=sys.stderr)
+        return 1
+    machine = Machine(os.cpu_count(), control.broker_version, platform.python_version(), pika.__version__)
+    bench = Bench(params, url, env, control, lambda text: log(text, style="dim"))
+    log(f"{machine.cpu_count} cores, {machine.broker}; queue {queue}; {params.describe()}")
+    figures: list[Figure] = []
+    try:
+        for function in FIGURES:
+            if args.only and function.__name__ not in args.only:
+                continue
+            figures.extend(function(bench))
+    except BenchError as exc:
+        print(f"benchmarks: {exc}", file=sys.stderr)
+        return 1
+    except BrokerError as exc:
+        print(f"benchmarks: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_all()
+        _delete_queue(control, url, queue)
+    elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps(as_json(figures, params, machine, elapsed), indent=2))
+    else:
+        Console(width=max(140, Console().width)).print(table(figures, params, machine, elapsed))
+    return 0
+
+
+def _delete_queue(control: Control, url: str, queue: str) -> None:
+    """Delete the bench queue, on a fresh connection if the control one broke mid-run."""
+    try:
+        control.delete()
+    except Exception:
+        try:
+            fresh = Control(url, queue)
+            fresh.delete()
+            fresh.close()
+        except Exception as exc:
+            print(f"benchmarks: could not delete queue {queue}: {exc}", file=sys.stderr)
+    control.close()

@@ -1,0 +1,119 @@
+"""Provides the benchmark's own broker connections: the control connection and the queue monitor."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pika
+
+from workers.broker import connect, probe_queue
+
+TASK_BODY = b"Hello World!"
+"""The tutorial's default task: no dots, so zero seconds of work."""
+
+
+class Control:
+    """One connection (main thread only) that declares, fills, checks and deletes the bench queue."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        self.url = url
+        self.queue = queue
+        self.connection = connect(url, name="dispatch-lab bench control")
+        self.channel = self.connection.channel()
+        self.channel.queue_declare(queue=queue, durable=True)
+        self._batch = 0
+
+    @property
+    def broker_version(self) -> str:
+        """``RabbitMQ 3.10.8`` from the server properties of the AMQP handshake."""
+        props = self.connection._impl.server_properties or {}
+        product = _text(props.get("product")) or "broker"
+        return f"{product} {_text(props.get('version')) or '?'}"
+
+    def figures(self) -> tuple[int, int]:
+        """(ready messages, consumers) from a passive declare."""
+        result = self.channel.queue_declare(queue=self.queue, passive=True)
+        return int(result.method.message_count), int(result.method.consumer_count)
+
+    def prepare(self, messages: int, timeout: float = 60.0) -> None:
+        """An empty queue with no consumers, then ``messages`` persistent 0-dot tasks in it."""
+        deadline = time.monotonic() + timeout
+        while self.figures()[1] != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"queue {self.queue} still has consumers from an earlier run")
+            self.connection.sleep(0.05)
+        self.channel.queue_purge(queue=self.queue)
+        self._batch += 1
+        publish = self.channel.basic_publish
+        for i in range(messages):
+            # Like new_task: persistent, with a message_id, but unconfirmed so filling is quick.
+            props = pika.BasicProperties(
+                delivery_mode=2, content_type="text/plain", message_id=f"bench-{self._batch}-{i}"
+            )
+            publish(exchange="", routing_key=self.queue, body=TASK_BODY, properties=props)
+        while self.figures()[0] < messages:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"queue {self.queue} did not fill to {messages} messages")
+            self.connection.sleep(0.05)
+        # Let the broker finish writing the persistent batch before the clock starts.
+        self.connection.sleep(0.3)
+
+    def delete(self) -> None:
+        self.channel.queue_delete(queue=self.queue)
+
+    def close(self) -> None:
+        try:
+            if self.connection.is_open:
+                self.connection.close()
+        except Exception:
+            pass
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value) if value is not None else ""
+
+
+class Monitor:
+    """The dashboard's queue poll: a passive declare on its own connection, ``hz`` times a second."""
+
+    def __init__(self, url: str, queue: str, hz: float) -> None:
+        self.url = url
+        self.queue = queue
+        self.period = 1.0 / hz
+        self.probes = 0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        try:
+            connection = connect(self.url, name="dispatch-lab bench monitor")
+        except Exception as exc:
+            self.error = str(exc)
+            return
+        try:
+            due = time.monotonic()
+            while not self._stop.is_set():
+                probe_queue(connection, self.queue)
+                self.probes += 1
+                due += self.period
+                # sleep() keeps the connection serviced (heartbeats) while it waits.
+                connection.sleep(max(0.0, due - time.monotonic()))
+        except Exception as exc:
+            self.error = str(exc)
+        finally:
+            try:
+                connection.close()
+            except Exception:
+                pass

@@ -1,0 +1,335 @@
+"""Provides the benchmark figures: what each one measures, how, and the target it is held to.
+
+A figure function takes the ``Bench`` (parameters, broker, logging) and returns
+its ``Figure`` rows. ``FIGURES`` lists them in table order; the dashboard's
+figures are placeholders until someone measures them (they print as
+"not measured yet", never as numbers).
+
+Every comparison runs its two sides alternately (A B, B A, A B, ...) on the same
+machine in the same minute, and reports medians, so drift on a noisy, shared
+2-core machine hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from benchmarks.children import BenchError, Group, Kind
+from benchmarks.control import Control, Monitor
+
+
+@dataclass(frozen=True)
+class Params:
+    """How big a run is; ``describe`` states it in the table."""
+
+    profile: str
+    messages: int
+    """Tasks pre-published per throughput run."""
+    pairs: int
+    """Alternating (ours, reference) pairs per throughput figure."""
+    startup_pairs: int
+    monitor_messages: int
+    monitor_pairs: int
+    prefetches: tuple[int, ...] = (1, 50)
+    consumers: int = 2
+    startup_workers: int = 8
+    monitor_prefetch: int = 1
+    monitor_hz: float = 4.0
+
+    def describe(self) -> str:
+        return (
+            f"profile {self.profile}: throughput {self.messages:,} pre-published persistent 0-dot tasks "
+            f"per run, {self.consumers} consumers a side, manual ack, prefetch "
+            f"{' and '.join(map(str, self.prefetches))}, {self.pairs} alternating pairs; "
+            f"start-up {self.startup_workers} processes, {self.startup_pairs} pairs; "
+            f"monitor {self.monitor_hz:g} Hz passive declare, {self.monitor_messages:,} tasks, "
+            f"prefetch {self.monitor_prefetch}, {self.monitor_pairs} pairs. Values are medians; "
+            "ratio = median of the per-pair ratios."
+        )
+
+
+PROFILES: dict[str, Params] = {
+    "full": Params("full", messages=20_000, pairs=5, startup_pairs=7, monitor_messages=20_000, monitor_pairs=7),
+    "quick": Params("quick", messages=4_000, pairs=3, startup_pairs=3, monitor_messages=4_000, monitor_pairs=3),
+    "smoke": Params("smoke", messages=300, pairs=1, startup_pairs=1, monitor_messages=300, monitor_pairs=1),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the ratio must reach: ``>= 0.90`` or ``<= 1.30``."""
+
+    op: Literal[">=", "<="]
+    value: float
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.value if self.op == ">=" else ratio <= self.value
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:.2f}"
+
+
+@dataclass
+class Figure:
+    """One row of the table; ``ours is None`` means not measured (yet)."""
+
+    key: str
+    what: str
+    unit: str
+    ours: float | None = None
+    reference: float | None = None
+    ratio: float | None = None
+    target: Target | None = None
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.ours is not None
+
+    @property
+    def met(self) -> bool | None:
+        if self.ratio is None or self.target is None:
+            return None
+        return self.target.met(self.ratio)
+
+
+@dataclass
+class Bench:
+    """What a figure function needs: parameters, the broker, and a progress log."""
+
+    params: Params
+    url: str
+    env: dict[str, str]
+    control: Control
+    log: Callable[[str], None]
+
+
+FigureFunction = Callable[[Bench], list[Figure]]
+
+
+# ----- helpers
+
+
+def alternate(pairs: int, run_a: Callable[[], float], run_b: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """Run A and B ``pairs`` times each, swapping the order every pair (AB BA AB ...)."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(pairs):
+        if i % 2 == 0:
+            a.append(run_a())
+            b.append(run_b())
+        else:
+            b.append(run_b())
+            a.append(run_a())
+    return a, b
+
+
+def compared(
+    key: str, what: str, unit: str, target: Target, ours: list[float], reference: list[float], note: str = ""
+) -> Figure:
+    """A figure from paired samples: medians of each side, median of the per-pair ratios."""
+    ratios = [o / r for o, r in zip(ours, reference, strict=True)]
+    return Figure(
+        key=key,
+        what=what,
+        unit=unit,
+        ours=statistics.median(ours),
+        reference=statistics.median(reference),
+        ratio=statistics.median(ratios),
+        target=target,
+        samples={"ours": ours, "reference": reference, "ratio": ratios},
+        note=note,
+    )
+
+
+def drain_rate(ack_times: list[list[float]]) -> float:
+    """Acks per second while every consumer was acking.
+
+    The window runs from the last consumer's first ack to the first consumer's
+    last ack, so neither the stagger of process start-up nor a lone consumer's
+    tail counts. When that window is too thin to trust (tiny runs), the whole
+    span from the first ack to the last is used.
+    """
+    active = [times for times in ack_times if times]
+    every = sorted(t for times in active for t in times)
+    if len(every) < 2:
+        raise BenchError("fewer than two acks were seen: nothing to time")
+    start = max(times[0] for times in active)
+    end = min(times[-1] for times in active)
+    inside = sum(1 for t in every if start <= t <= end)
+    if end - start > 0 and inside >= len(every) // 2:
+        return inside / (end - start)
+    span = every[-1] - every[0]
+    if span <= 0:
+        raise BenchError("all acks carry the same time: nothing to time")
+    return (len(every) - 1) / span
+
+
+def _deadline(messages: int) -> float:
+    return time.monotonic() + 60.0 + messages / 200
+
+
+def drain(bench: Bench, kind: Kind, prefetch: int, messages: int, *, monitor: bool = False) -> float:
+    """Pre-publish ``messages`` tasks, let consumers of ``kind`` drain them; msg/s."""
+    p = bench.params
+    bench.control.prepare(messages)
+    watch: contextlib.AbstractContextManager[object] = (
+        Monitor(bench.url, bench.control.queue, p.monitor_hz) if monitor else contextlib.nullcontext()
+    )
+    with watch as running:
+        group = Group(kind, p.consumers, bench.control.queue, prefetch, bench.env)
+        try:
+            group.wait("acked", _deadline(messages), total=messages)
+        finally:
+            group.stop()
+    if isinstance(running, Monitor):
+        if running.error:
+            raise BenchError(f"the monitor failed: {running.error}")
+        if running.probes < 1:
+            raise BenchError("the monitor made no probe")
+    _check_stream(group, messages)
+    left = bench.control.figures()[0]
+    if left:
+        raise BenchError(f"{left} messages were left in the queue after a {kind} run")
+    return drain_rate([m.ack_times for m in group.members])
+
+
+def _check_stream(group: Group, messages: int) -> None:
+    """Every task acked once, and (ours) every event line whole: received, started, done each N times."""
+    acked = sum(len(m.ack_times) for m in group.members)
+    if acked != messages:
+        raise BenchError(f"{group.kind} consumers acked {acked} tasks, expected {messages}")
+    garbled = sum(m.garbled for m in group.members)
+    if garbled:
+        raise BenchError(f"{group.kind} consumers wrote {garbled} lines that do not decode")
+    if group.kind == "ours":
+        for name in ("received", "started", "done"):
+            seen = sum(m.counts[name] for m in group.members)
+            if seen != messages:
+                raise BenchError(f"the workers wrote {seen} {name} events for {messages} tasks")
+
+
+def launch(bench: Bench, kind: Kind) -> float:
+    """Seconds from launching the processes to the last one's ready line."""
+    bench.control.prepare(0)
+    group = Group(kind, bench.params.startup_workers, bench.control.queue, 1, bench.env)
+    try:
+        group.wait("ready", time.monotonic() + 60.0)
+        return group.ready_after()
+    finally:
+        group.stop()
+
+
+def _logged(bench: Bench, label: str, unit: str, run: Callable[[], float]) -> Callable[[], float]:
+    def logged() -> float:
+        value = run()
+        bench.log(f"  {label}: {value:,.3f} {unit}" if unit == "s" else f"  {label}: {value:,.0f} {unit}")
+        return value
+
+    return logged
+
+
+# ----- the figures
+
+
+def worker_throughput(bench: Bench) -> list[Figure]:
+    """Our worker (events decoded by the benchmark) vs bare pika consumers, per prefetch."""
+    p = bench.params
+    figures = []
+    for prefetch in p.prefetches:
+        bench.log(f"worker throughput, prefetch {prefetch}")
+        ours, bare = alternate(
+            p.pairs,
+            _logged(bench, "ours", "msg/s", functools.partial(drain, bench, "ours", prefetch, p.messages)),
+            _logged(bench, "bare", "msg/s", functools.partial(drain, bench, "bare", prefetch, p.messages)),
+        )
+        figures.append(
+            compared(
+                f"worker_throughput_p{prefetch}",
+                f"worker throughput, prefetch {prefetch}: {p.consumers} `workers.worker --events` "
+                f"(events decoded) vs {p.consumers} bare pika consumers, msg/s",
+                "msg/s",
+                Target(">=", 0.90),
+                ours,
+                bare,
+            )
+        )
+    return figures
+
+
+def start_up(bench: Bench) -> list[Figure]:
+    """Launch to ready: our workers vs bare pika consumers, started the same way."""
+    p = bench.params
+    bench.log(f"start-up, {p.startup_workers} processes")
+    ours, bare = alternate(
+        p.startup_pairs,
+        _logged(bench, "ours", "s", lambda: launch(bench, "ours")),
+        _logged(bench, "bare", "s", lambda: launch(bench, "bare")),
+    )
+    return [
+        compared(
+            "start_up",
+            f"start-up: launch of {p.startup_workers} `python -u -m` processes to the last ready line, "
+            "workers vs bare consumers, s",
+            "s",
+            Target("<=", 1.30),
+            ours,
+            bare,
+        )
+    ]
+
+
+def monitor_cost(bench: Bench) -> list[Figure]:
+    """Bare consumers' throughput with the dashboard's queue poll on vs off."""
+    p = bench.params
+    bench.log(f"monitor cost, {p.monitor_hz:g} Hz")
+    on, off = alternate(
+        p.monitor_pairs,
+        _logged(
+            bench,
+            "monitor on",
+            "msg/s",
+            lambda: drain(bench, "bare", p.monitor_prefetch, p.monitor_messages, monitor=True),
+        ),
+        _logged(bench, "monitor off", "msg/s", lambda: drain(bench, "bare", p.monitor_prefetch, p.monitor_messages)),
+    )
+    return [
+        compared(
+            "monitor_cost",
+            f"monitor cost: {p.consumers} bare consumers' msg/s with a {p.monitor_hz:g} Hz passive-declare "
+            "monitor on (ours) vs off (reference)",
+            "msg/s",
+            Target(">=", 0.98),
+            on,
+            off,
+        )
+    ]
+
+
+# ----- placeholders: the dashboard's figures, to be measured once the dashboard exists
+
+
+def _not_measured(key: str, what: str, unit: str, target: Target | None) -> FigureFunction:
+    def placeholder(bench: Bench) -> list[Figure]:
+        return [Figure(key=key, what=what, unit=unit, target=target, note="not measured yet")]
+
+    placeholder.__name__ = key
+    return placeholder
+
+
+DASHBOARD_FIGURES: list[FigureFunction] = [
+    # TODO(dashboard): replace each placeholder with a figure function like the ones above.
+    _not_measured("dashboard_lag", "dashboard lag: worker event to screen", "s", None),
+    _not_measured("model_throughput", "model throughput: events folded into tui state per second", "ev/s", None),
+    _not_measured("key_latency", "key latency: key press to repaint", "s", None),
+    _not_measured("memory", "memory: dashboard RSS with 8 workers", "MiB", None),
+]
+
+FIGURES: list[FigureFunction] = [worker_throughput, start_up, monitor_cost, *DASHBOARD_FIGURES]

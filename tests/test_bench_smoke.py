@@ -1,0 +1,139 @@
+"""The benchmark's machinery works end to end: `benchmarks/run.py --quick --smoke --json` on the real broker.
+
+Only the shape and the sanity of the numbers are checked, never the targets:
+a smoke run is too small to say anything about them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from workers.settings import URL_ENV
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).resolve().parent.parent
+MEASURED_FIGURES = {
+    "worker_throughput_p1",
+    "worker_throughput_p50",
+    "start_up",
+    "monitor_cost",
+}
+
+
+def _children(parent: int) -> dict[int, str]:
+    """Live (non-zombie) child processes of ``parent``: pid -> command line."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == parent and stat[0] != "Z":
+            found[int(entry.name)] = " ".join(a.decode("utf-8", "replace") for a in argv)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.timeout(60)
+def test_smoke_run_prints_every_figure_as_json(broker_url: str) -> None:
+    env = {**os.environ, URL_ENV: broker_url}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--smoke", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert elapsed < 30, f"the smoke run took {elapsed:.1f} s"
+
+    report = json.loads(result.stdout)
+    assert report["profile"] == "smoke"
+    assert report["machine"]["cpu_count"] == os.cpu_count()
+    assert report["machine"]["broker"].startswith("RabbitMQ ")
+    assert report["parameters"]["prefetches"] == [1, 50]
+
+    figures = {figure["key"]: figure for figure in report["figures"]}
+    assert set(figures) >= MEASURED_FIGURES
+    for key, figure in figures.items():
+        if key in MEASURED_FIGURES:
+            assert figure["measured"] is True, key
+            for field in ("ours", "reference", "ratio"):
+                assert _positive(figure[field]), (key, field, figure[field])
+            assert figure["samples"]["ours"] and figure["samples"]["reference"], key
+            for values in figure["samples"].values():
+                assert all(_positive(v) for v in values), (key, values)
+            assert figure["target"]["op"] in (">=", "<=") and _positive(figure["target"]["value"])
+            assert isinstance(figure["met"], bool)
+        else:
+            # The dashboard's placeholders: present, but never a made-up number.
+            assert figure["measured"] is False, key
+            assert figure["ours"] is None and figure["reference"] is None and figure["ratio"] is None
+            assert figure["note"] == "not measured yet"
+
+
+@pytest.mark.timeout(60)
+def test_smoke_run_leaves_no_process_or_queue(broker_url: str) -> None:
+    env = {**os.environ, URL_ENV: broker_url}
+    process = subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "benchmarks" / "run.py"), "--smoke", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Stop it mid-run, while its consumers run: SIGTERM must still clean up.
+    deadline = time.monotonic() + 20
+    children: dict[int, str] = {}
+    while len(children) < 2 and time.monotonic() < deadline:
+        children = _children(process.pid)
+        time.sleep(0.02)
+    assert children, "the benchmark never started a consumer"
+    queue_names = {arg for line in children.values() for arg in line.split() if arg.startswith("dispatch-lab-bench-")}
+    assert queue_names
+    process.terminate()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [line for pid, line in children.items() if _alive(pid)], stderr[-2000:]
+
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        for name in queue_names:
+            channel = connection.channel()
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+                channel.queue_declare(queue=name, passive=True)
+            assert info.value.reply_code == 404, name
+    finally:
+        connection.close()
