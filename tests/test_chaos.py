@@ -254,3 +254,36 @@ def test_a_busy_or_silent_worker_defers_the_verdict() -> None:
     model.apply(protocol.Alive("w2", T0 + 9.0, 60))
     model.apply(obs.QueueSample(T0 + 9.1, 0, 1))
     assert model.ledger.lost_unseen == 1
+
+
+def test_a_task_kept_across_a_reconnect_keeps_its_own_done() -> None:
+    """Auto ack, broker restart: the worker keeps task 1 while its new channel numbers deliveries from 1 again."""
+    model = Model(prefix=PREFIX, mode=DispatchMode(1, "auto"))
+    items: list[obs.Observation] = [obs.WorkerSpawned("w1", T0, 101), protocol.Ready("w1", T0, 101, "q", 1, "auto")]
+    for seq in (1, 2, 3):
+        items += [obs.Published(f"{PREFIX}-{seq}", T0, "t."), obs.Confirmed(f"{PREFIX}-{seq}", T0)]
+    items += [
+        protocol.Received("w1", T0 + 1, 1, f"{PREFIX}-1", "t.", False),
+        protocol.Received("w1", T0 + 1, 2, f"{PREFIX}-2", "t.", False),
+        protocol.Started("w1", T0 + 1, 1, f"{PREFIX}-1", 1.0),
+        protocol.Connection("w1", T0 + 2, "lost", 0),
+        protocol.Connection("w1", T0 + 3, "restored", 1),
+        protocol.Ready("w1", T0 + 3, 101, "q", 1, "auto"),
+        protocol.Received("w1", T0 + 3.1, 1, f"{PREFIX}-3", "t.", False),  # tag 1 again, on the new channel
+        protocol.Done("w1", T0 + 3.2, 1, f"{PREFIX}-1", True),  # the kept task 1 finishes
+        protocol.Started("w1", T0 + 3.2, 2, f"{PREFIX}-2", 1.0),
+    ]
+    model.apply_all(items)
+    w1, ledger = model.workers["w1"], model.ledger
+    assert ledger.records[f"{PREFIX}-1"].state == "done" and ledger.records[f"{PREFIX}-3"].state == "held"
+    assert w1.current is not None and w1.current.label == "#2" and w1.in_hand == 2
+    model.apply_all(
+        [
+            protocol.Done("w1", T0 + 4.2, 2, f"{PREFIX}-2", True),
+            protocol.Started("w1", T0 + 4.2, 1, f"{PREFIX}-3", 1.0),
+            protocol.Done("w1", T0 + 5.2, 1, f"{PREFIX}-3", True),
+        ]
+    )
+    lifelines = [r.lifeline() for r in ledger.records.values()]
+    assert lifelines == ["#1 -> w1 -> done", "#2 -> w1 -> done", "#3 -> w1 -> done"], lifelines
+    assert (ledger.done_messages, ledger.duplicates, w1.in_hand) == (3, 0, 0)

@@ -124,6 +124,22 @@ class WorkerState:
             return None
         return max(0.0, 2 * self.heartbeat - (now - self.last_seen))
 
+    def held_key(self, tag: int, msg_id: str | None) -> int | None:
+        """The key in ``held`` of the delivery an event with this tag and message id is about.
+
+        Tags restart at 1 on each new channel, so after a reconnect an auto-ack task
+        kept across the lost connection can share its tag with a new delivery; the
+        older one was moved to a negative key when the newer arrived, and the
+        message id tells them apart.
+        """
+        record = self.held.get(tag)
+        if record is not None and (msg_id is None or record.msg_id == msg_id):
+            return tag
+        for key, other in self.held.items():
+            if key < 0 and other.msg_id == msg_id:
+                return key
+        return tag if record is not None else None
+
     @property
     def waiting(self) -> int:
         """Deliveries held behind the current task (the prefetch window at work)."""
@@ -220,6 +236,9 @@ class Model:
         if e.redelivered:
             w.redelivered += 1
         record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or "manual")
+        kept = w.held.pop(e.tag, None)
+        if kept is not None:  # the same tag on a new channel: see WorkerState.held_key
+            w.held[min([0, *w.held]) - 1] = kept
         w.held[e.tag] = record
 
     def _on_alive(self, e: protocol.Alive) -> None:
@@ -229,7 +248,8 @@ class Model:
     def _on_started(self, e: protocol.Started) -> None:
         w = self._worker(e.worker)
         w.last_seen = e.ts
-        record = w.held.get(e.tag)
+        key = w.held_key(e.tag, e.msg_id)
+        record = None if key is None else w.held.get(key)
         body = record.body if record else ""
         label = record.label() if record else f"tag {e.tag}"
         if record is not None and record.deliveries and record.deliveries[-1].worker == e.worker:
@@ -245,7 +265,8 @@ class Model:
         w = self._worker(e.worker)
         w.done += 1
         w.last_seen = e.ts
-        record = w.held.pop(e.tag, None)
+        key = w.held_key(e.tag, e.msg_id)
+        record = None if key is None else w.held.pop(key)
         if record is not None:
             self.ledger.done(record, e.ts, e.acked)
             if not e.acked:
@@ -270,7 +291,8 @@ class Model:
     def _on_returned(self, e: protocol.Returned) -> None:
         w = self._worker(e.worker)
         w.returned += 1
-        record = w.held.pop(e.tag, None)
+        key = w.held_key(e.tag, e.msg_id)
+        record = None if key is None else w.held.pop(key)
         if record is not None:
             self.ledger.returned(record, e.ts, e.reason, e.worker)
         if w.current is not None and w.current.tag == e.tag:
