@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pika
-import pytest
 from rich.console import Console
 from textual import events
 from textual.pilot import Pilot
@@ -349,11 +348,6 @@ def test_prefetch_change_returns_the_waiting_tasks(broker_url: str, queue_name: 
     assert second == {"w1", "w2"}, lab.describe()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="F6/F7 read model.mode, which follows a mode request only at the next refresh (1/8 s): "
-    "a second press within it repeats the first step instead of taking the next (reported)",
-)
 def test_two_quick_mode_keys_take_two_steps(broker_url: str, queue_name: str) -> None:
     async def scenario(lab: Lab) -> None:
         await lab.ready(2)

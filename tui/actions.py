@@ -135,22 +135,27 @@ class LabActions(App[int]):
         self.backend.set_mode(mode)
         self.notify(f"Mode for all workers: {mode.describe()}", timeout=4)
 
+    @property
+    def mode(self) -> DispatchMode:
+        """The mode last asked for: the model hears of it only at the next refresh."""
+        return self.backend.pool.mode if self.backend is not None else self.model.mode
+
     def action_cycle_prefetch(self) -> None:
-        current = self.model.mode
+        current = self.mode
         following = [p for p in PREFETCH_CYCLE if p > current.prefetch]
         self.set_mode(DispatchMode(following[0] if following else PREFETCH_CYCLE[0], current.ack))
 
     def action_cycle_ack(self) -> None:
-        current = self.model.mode
+        current = self.mode
         ack = ACK_MODES[(ACK_MODES.index(current.ack) + 1) % len(ACK_MODES)]
         self.set_mode(DispatchMode(current.prefetch, ack))
 
     def action_set_prefetch(self) -> None:
         def chosen(prefetch: int | None) -> None:
             if prefetch is not None:
-                self.set_mode(DispatchMode(prefetch, self.model.mode.ack))
+                self.set_mode(DispatchMode(prefetch, self.mode.ack))
 
-        self.push_screen(PrefetchDialog(self.model.mode.prefetch), chosen)
+        self.push_screen(PrefetchDialog(self.mode.prefetch), chosen)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "restart_broker":

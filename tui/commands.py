@@ -24,12 +24,12 @@ def lab_commands(app: DispatchLab) -> Iterator[SystemCommand]:
     for prefetch, words in ((0, "round-robin"), (1, "fair dispatch")):
         yield SystemCommand(
             f"Prefetch {prefetch} ({words})", "For all workers, live",
-            lambda p=prefetch: app.set_mode(DispatchMode(p, app.model.mode.ack)),
+            lambda p=prefetch: app.set_mode(DispatchMode(p, app.mode.ack)),
         )  # fmt: skip
     for ack in ACK_MODES:
         yield SystemCommand(
             f"Ack mode {ack}", "For all workers, live",
-            lambda a=ack: app.set_mode(DispatchMode(app.model.mode.prefetch, a)),
+            lambda a=ack: app.set_mode(DispatchMode(app.mode.prefetch, a)),
         )  # fmt: skip
     yield SystemCommand("Purge queue", "Remove the ready messages", app.action_purge)
     if app.node is not None:

@@ -144,34 +144,41 @@ def main(argv: list[str]) -> int:
     app = DispatchLab(config, model, backend, log=log, node=node)
     atexit.register(backend.shutdown)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=leave, args=(signum,), daemon=True).start()
+    finished = threading.Event()
+
+    def hard_exit(signum: int) -> None:
+        backend.shutdown()
+        if node is not None:
+            node.destroy()
+        log.close()
+        log.path.unlink(missing_ok=True)
+        os._exit(128 + signum)
+
+    def force_after(seconds: float, signum: int) -> None:
+        if not finished.wait(seconds):
+            hard_exit(signum)
 
     def leave(signum: int) -> None:
         # SIGHUP: the terminal is gone, and Textual's writer can hang on it, so stop the
         # workers and go at once. SIGTERM: ask the app to exit, and force it if it can't.
         if signum == signal.SIGTERM:
-            threading.Thread(target=force_after, args=(3.0, signum), daemon=True).start()
+            threading.Thread(target=force_after, args=(5.0, signum), daemon=True).start()
             try:
                 app.call_from_thread(app.exit)
                 return
             except Exception:
                 pass
-        backend.shutdown()
-        if node is not None:
-            node.destroy()
-        os._exit(128 + signum)
+        hard_exit(signum)
 
-    def force_after(seconds: float, signum: int) -> None:
-        time.sleep(seconds)
-        backend.shutdown()
-        if node is not None:
-            node.destroy()
-        os._exit(128 + signum)
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=leave, args=(signum,), daemon=True).start()
 
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         app.run()
     finally:
+        finished.set()  # the app is out of its loop: no need to force anything
         backend.shutdown()
         log.close()
         log.path.unlink(missing_ok=True)
