@@ -14,9 +14,10 @@ from textual.app import App
 
 from tui.backend import Backend, LabConfig
 from tui.observations import BrokerRestarted
-from tui.runner import apply_action, check, settled
+from tui.runner import RunResult, apply_action, check, settled
 from tui.scenarios import Action, Scenario
 from tui.state import Model
+from tui.widgets.compare_screen import CompareScreen
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.mode_dialog import PrefetchDialog
 from workers.local_node import LocalNode, LocalNodeError
@@ -33,6 +34,8 @@ class LabActions(App[int]):
     backend: Backend | None
     node: LocalNode | None
     selected: str | None
+    presets: dict[str, Scenario]
+    compare_results: list[list[RunResult]]
 
     def refresh_view(self) -> None:
         """Redraw from the model (DispatchLab implements it)."""
@@ -139,6 +142,15 @@ class LabActions(App[int]):
     def mode(self) -> DispatchMode:
         """The mode last asked for: the model hears of it only at the next refresh."""
         return self.backend.pool.mode if self.backend is not None else self.model.mode
+
+    def action_compare(self) -> None:
+        if self.backend is None:
+            self.notify("Read-only view: no broker to run a comparison on.", severity="warning")
+            return
+        spd = min(self.config.seconds_per_dot, 0.2) or 0.2  # a comparison should take seconds, not minutes
+        ack = self.mode.ack if self.mode.ack != "none" else "manual"  # never-acked runs never finish
+        screen = CompareScreen(self.config.url, self.presets, self.compare_results, seconds_per_dot=spd, ack=ack)
+        self.push_screen(screen)
 
     def action_cycle_prefetch(self) -> None:
         current = self.mode

@@ -17,6 +17,7 @@ from tui.actions import LabActions
 from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
+from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.session_log import SessionLog
 from tui.state import Model
@@ -49,6 +50,7 @@ class DispatchLab(LabActions):
         Binding("f9", "messages", "Msgs", priority=True),
         Binding("f10", "restart_broker", "Broker↻", priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("f12", "compare", "Compare", show=False, priority=True),
         Binding("ctrl+n", "select(1)", "Next worker", show=False, priority=True),
         Binding("ctrl+b", "select(-1)", "Previous worker", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
@@ -77,6 +79,7 @@ class DispatchLab(LabActions):
         self.session_log = log
         self.node = node
         self.selected: str | None = None
+        self.compare_results: list[list[RunResult]] = []
         self._cards: dict[str, WorkerCard] = {}
 
     def compose(self) -> ComposeResult:

@@ -39,6 +39,10 @@ def lab_commands(app: DispatchLab) -> Iterator[SystemCommand]:
             f"Publish preset: {name}", scenario.description,
             lambda s=scenario: app.post_message(PublisherPane.PublishTasks(list(s.tasks), s.name, s)),
         )  # fmt: skip
+    yield SystemCommand(
+        "Compare modes (F12)", "Run a scenario under several prefetch values on fresh queues, side by side",
+        app.action_compare,
+    )  # fmt: skip
     yield SystemCommand("Messages", "The ledger: every task's lifeline, lost ids, duplicates", app.action_messages)
     yield SystemCommand("Save session", "Events (JSON lines), ledger (CSV) and an SVG screenshot", app.action_save)
     yield SystemCommand("Help", "What each mode does and what to watch for", app.action_help)

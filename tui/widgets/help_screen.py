@@ -45,6 +45,10 @@ change", not a crash.
 | F6 | prefetch: 0 → 1 → 10 → 0 |
 | F7 | ack mode: manual → auto → none |
 | F8 | purge the queue's ready messages |
+| F9 | the message ledger: every task's lifeline, lost ids, duplicates |
+| F10 | restart the broker (only one dispatch-lab started itself): durability |
+| F12 | compare modes: one scenario under several prefetch values, side by side |
+| Ctrl+S | save events, ledger and a screenshot into runs/ |
 | Ctrl+N / Ctrl+B | select next / previous worker (or click a card) |
 | Ctrl+P | command palette (set prefetch to any number, presets, …) |
 | Ctrl+Q | quit (every worker is stopped) |

@@ -1,0 +1,143 @@
+"""Provides CompareScreen: run one scenario under several prefetch values, and show the runs side by side."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, LoadingIndicator, Select, Static
+
+from tui.compare import checks, table, verdict
+from tui.runner import RunResult, ScenarioRun
+from tui.scenarios import Scenario
+from workers.broker import BrokerError
+from workers.settings import DispatchMode, SettingsError, check_ack, check_prefetch
+
+
+def parse_modes(text: str) -> list[int]:
+    """``0,1,10`` -> [0, 1, 10]; SettingsError with one sentence otherwise."""
+    try:
+        modes = [check_prefetch(int(part)) for part in text.replace(" ", "").split(",") if part]
+    except ValueError as exc:
+        message = str(exc) if isinstance(exc, SettingsError) else "Modes are prefetch numbers, like 0,1,10."
+        raise SettingsError(message) from None
+    if not modes:
+        raise SettingsError("Give at least one prefetch value, like 0,1.")
+    return modes
+
+
+class CompareScreen(ModalScreen[None]):
+    """Runs happen on fresh temporary queues with their own workers; the live queue is left alone."""
+
+    BINDINGS = [Binding("escape", "close", "Close")]
+
+    def __init__(
+        self,
+        url: str,
+        presets: dict[str, Scenario],
+        results: list[list[RunResult]],
+        *,
+        workers: int = 2,
+        seconds_per_dot: float = 0.2,
+        ack: str = "manual",
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.presets = presets
+        self.results = results
+        """Every comparison run in this session, newest last (kept by the app across openings)."""
+        self.worker_count = workers
+        self.seconds_per_dot = seconds_per_dot
+        self.ack = ack
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="compare-body"):
+            with Horizontal(id="compare-form"):
+                yield Label("scenario", classes="caption")
+                options = [(name, name) for name in self.presets]
+                yield Select(options, value="odd-heavy" if "odd-heavy" in self.presets else options[0][1],
+                             allow_blank=False, id="compare-scenario")  # fmt: skip
+                yield Label("prefetch", classes="caption")
+                yield Input("0,1", id="compare-modes", restrict=r"[0-9, ]*")
+                yield Button("Run", id="compare-run", variant="primary")
+            yield Label(
+                f"{self.worker_count} workers, {self.seconds_per_dot:g} s/dot, {self.ack} ack, fresh queue per run",
+                id="compare-status",
+            )
+            yield LoadingIndicator(id="compare-busy")
+            with VerticalScroll(id="compare-results"):
+                yield Static(id="compare-table")
+
+    def on_mount(self) -> None:
+        self.query_one("#compare-busy").display = False
+        self.query_one("#compare-run", Button).focus()
+        self._show()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self._start()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self._start()
+
+    def _start(self) -> None:
+        status = self.query_one("#compare-status", Label)
+        try:
+            modes = parse_modes(self.query_one("#compare-modes", Input).value)
+        except SettingsError as exc:
+            status.update(Text(str(exc), "bold red"))
+            return
+        scenario = self.presets[str(self.query_one("#compare-scenario", Select).value)]
+        self.query_one("#compare-run", Button).disabled = True
+        self.query_one("#compare-busy").display = True
+        self.run_comparison(scenario, modes)
+
+    @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
+    def run_comparison(self, scenario: Scenario, modes: list[int]) -> None:
+        runs: list[RunResult] = []
+
+        def say(text: str) -> None:
+            self.app.call_from_thread(self._status, text)
+
+        try:
+            for prefetch in modes:
+                mode = DispatchMode(prefetch, check_ack(self.ack))
+                run = ScenarioRun(self.url, scenario, mode=mode, workers=self.worker_count,
+                                  seconds_per_dot=self.seconds_per_dot, progress=say, timeout=600)  # fmt: skip
+                say(f"{scenario.name}: running under {mode.describe()} …")
+                runs.append(run.run())
+        except BrokerError as exc:
+            self.app.call_from_thread(self._finished, runs, str(exc))
+            return
+        self.app.call_from_thread(self._finished, runs, "")
+
+    def _status(self, text: str) -> None:
+        self.query_one("#compare-status", Label).update(text)
+
+    def _finished(self, runs: list[RunResult], error: str) -> None:
+        self.query_one("#compare-run", Button).disabled = False
+        self.query_one("#compare-busy").display = False
+        if runs:
+            self.results.append(runs)
+        self._status(error or f"Done: {len(runs)} run(s). Earlier comparisons are below the newest.")
+        self._show()
+
+    def _show(self) -> None:
+        if not self.results:
+            self.query_one("#compare-table", Static).update(
+                Text("No comparison yet: pick a scenario and prefetch values, then Run.", "dim")
+            )
+            return
+        parts: list[Table | Text] = []
+        for runs in reversed(self.results):
+            parts.extend([table(runs), checks(runs), Text(verdict(runs) + "\n", "bold")])
+        self.query_one("#compare-table", Static).update(Group(*parts))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
