@@ -2,7 +2,7 @@
 
 Each run is a headless ``ScenarioRun`` (the dashboard's pool, model and ledger)
 with four real workers on a fresh durable queue of a private ``LocalNode``:
-2,000 persistent tasks of 0 or 1 dots at 0.01 s per dot. Every 0.5 s (seeded)
+2,000 persistent tasks of 0 or 1 dots at 0.02 s per dot. Every 0.5 s (seeded)
 a random live worker is SIGKILLed and a fresh one started, until the work is
 over; once, the broker is restarted (``LocalNode.restart``) while the workers
 are consuming.
@@ -44,7 +44,7 @@ from workers.local_node import LocalNode, LocalNodeError, rabbitmq_server_path
 from workers.settings import AckMode, DispatchMode
 
 TASKS = 2000
-SECONDS_PER_DOT = 0.01
+SECONDS_PER_DOT = 0.02
 KILL_EVERY = 0.5
 WORKERS = ("w1", "w2", "w3", "w4")
 RESTART_AT = 2.25
@@ -76,6 +76,8 @@ class Books:
     done: collections.Counter[str]
     redelivered: set[str]
     kills: int
+    done_times: list[float]
+    done_after_restart: int = 0
 
     @classmethod
     def read(cls, path: Path) -> Books:
@@ -83,16 +85,18 @@ class Books:
         done: collections.Counter[str] = collections.Counter()
         redelivered: set[str] = set()
         kills = 0
+        done_times: list[float] = []
         for item in read(path):
             if isinstance(item, obs.Confirmed):
                 published.add(item.msg_id)
             elif isinstance(item, protocol.Done) and item.acked and item.msg_id is not None:
                 done[item.msg_id] += 1
+                done_times.append(item.ts)
             elif isinstance(item, protocol.Received) and item.redelivered and item.msg_id is not None:
                 redelivered.add(item.msg_id)
             elif isinstance(item, obs.WorkerExited) and item.code == -9:
                 kills += 1
-        return cls(published, done, redelivered, kills)
+        return cls(published, done, redelivered, kills, done_times)
 
     @property
     def finished(self) -> set[str]:
@@ -116,6 +120,12 @@ def chaos_run(node: LocalNode, tmp_path: Path, ack: AckMode, prefetch: int, seed
     log = SessionLog(tmp_path / "events.jsonl")
     log.start()
     began = time.monotonic()
+    restart_began = [float("inf")]
+
+    def progress(text: str) -> None:
+        if "restart_broker" in text:
+            restart_began[0] = time.time()
+
     try:
         run = ScenarioRun(
             node.url,
@@ -127,16 +137,19 @@ def chaos_run(node: LocalNode, tmp_path: Path, ack: AckMode, prefetch: int, seed
             log=log,
             node=node,
             until_settled=True,
+            progress=progress,
         )
         result = run.run()
     finally:
         log.close()
     books = Books.read(tmp_path / "events.jsonl")
     ledger = result.model.ledger
+    books.done_after_restart = sum(ts > restart_began[0] for ts in books.done_times)
     summary = (
         f"chaos {ack} ack, prefetch {prefetch}: kills {result.kills}, restarts {result.broker_restarts}, "
         f"redeliveries {ledger.redeliveries}, duplicates {ledger.duplicates}, lost {ledger.lost} "
-        f"(unseen {ledger.lost_unseen}); published {ledger.confirmed}, finished {ledger.done_messages}, "
+        f"(unseen {ledger.lost_unseen}); published {ledger.confirmed}, finished {ledger.done_messages} "
+        f"({books.done_after_restart} done after the restart began), "
         f"states {dict((k, v) for k, v in ledger.state_counts.items() if v)}, "
         f"{time.monotonic() - began:.1f}s{' TIMED OUT' if result.timed_out else ''}"
     )
@@ -150,6 +163,7 @@ def assert_chaos_happened(result: RunResult, books: Books, summary: str) -> None
     assert result.kills >= MIN_KILLS, f"too few kills to call it chaos: {summary}"
     assert books.kills == result.kills, f"{books.kills} SIGKILLed exits in the log: {summary}"
     assert len(books.published) == result.published == TASKS, summary
+    assert books.done_after_restart > 0, f"the restart came when the work was over: {summary}"
 
 
 @pytest.mark.timeout(80)
