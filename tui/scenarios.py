@@ -17,7 +17,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from workers.settings import ACK_MODES, MAX_PREFETCH
 
@@ -63,6 +63,11 @@ class Scenario:
     expect: dict[str, int | bool] = field(default_factory=dict)
 
 
+def _whole(value: Any) -> TypeGuard[int]:
+    """An int from JSON, but not true or false (bool is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _action(raw: Any, where: str) -> Action:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{where}: each action is an object like {{'at': 2, 'do': 'kill', 'worker': 'w1'}}.")
@@ -74,7 +79,7 @@ def _action(raw: Any, where: str) -> Action:
     worker, value = raw.get("worker"), raw.get("value")
     if do in ("kill", "stop") and not isinstance(worker, str):
         raise ScenarioError(f"{where}: a {do} action names its 'worker' (w1, w2, ...).")
-    if do == "prefetch" and not (isinstance(value, int) and 0 <= value <= MAX_PREFETCH):
+    if do == "prefetch" and not (_whole(value) and 0 <= value <= MAX_PREFETCH):
         raise ScenarioError(f"{where}: a prefetch action needs a 'value' from 0 to {MAX_PREFETCH}.")
     if do == "ack" and value not in ACK_MODES:
         raise ScenarioError(f"{where}: an ack action needs a 'value' of manual, auto or none.")
@@ -90,7 +95,7 @@ def parse(data: Any, where: str) -> Scenario:
         tasks = _generate(data["generate"], where)
     if not isinstance(tasks, list) or not tasks or not all(isinstance(t, str) for t in tasks):
         raise ScenarioError(f"{where}: needs a non-empty list of task strings under 'tasks'.")
-    if not isinstance(repeat, int) or not 1 <= repeat <= 1_000_000:
+    if not _whole(repeat) or not 1 <= repeat <= 1_000_000:
         raise ScenarioError(f"{where}: 'repeat' must be a whole number from 1 to 1000000.")
     raw_actions = data.get("actions", [])
     if not isinstance(raw_actions, list):
@@ -98,6 +103,12 @@ def parse(data: Any, where: str) -> Scenario:
     expect = data.get("expect", {})
     if not isinstance(expect, dict) or any(key not in EXPECTATIONS for key in expect):
         raise ScenarioError(f"{where}: 'expect' keys are {', '.join(EXPECTATIONS)}.")
+    # Checked here, not when the run is over: a bad value would only fail (or crash the check) after all the work.
+    for key, wanted in expect.items():
+        if key == "all_done" and not isinstance(wanted, bool):
+            raise ScenarioError(f"{where}: 'all_done' is true or false, not {wanted!r}.")
+        if key != "all_done" and not (_whole(wanted) and wanted >= 0):
+            raise ScenarioError(f"{where}: {key!r} is a whole number (0 or more), not {wanted!r}.")
     actions = tuple(sorted((_action(a, where) for a in raw_actions), key=lambda a: a.at))
     return Scenario(
         str(data.get("name") or where), str(data.get("description") or ""), tuple(tasks) * repeat, actions, expect
