@@ -66,15 +66,42 @@ def decode(line: str | bytes) -> obs.Observation | None:
     cls = _OBSERVATIONS.get(str(data.pop("obs", "")))
     if cls is None:
         return None
-    if cls is obs.QueueSample and isinstance(data.get("external"), list):
-        data["external"] = tuple(obs.ExternalConsumer(**c) for c in data["external"] if isinstance(c, dict))
-    if cls is obs.ModeRequested and isinstance(data.get("names"), list):
-        data["names"] = tuple(data["names"])
     try:
+        if cls is obs.QueueSample and isinstance(data.get("external"), list):
+            external = [c for c in data["external"] if isinstance(c, dict) and _fits(obs.ExternalConsumer, c)]
+            data["external"] = tuple(obs.ExternalConsumer(**c) for c in external)
+        if cls is obs.ModeRequested and isinstance(data.get("names"), list):
+            data["names"] = tuple(str(name) for name in data["names"])
+        if not _fits(cls, data):
+            return None
         item: obs.Observation = cls(**data)
     except TypeError:
         return None
     return item
+
+
+def _fits(cls: type[Any], data: dict[str, Any]) -> bool:
+    """Every value has its field's type, as JSON gives it.
+
+    Dataclasses check nothing, and a garbled line (``"code": "x"``) would decode
+    fine, then crash the model that folds it; such a line is a bad line.
+    """
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue  # its default applies, or cls() refuses the line
+        value = data[f.name]
+        kinds = {kind.strip().split("[")[0] for kind in str(f.type).split("|")}
+        if value is None:
+            fits = "None" in kinds
+        elif isinstance(value, bool):
+            fits = "bool" in kinds
+        elif isinstance(value, int):
+            fits = bool(kinds & {"int", "float"})
+        else:
+            fits = type(value).__name__ in kinds  # float, str, tuple (built above from a list)
+        if not fits:
+            return False
+    return True
 
 
 def read(path: Path) -> Iterator[obs.Observation]:
