@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
+import time
 from pathlib import Path
 
 from rich import box
@@ -13,22 +15,26 @@ from rich.table import Table
 from rich.text import Text
 
 from tui.export import write_ledger_csv
+from tui.observations import SessionStarted
 from tui.runner import RunResult, ScenarioRun
 from tui.scenarios import ScenarioError, find
 from tui.session_log import SessionLog
 from workers.broker import BrokerError
-from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, resolve_url
+from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, mask_url, resolve_url
 from workers.worker import ack_arg, positive_float
 
 
 def parse_modes(text: str) -> list[int]:
     try:
-        return [check_prefetch(int(part)) for part in text.split(",") if part.strip()]
+        modes = [check_prefetch(int(part)) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         message = (
             str(exc) if isinstance(exc, SettingsError) else f"--modes takes prefetch numbers like 0,1,10, not {text!r}"
         )
         raise argparse.ArgumentTypeError(message) from None
+    if not modes:  # no run at all: nothing to compare, and the table would have no first row
+        raise argparse.ArgumentTypeError(f"--modes takes prefetch numbers like 0,1,10, not {text!r}")
+    return modes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,17 +114,26 @@ def verdict(results: list[RunResult]) -> str:
     )
 
 
+def report(results: list[RunResult], console: Console) -> None:
+    """The table, each run's checks and the verdict."""
+    console.print(table(results))
+    console.print(checks(results), end="")
+    console.print(verdict(results))
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     # Not a terminal (a pipe, CI): wide enough for the table anyway.
     console = Console(stderr=args.json, record=True, width=None if sys.stdout.isatty() else 110)
+    # Errors go to stderr, whole: soft_wrap, or rich breaks a long sentence at the console's width.
+    errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
     if not 1 <= args.workers <= 32:
-        console.print(f"dispatch-lab compare: --workers must be between 1 and 32, not {args.workers}.")
+        errors.print(f"dispatch-lab compare: --workers must be between 1 and 32, not {args.workers}.")
         return 2
     try:
         scenario = find(args.scenario)
     except ScenarioError as exc:
-        console.print(f"dispatch-lab compare: {exc}", markup=False)
+        errors.print(f"dispatch-lab compare: {exc}")
         return 2
     url = resolve_url(args.url)
     results: list[RunResult] = []
@@ -133,27 +148,32 @@ def main(argv: list[str]) -> int:
                 run = ScenarioRun(url, scenario, mode=mode, workers=args.workers,
                                   seconds_per_dot=args.seconds_per_dot, timeout=args.timeout, log=log,
                                   progress=lambda text: status.update(text))  # fmt: skip
+                if log is not None:
+                    # The log's first line, as the dashboard's: without it a replay knows neither the
+                    # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.
+                    log.add([SessionStarted(time.time(), run.queue, run.publisher.prefix, prefetch, args.ack, True,
+                                            mask_url(url))])  # fmt: skip
                 result = run.run()
             results.append(result)
             if log is not None and args.out is not None:
                 log.close()
                 write_ledger_csv(result.model.ledger, args.out / f"prefetch-{prefetch}" / "ledger.csv")
     except BrokerError as exc:
-        console.print(f"dispatch-lab compare: {exc}", markup=False)
+        errors.print(f"dispatch-lab compare: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
     if args.json:
         print(json.dumps({"results": [r.as_dict() for r in results], "verdict": verdict(results)}, indent=2))
     else:
-        console.print(table(results))
-        console.print(checks(results), end="")
-        console.print(verdict(results))
+        report(results, console)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare.json").write_text(json.dumps([r.as_dict() for r in results], indent=2))
-        if not args.json:
-            console.save_svg(str(args.out / "compare.svg"), title="dispatch-lab compare")
+        if args.json:  # the table was not printed: draw it for the picture alone
+            console = Console(file=io.StringIO(), record=True, width=110)
+            report(results, console)
+        console.save_svg(str(args.out / "compare.svg"), title="dispatch-lab compare")
     failed = any(not c.ok for r in results for c in r.checks) or any(r.timed_out for r in results)
     return 3 if failed else 0
 
