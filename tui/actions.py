@@ -47,7 +47,10 @@ class LabActions(App[int]):
         for action in scenario.actions:
 
             def act(action: Action = action) -> None:
-                apply_action(action, backend.pool, self.set_mode)
+                if action.do == "restart_broker":
+                    self.action_restart_broker()
+                else:
+                    apply_action(action, backend.pool, self.set_mode)
                 self.notify(f"{scenario.name}: {action.describe()}", timeout=3)
 
             self.set_timer(action.at, act)

@@ -38,6 +38,8 @@ class DispatchLab(LabActions):
 
     CSS_PATH = "app.tcss"
     TITLE = "dispatch-lab"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    """Below 100 columns the queue panel gives its width to the worker cards."""
     BINDINGS = [
         Binding("f1", "help", "Help", priority=True),
         Binding("f2", "add_worker", "+Worker", priority=True),

@@ -123,7 +123,7 @@ class WorkerPool:
 
     def _argv(self, name: str) -> list[str]:
         argv = [
-            self.python, "-u", "-m", "workers.worker", "--events",
+            self.python, "-u", "-m", "workers.worker", "--events", "--wait-for-broker",
             "--name", name,
             "--queue", self.queue,
             "--prefetch", str(self.mode.prefetch),

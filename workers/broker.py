@@ -22,7 +22,15 @@ FIX_HINT = "start one with `docker compose up -d` or install the rabbitmq-server
 
 
 class BrokerError(Exception):
-    """A broker problem a user can cause or fix; ``str()`` is one sentence without secrets."""
+    """A broker problem a user can cause or fix; ``str()`` is one sentence without secrets.
+
+    ``transient`` is True when trying again later may work (nothing listening yet,
+    a restart in progress), False for a mistake in the settings (login, vhost, host name).
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def connection_parameters(url: str, *, name: str, heartbeat: int | None = None) -> pika.URLParameters:
@@ -69,7 +77,12 @@ def connect(url: str, *, name: str, heartbeat: int | None = None) -> pika.Blocki
         return pika.BlockingConnection(connection_parameters(url, name=name, heartbeat=heartbeat))
     except (pika.exceptions.AMQPError, OSError, AMQPConnectorException) as exc:
         # AMQPConnectorStackTimeout (a port that accepts but never speaks AMQP) is not an AMQPError.
-        raise BrokerError(describe_connect_error(exc, url)) from None
+        mistake = isinstance(
+            exc,
+            (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError,
+             pika.exceptions.ProbableAccessDeniedError, socket.gaierror),
+        )  # fmt: skip
+        raise BrokerError(describe_connect_error(exc, url), transient=not mistake) from None
 
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$")

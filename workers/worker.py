@@ -42,6 +42,8 @@ from workers.settings import (
 )
 
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+POLL_INTERVAL = 0.2
+"""Longest the connection's loop waits before it looks at its flags (stop, drain, alive)."""
 
 
 class EventWriter:
@@ -127,6 +129,7 @@ class Worker:
         commands: BinaryIO | None = None,
         heartbeat: int | None = None,
         durable: bool = True,
+        wait_for_broker: bool = False,
     ) -> None:
         self.url = url
         self.queue_name = queue_name
@@ -135,6 +138,7 @@ class Worker:
         self.seconds_per_dot = seconds_per_dot
         self.heartbeat = heartbeat
         self.durable = durable
+        self.wait_for_broker = wait_for_broker
         self.writer = EventWriter(events)
         self.tutorial = events is None
         self._commands_in = commands
@@ -194,11 +198,12 @@ class Worker:
                 self._work_ready.notify()
                 return
         # Idle and nothing to do: work here, in order, without the thread hop.
-        self._say(f" [x] Received {shown(text)}")
+        if self.tutorial:
+            self._say(f" [x] Received {shown(text)}")
+            self._say(" [x] Done")
         if writer.enabled:
             writer.add(protocol.encode_started(self._name_json, now, tag, msg_id, 0.0))
             writer.add(protocol.encode_done(self._name_json, now, tag, msg_id, ack != "none"))
-        self._say(" [x] Done")
         if ack == "manual":
             self._finished.append(task)
 
@@ -223,9 +228,10 @@ class Worker:
             self._wake_pending = False
         self.writer.flush()
         self._send_acks()
-        while True:
+        commands = self._commands
+        while not commands.empty():  # cheaper than raising queue.Empty once per cycle
             try:
-                command = self._commands.get_nowait()
+                command = commands.get_nowait()
             except queue.Empty:
                 break
             self._obey(command)
@@ -436,6 +442,7 @@ class Worker:
             raise
         self._connection, self._channel = connection, channel
         self._consume()
+        _keep_ticking(connection)
 
     def _reconnect(self) -> bool:
         """Reconnect with backoff after the connection was lost; False when told to stop."""
@@ -504,7 +511,9 @@ class Worker:
                 break
             try:
                 assert self._connection is not None
-                self._connection.process_data_events(time_limit=0.2)
+                # No time_limit: it would set and cancel a timer on every call (per
+                # delivery at prefetch 1); _keep_ticking's timer bounds the wait instead.
+                self._connection.process_data_events(time_limit=None)
                 self._say_alive()
                 self._after_cycle()
             except pika.exceptions.ChannelClosedByBroker as exc:
@@ -527,17 +536,26 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
+            opened = True
             try:
                 self._open()
             except BrokerError as exc:
                 self._fail(str(exc))
-                self._emit_stopped("error")
-                return 1
+                # Asked to wait (the dashboard starts workers during a broker restart too):
+                # keep trying, as after a lost connection, until told to stop.
+                if not (self.wait_for_broker and exc.transient):
+                    self._emit_stopped("error")
+                    return 1
+                opened = False
             worker_thread = threading.Thread(target=self._work, name="work", daemon=True)
             worker_thread.start()
             if self._commands_in is not None:
                 threading.Thread(target=self._read_commands, name="stdin", daemon=True).start()
-            self._announce_ready()
+            if opened:
+                self._announce_ready()
+            elif not self._reconnect():
+                self._shutdown(worker_thread, self._stop_reason or "stop")
+                return 0
             self._say(" [*] Waiting for messages. To exit press CTRL+C")
             try:
                 self._loop()
@@ -575,6 +593,16 @@ class Worker:
     def _emit_stopped(self, reason: str) -> None:
         if self.writer.enabled:
             self.writer.emit(protocol.Stopped(self.name, time.time(), reason))
+
+
+def _keep_ticking(connection: pika.BlockingConnection) -> None:
+    """Make process_data_events return at least every POLL_INTERVAL on this connection."""
+
+    def tick() -> None:
+        if connection.is_open:
+            connection.call_later(POLL_INTERVAL, tick)
+
+    connection.call_later(POLL_INTERVAL, tick)
 
 
 def _close_quietly(connection: pika.BlockingConnection) -> None:
@@ -641,6 +669,8 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         metavar="S",
         help="ask the broker for this heartbeat timeout in seconds",
     )
+    parser.add_argument("--wait-for-broker", action="store_true",
+                        help="if the broker cannot be reached at start, keep trying instead of exiting")
     parser.add_argument("--transient", action="store_true", help="declare the queue non-durable (default: durable)")
     return parser
 
@@ -665,6 +695,7 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         commands=commands,
         heartbeat=args.heartbeat,
         durable=not args.transient,
+        wait_for_broker=args.wait_for_broker,
     )
     return worker.run()
 
