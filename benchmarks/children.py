@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from workers import protocol
 ROOT = Path(__file__).resolve().parent.parent
 Kind = Literal["ours", "bare"]
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _live: set[Consumer] = set()
 _live_lock = threading.Lock()
 
@@ -37,6 +39,10 @@ class Consumer:
         self.kind = kind
         self.ready_at: float | None = None
         """time.monotonic() when the reader saw the ready line."""
+        self.cpu_at_ready: float | None = None
+        """The process's CPU seconds when it said ready: what came after is consuming."""
+        self.reader_cpu = 0.0
+        """CPU seconds our reader thread spent reading and decoding its lines."""
         self.acked = 0
         self.ack_times: list[float] = []
         """Epoch time of each ack (ours: of each ``done`` with ``acked``, written just before its ack)."""
@@ -74,6 +80,7 @@ class Consumer:
         done_cls, ready_cls = protocol.Done, protocol.Ready
         counts = self.counts
         ack_times = self.ack_times
+        started = time.thread_time()
         for line in self.popen.stdout:
             event = decode(line)
             if event is None:
@@ -89,6 +96,8 @@ class Consumer:
                     self.acked += 1
             elif cls is ready_cls:
                 self.ready_at = time.monotonic()
+                self.cpu_at_ready = self.cpu_seconds()
+        self.reader_cpu = time.thread_time() - started
         self.finished.set()
 
     def _read_bare(self) -> None:
@@ -97,6 +106,7 @@ class Consumer:
             line = raw.decode("utf-8", "replace").strip()
             if line == "ready":
                 self.ready_at = time.monotonic()
+                self.cpu_at_ready = self.cpu_seconds()
             elif line.startswith("acked "):
                 self.acked = int(line[6:])
             elif line.startswith("times "):
@@ -112,6 +122,15 @@ class Consumer:
             self._stderr.append(raw.decode("utf-8", "replace").rstrip())
 
     # ----- control
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds of the process so far (Linux /proc), or None."""
+        try:
+            with open(f"/proc/{self.popen.pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def exited(self) -> bool:
         return self.popen.poll() is not None
@@ -176,6 +195,16 @@ class Group:
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.kind} consumers: timed out waiting for {condition}")
             time.sleep(0.02)
+
+    def consuming_cpu(self) -> float | None:
+        """CPU seconds the processes spent since each said ready (call before stopping them)."""
+        total = 0.0
+        for member in self.members:
+            now = member.cpu_seconds()
+            if now is None or member.cpu_at_ready is None:
+                return None
+            total += now - member.cpu_at_ready
+        return total
 
     def ready_after(self) -> float:
         """Seconds from the first launch to the last ready line."""

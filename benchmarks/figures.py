@@ -55,8 +55,8 @@ class Params:
 
 
 PROFILES: dict[str, Params] = {
-    "full": Params("full", messages=20_000, pairs=5, startup_pairs=7, monitor_messages=20_000, monitor_pairs=7),
-    "quick": Params("quick", messages=4_000, pairs=3, startup_pairs=3, monitor_messages=4_000, monitor_pairs=3),
+    "full": Params("full", messages=20_000, pairs=7, startup_pairs=9, monitor_messages=20_000, monitor_pairs=7),
+    "quick": Params("quick", messages=6_000, pairs=3, startup_pairs=5, monitor_messages=6_000, monitor_pairs=3),
     "smoke": Params("smoke", messages=300, pairs=1, startup_pairs=1, monitor_messages=300, monitor_pairs=1),
 }
 
@@ -75,6 +75,15 @@ class Target:
         return f"{self.op} {self.value:.2f}"
 
 
+@dataclass(frozen=True)
+class Run:
+    """One measurement: the figure's value, and (drains) CPU microseconds per message."""
+
+    value: float
+    cpu_us: float | None = None
+    """CPU of the consumer processes after their ready line plus our reading of their stdout."""
+
+
 @dataclass
 class Figure:
     """One row of the table; ``ours is None`` means not measured (yet)."""
@@ -87,6 +96,9 @@ class Figure:
     ratio: float | None = None
     target: Target | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    cpu_ours: float | None = None
+    cpu_reference: float | None = None
+    """Median CPU microseconds per message of each side, when measured."""
     note: str = ""
 
     @property
@@ -117,10 +129,10 @@ FigureFunction = Callable[[Bench], list[Figure]]
 # ----- helpers
 
 
-def alternate(pairs: int, run_a: Callable[[], float], run_b: Callable[[], float]) -> tuple[list[float], list[float]]:
+def alternate(pairs: int, run_a: Callable[[], Run], run_b: Callable[[], Run]) -> tuple[list[Run], list[Run]]:
     """Run A and B ``pairs`` times each, swapping the order every pair (AB BA AB ...)."""
-    a: list[float] = []
-    b: list[float] = []
+    a: list[Run] = []
+    b: list[Run] = []
     for i in range(pairs):
         if i % 2 == 0:
             a.append(run_a())
@@ -132,21 +144,29 @@ def alternate(pairs: int, run_a: Callable[[], float], run_b: Callable[[], float]
 
 
 def compared(
-    key: str, what: str, unit: str, target: Target, ours: list[float], reference: list[float], note: str = ""
+    key: str, what: str, unit: str, target: Target, ours: list[Run], reference: list[Run], note: str = ""
 ) -> Figure:
-    """A figure from paired samples: medians of each side, median of the per-pair ratios."""
-    ratios = [o / r for o, r in zip(ours, reference, strict=True)]
-    return Figure(
+    """A figure from paired runs: medians of each side, median of the per-pair ratios."""
+    ratios = [o.value / r.value for o, r in zip(ours, reference, strict=True)]
+    samples = {"ours": [o.value for o in ours], "reference": [r.value for r in reference], "ratio": ratios}
+    figure = Figure(
         key=key,
         what=what,
         unit=unit,
-        ours=statistics.median(ours),
-        reference=statistics.median(reference),
+        ours=statistics.median(samples["ours"]),
+        reference=statistics.median(samples["reference"]),
         ratio=statistics.median(ratios),
         target=target,
-        samples={"ours": ours, "reference": reference, "ratio": ratios},
+        samples=samples,
         note=note,
     )
+    cpu_ours = [o.cpu_us for o in ours if o.cpu_us is not None]
+    cpu_reference = [r.cpu_us for r in reference if r.cpu_us is not None]
+    if len(cpu_ours) == len(ours) and len(cpu_reference) == len(reference):
+        samples["ours_cpu_us"], samples["reference_cpu_us"] = cpu_ours, cpu_reference
+        figure.cpu_ours = statistics.median(cpu_ours)
+        figure.cpu_reference = statistics.median(cpu_reference)
+    return figure
 
 
 def drain_rate(ack_times: list[list[float]]) -> float:
@@ -176,8 +196,8 @@ def _deadline(messages: int) -> float:
     return time.monotonic() + 60.0 + messages / 200
 
 
-def drain(bench: Bench, kind: Kind, prefetch: int, messages: int, *, monitor: bool = False) -> float:
-    """Pre-publish ``messages`` tasks, let consumers of ``kind`` drain them; msg/s."""
+def drain(bench: Bench, kind: Kind, prefetch: int, messages: int, *, monitor: bool = False) -> Run:
+    """Pre-publish ``messages`` tasks, let consumers of ``kind`` drain them; msg/s and CPU per message."""
     p = bench.params
     bench.control.prepare(messages)
     watch: contextlib.AbstractContextManager[object] = (
@@ -187,6 +207,7 @@ def drain(bench: Bench, kind: Kind, prefetch: int, messages: int, *, monitor: bo
         group = Group(kind, p.consumers, bench.control.queue, prefetch, bench.env)
         try:
             group.wait("acked", _deadline(messages), total=messages)
+            cpu = group.consuming_cpu()
         finally:
             group.stop()
     if isinstance(running, Monitor):
@@ -198,7 +219,11 @@ def drain(bench: Bench, kind: Kind, prefetch: int, messages: int, *, monitor: bo
     left = bench.control.figures()[0]
     if left:
         raise BenchError(f"{left} messages were left in the queue after a {kind} run")
-    return drain_rate([m.ack_times for m in group.members])
+    rate = drain_rate([m.ack_times for m in group.members])
+    if cpu is None or cpu <= 0:
+        return Run(rate)
+    cpu += sum(m.reader_cpu for m in group.members)
+    return Run(rate, cpu / messages * 1e6)
 
 
 def _check_stream(group: Group, messages: int) -> None:
@@ -216,22 +241,25 @@ def _check_stream(group: Group, messages: int) -> None:
                 raise BenchError(f"the workers wrote {seen} {name} events for {messages} tasks")
 
 
-def launch(bench: Bench, kind: Kind) -> float:
+def launch(bench: Bench, kind: Kind) -> Run:
     """Seconds from launching the processes to the last one's ready line."""
     bench.control.prepare(0)
     group = Group(kind, bench.params.startup_workers, bench.control.queue, 1, bench.env)
     try:
         group.wait("ready", time.monotonic() + 60.0)
-        return group.ready_after()
+        return Run(group.ready_after())
     finally:
         group.stop()
 
 
-def _logged(bench: Bench, label: str, unit: str, run: Callable[[], float]) -> Callable[[], float]:
-    def logged() -> float:
-        value = run()
-        bench.log(f"  {label}: {value:,.3f} {unit}" if unit == "s" else f"  {label}: {value:,.0f} {unit}")
-        return value
+def _logged(bench: Bench, label: str, unit: str, run: Callable[[], Run]) -> Callable[[], Run]:
+    def logged() -> Run:
+        result = run()
+        text = f"{result.value:,.3f} {unit}" if unit == "s" else f"{result.value:,.0f} {unit}"
+        if result.cpu_us is not None:
+            text += f", {result.cpu_us:,.0f} µs CPU/msg"
+        bench.log(f"  {label}: {text}")
+        return result
 
     return logged
 

@@ -29,6 +29,19 @@ def _value(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
+def _cpu(us: float | None) -> str:
+    return "" if us is None else f"\n{us:,.0f} µs CPU/msg"
+
+
+def _ratio(figure: Figure) -> str:
+    if figure.ratio is None:
+        return ""
+    pairs = figure.samples.get("ratio", [])
+    if len(pairs) < 2:
+        return f"{figure.ratio:.3f}"
+    return f"{figure.ratio:.3f}\n{min(pairs):.2f}–{max(pairs):.2f}"
+
+
 def table(figures: list[Figure], params: Params, machine: Machine, elapsed: float) -> Table:
     """The figures as one table; its title and caption state the machine and the parameters."""
     result = Table(
@@ -36,7 +49,12 @@ def table(figures: list[Figure], params: Params, machine: Machine, elapsed: floa
             f"dispatch-lab benchmarks — {machine.cpu_count} cores (os.cpu_count), {machine.broker}, "
             f"Python {machine.python}, pika {machine.pika}"
         ),
-        caption=f"{params.describe()} Took {elapsed:.0f} s.",
+        caption=(
+            f"{params.describe()} Under each ratio: the lowest and highest per-pair ratio. "
+            "µs CPU/msg: the consumer processes' CPU from their ready line to the last ack, plus the "
+            "benchmark's reading and decoding of their output, per message (steadier than msg/s on a "
+            f"shared machine; no target). Took {elapsed:.0f} s."
+        ),
         box=box.SIMPLE_HEAVY,
         caption_justify="left",
     )
@@ -52,9 +70,9 @@ def table(figures: list[Figure], params: Params, machine: Machine, elapsed: floa
         result.add_row(
             figure.key,
             figure.what,
-            _value(figure.ours, figure.unit),
-            _value(figure.reference, figure.unit) if figure.measured else "",
-            f"{figure.ratio:.3f}" if figure.ratio is not None else "",
+            _value(figure.ours, figure.unit) + _cpu(figure.cpu_ours),
+            (_value(figure.reference, figure.unit) + _cpu(figure.cpu_reference)) if figure.measured else "",
+            _ratio(figure),
             str(figure.target) if figure.target else "",
             "" if met is None else ("[green]yes[/]" if met else "[red]no[/]"),
         )
@@ -97,6 +115,9 @@ def as_json(figures: list[Figure], params: Params, machine: Machine, elapsed: fl
                 "ratio": f.ratio,
                 "target": {"op": f.target.op, "value": f.target.value} if f.target else None,
                 "met": f.met,
+                "cpu_us_per_msg": (
+                    {"ours": f.cpu_ours, "reference": f.cpu_reference} if f.cpu_ours is not None else None
+                ),
                 "samples": f.samples,
                 "note": f.note,
             }
