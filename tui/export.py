@@ -39,6 +39,10 @@ def write_ledger_csv(ledger: Ledger, path: Path) -> int:
 def session_folder(base: Path | None = None) -> Path:
     """A new folder for one export, named by the time."""
     root = base or Path.cwd() / "runs"
-    folder = root / time.strftime("session-%Y%m%d-%H%M%S")
-    folder.mkdir(parents=True, exist_ok=True)
+    name = time.strftime("session-%Y%m%d-%H%M%S")
+    folder, copy = root / name, 1
+    while folder.exists():  # two saves in one second: the second must not overwrite the first
+        copy += 1
+        folder = root / f"{name}-{copy}"
+    folder.mkdir(parents=True)
     return folder
