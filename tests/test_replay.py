@@ -7,8 +7,10 @@ by ``replay_main`` itself, whose app is then driven headless with Pilot.
 from __future__ import annotations
 
 import asyncio
+import csv
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,8 +18,8 @@ from textual.widgets import Static
 
 from tests.helpers import run_module
 from tests.recordings import PREFIX, T0, replay, session_kill
+from tui import export, timeline
 from tui import observations as obs
-from tui import timeline
 from tui.app import DispatchLab
 from tui.launch import replay_main
 from tui.session_log import SessionLog, encode
@@ -163,3 +165,43 @@ def test_a_log_cut_off_mid_line_still_replays(tmp_path: Path, monkeypatch: pytes
     app = opened_by_replay_main([str(path)], monkeypatch)
     assert app.model.events == len(session_kill().events)  # SessionStarted and all but the cut line
     assert app.model.ledger.done_messages == 4
+
+
+# ----- what a save writes beside the log (Ctrl+S, compare --out)
+
+
+def test_two_saves_in_the_same_second_get_two_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export, "time", SimpleNamespace(strftime=lambda pattern: "session-20240101-120000"))
+    first = export.session_folder(tmp_path)
+    (first / "events.jsonl").write_text("first", encoding="utf-8")
+    second = export.session_folder(tmp_path)
+    third = export.session_folder(tmp_path)
+    assert [first.name, second.name, third.name] == [
+        "session-20240101-120000",
+        "session-20240101-120000-2",
+        "session-20240101-120000-3",
+    ]
+    assert all(folder.is_dir() for folder in (first, second, third))
+    assert (first / "events.jsonl").read_text(encoding="utf-8") == "first", "a later save overwrote an earlier one"
+
+
+def test_the_ledger_csv_has_one_row_per_task_with_its_story(tmp_path: Path) -> None:
+    model = replay(session_kill().events, mode=MODE)
+    path = tmp_path / "deeper" / "ledger.csv"
+    assert export.write_ledger_csv(model.ledger, path) == 4
+    with path.open(encoding="utf-8", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert tuple(rows[0]) == export.LEDGER_COLUMNS
+    by_label = {row["label"]: row for row in rows}
+    assert sorted(by_label) == ["#1", "#2", "#3", "#4"]
+    one = by_label["#1"]
+    assert (one["msg_id"], one["body"], one["state"], one["deliveries"], one["done_count"]) == (
+        f"{PREFIX}-1",
+        "First message.",
+        "done",
+        "2",
+        "1",
+    )
+    assert one["why_last"] == "after a crash"
+    assert one["lifeline"] == "#1 -> w1 -> killed -> requeued -> w2 (redelivered) -> done"
+    assert float(one["published"]) == model.ledger.records[f"{PREFIX}-1"].published
