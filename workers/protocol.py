@@ -270,13 +270,20 @@ def decode(line: str | bytes) -> Event | None:
 # building a dict. Their output decodes to the same event as ``encode`` gives.
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
+_encode_str = json.encoder.encode_basestring  # what _dumps does for a str, without its Python frames
+
+
+def _json_text(value: str | None) -> str:
+    if type(value) is str:
+        return _encode_str(value)
+    return _dumps(value)
 
 
 def encode_received(worker_json: str, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool) -> str:
     """A ``received`` line; ``worker_json`` is the worker name already JSON-encoded."""
     return (
         f'{{"v":1,"event":"received","worker":{worker_json},"ts":{ts!r},"tag":{tag},'
-        f'"msg_id":{_dumps(msg_id)},"body":{_dumps(body)},'
+        f'"msg_id":{_json_text(msg_id)},"body":{_json_text(body)},'
         f'"redelivered":{"true" if redelivered else "false"}}}\n'
     )
 
@@ -285,7 +292,7 @@ def encode_started(worker_json: str, ts: float, tag: int, msg_id: str | None, se
     """A ``started`` line."""
     return (
         f'{{"v":1,"event":"started","worker":{worker_json},"ts":{ts!r},"tag":{tag},'
-        f'"msg_id":{_dumps(msg_id)},"seconds":{float(seconds)!r}}}\n'
+        f'"msg_id":{_json_text(msg_id)},"seconds":{float(seconds)!r}}}\n'
     )
 
 
@@ -293,7 +300,24 @@ def encode_done(worker_json: str, ts: float, tag: int, msg_id: str | None, acked
     """A ``done`` line."""
     return (
         f'{{"v":1,"event":"done","worker":{worker_json},"ts":{ts!r},"tag":{tag},'
-        f'"msg_id":{_dumps(msg_id)},"acked":{"true" if acked else "false"}}}\n'
+        f'"msg_id":{_json_text(msg_id)},"acked":{"true" if acked else "false"}}}\n'
+    )
+
+
+def encode_inline_task(
+    worker_json: str, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, acked: bool
+) -> str:
+    """The received, started (0 s) and done lines of a task worked at once, all at ``ts``.
+
+    The same three lines as encode_received + encode_started + encode_done give,
+    with the shared keys encoded once: the worker's cost per task at prefetch 1.
+    """
+    shared = f'"worker":{worker_json},"ts":{ts!r},"tag":{tag},"msg_id":{_json_text(msg_id)}'
+    return (
+        f'{{"v":1,"event":"received",{shared},"body":{_json_text(body)},'
+        f'"redelivered":{"true" if redelivered else "false"}}}\n'
+        f'{{"v":1,"event":"started",{shared},"seconds":0.0}}\n'
+        f'{{"v":1,"event":"done",{shared},"acked":{"true" if acked else "false"}}}\n'
     )
 
 

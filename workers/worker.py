@@ -186,14 +186,15 @@ class Worker:
         ack = self.mode.ack
         now = time.time()
         writer = self.writer
-        if writer.enabled:
-            writer.add(protocol.encode_received(self._name_json, now, tag, msg_id, text, method.redelivered))
+        events = writer.enabled
         task = Task(self._gen, tag, msg_id, text, seconds, ack)
         if ack == "none":
             self._never_acked.add(tag)
         with self._lock:
             inline = seconds == 0 and self._current is None and not self._waiting
             if not inline:
+                if events:  # before the work thread can see the task, so received precedes started
+                    writer.add(protocol.encode_received(self._name_json, now, tag, msg_id, text, method.redelivered))
                 self._waiting.append(task)
                 self._work_ready.notify()
                 return
@@ -201,9 +202,10 @@ class Worker:
         if self.tutorial:
             self._say(f" [x] Received {shown(text)}")
             self._say(" [x] Done")
-        if writer.enabled:
-            writer.add(protocol.encode_started(self._name_json, now, tag, msg_id, 0.0))
-            writer.add(protocol.encode_done(self._name_json, now, tag, msg_id, ack != "none"))
+        if events:
+            writer.add(
+                protocol.encode_inline_task(self._name_json, now, tag, msg_id, text, method.redelivered, ack != "none")
+            )
         if ack == "manual":
             self._finished.append(task)
 
@@ -669,8 +671,11 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         metavar="S",
         help="ask the broker for this heartbeat timeout in seconds",
     )
-    parser.add_argument("--wait-for-broker", action="store_true",
-                        help="if the broker cannot be reached at start, keep trying instead of exiting")
+    parser.add_argument(
+        "--wait-for-broker",
+        action="store_true",
+        help="if the broker cannot be reached at start, keep trying instead of exiting",
+    )
     parser.add_argument("--transient", action="store_true", help="declare the queue non-durable (default: durable)")
     return parser
 
