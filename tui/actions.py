@@ -40,6 +40,9 @@ class LabActions(App[int]):
     def refresh_view(self) -> None:
         """Redraw from the model (DispatchLab implements it)."""
 
+    def show_selection(self) -> None:
+        """Mark the selected worker's card (DispatchLab implements it)."""
+
     def run_scenario_actions(self, scenario: Scenario) -> None:
         """A scenario's timed actions, as the headless runner does them."""
         assert self.backend is not None
@@ -86,7 +89,7 @@ class LabActions(App[int]):
             return
         index = names.index(self.selected) if self.selected in names else -step
         self.selected = names[(index + step) % len(names)]
-        self.refresh_view()
+        self.show_selection()
 
     def action_add_worker(self) -> None:
         if self.backend is None:

@@ -11,7 +11,22 @@ from tui.state import Model
 class TimelineView(Static):
     """One lane per worker: green = done, yellow = redelivered, red ✗ = killed, dots = idle."""
 
-    def show(self, model: Model, now: float) -> None:
+    def on_mount(self) -> None:
         self.border_title = "timeline · done · ↻ redelivered · ✗ killed · ··· idle"
+        self._drawn: tuple[object, ...] = ()
+        self._lanes = -1
+
+    def show(self, model: Model, now: float) -> None:
+        """Redraw when a cell's worth of time has passed or a lane changed, not on every tick."""
         width = max(20, self.size.width - 2)
-        self.update(timeline.render(model, now, width))
+        start, end = timeline.window(model, now)
+        cell = (end - start) / max(1, width - 5)
+        lanes = tuple(
+            (name, len(w.lane), w.lane[-1].end if w.lane else None, w.alive) for name, w in model.workers.items()
+        )
+        key = (width, int(end / cell) if cell > 0 else 0, lanes)
+        if key == self._drawn:
+            return
+        layout = len(lanes) != self._lanes  # one line per lane: only a new lane changes the height
+        self._drawn, self._lanes = key, len(lanes)
+        self.update(timeline.render(model, now, width), layout=layout)

@@ -93,13 +93,14 @@ class WorkerCard(Widget, can_focus=True):
             counts.append(f" returned {worker.returned}", "dim")
         if worker.unacked_done:
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
-        self.query_one(".counts", Static).update(counts)
-        self.query_one(".task", Static).update(self._task_line(worker, now))
+        # Fixed-size parts (see app.tcss): a new value needs a repaint, never a layout.
+        self.query_one(".counts", Static).update(counts, layout=False)
+        self.query_one(".task", Static).update(self._task_line(worker, now), layout=False)
         lines = list(worker.stderr)[-3:] if worker.stderr and worker.status in ("exited", KILLED) else []
         log = Text("\n".join(list(worker.log)[-4:]))
         if lines:
             log.append("\n" + "\n".join(lines), "red")
-        self.query_one(".log", Static).update(log)
+        self.query_one(".log", Static).update(log, layout=False)
 
     @staticmethod
     def _task_line(worker: WorkerState, now: float) -> Text:
