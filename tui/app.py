@@ -8,8 +8,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+from textual import work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
@@ -20,6 +22,7 @@ from tui.actions import LabActions
 from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
+from tui.ledger import MessageRecord
 from tui.observations import Observation
 from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
@@ -186,14 +189,24 @@ class DispatchLab(LabActions):
         self.push_screen(MessagesScreen(self.model, self.clock))
 
     def action_save(self) -> None:
-        """Save the event log, the ledger and a screenshot into runs/session-…/."""
+        """Save a screenshot, the ledger and the event log into runs/session-…/ (files written off the UI thread)."""
         folder = session_folder()
         self.save_screenshot(filename="screen.svg", path=str(folder))
-        rows = write_ledger_csv(self.model.ledger, folder / "ledger.csv")
+        # A copy taken here, between two folds: the thread then reads records nobody adds to or drops.
+        self._save_files(folder, list(self.model.ledger.records.values()))
+
+    @work(thread=True, group="save", exit_on_error=False)
+    def _save_files(self, folder: Path, records: list[MessageRecord]) -> None:
+        rows = write_ledger_csv(records, folder / "ledger.csv")
+        cut = ""
         if self.session_log is not None:
             self.session_log.flush()
             shutil.copyfile(self.session_log.path, folder / "events.jsonl")
-        self.notify(f"Saved {rows} ledger rows, events and a screenshot to {folder}", timeout=6)
+            if self.session_log.dropped:
+                cut = f" (the event log hit its size cap: the last {self.session_log.dropped:,} events are not in it)"
+        self.call_from_thread(
+            self.notify, f"Saved {rows} ledger rows, events and a screenshot to {folder}{cut}", timeout=8
+        )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

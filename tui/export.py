@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from tui.ledger import Ledger
+from tui.ledger import Ledger, MessageRecord
 
 LEDGER_COLUMNS = ("msg_id", "label", "body", "published", "state", "deliveries", "done_count", "why_last", "lifeline")
 
 
-def write_ledger_csv(ledger: Ledger, path: Path) -> int:
-    """One row per message still in the ledger; returns the row count."""
+def write_ledger_csv(ledger: Ledger | Iterable[MessageRecord], path: Path) -> int:
+    """One row per message still in the ledger (or per record given); returns the row count."""
+    records = ledger.records.values() if isinstance(ledger, Ledger) else ledger
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with path.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(LEDGER_COLUMNS)
-        for record in ledger.records.values():
+        for record in records:
             writer.writerow(
                 (
                     record.msg_id,

@@ -113,12 +113,23 @@ def read(path: Path) -> Iterator[obs.Observation]:
                 yield item
 
 
-class SessionLog:
-    """Appends batches of observations to a file on a thread of its own."""
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+"""Where a session log stops growing: at thousands of tasks a second it would fill a disk in hours."""
 
-    def __init__(self, path: Path) -> None:
+
+class SessionLog:
+    """Appends batches of observations to a file on a thread of its own, up to ``max_bytes``.
+
+    Past the cap it stops writing and counts what it dropped (``dropped``), so a
+    long run keeps its beginning and says plainly that the rest is missing.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self.written = 0
+        self.dropped = 0
+        self._size = 0
         self._queue: queue.SimpleQueue[list[obs.Observation] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="session-log", daemon=True)
         self._flushed = threading.Event()
@@ -160,5 +171,10 @@ class SessionLog:
                 self._stream.flush()
                 self._flushed.set()
                 continue
-            self._stream.write("".join(encode(item) for item in items))
+            if self._size >= self.max_bytes:
+                self.dropped += len(items)
+                continue
+            text = "".join(encode(item) for item in items)
+            self._stream.write(text)
+            self._size += len(text)
             self.written += len(items)
