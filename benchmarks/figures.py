@@ -82,6 +82,8 @@ class Run:
     value: float
     cpu_us: float | None = None
     """CPU of the consumer processes after their ready line plus our reading of their stdout."""
+    reader_us: float | None = None
+    """The part of cpu_us spent in the benchmark's reader threads (decoding our worker's events)."""
 
 
 @dataclass
@@ -164,6 +166,9 @@ def compared(
     cpu_reference = [r.cpu_us for r in reference if r.cpu_us is not None]
     if len(cpu_ours) == len(ours) and len(cpu_reference) == len(reference):
         samples["ours_cpu_us"], samples["reference_cpu_us"] = cpu_ours, cpu_reference
+        reader = [o.reader_us for o in ours if o.reader_us is not None]
+        if len(reader) == len(ours):
+            samples["ours_reader_cpu_us"] = reader
         figure.cpu_ours = statistics.median(cpu_ours)
         figure.cpu_reference = statistics.median(cpu_reference)
     return figure
@@ -222,8 +227,8 @@ def drain(bench: Bench, kind: Kind, prefetch: int, messages: int, *, monitor: bo
     rate = drain_rate([m.ack_times for m in group.members])
     if cpu is None or cpu <= 0:
         return Run(rate)
-    cpu += sum(m.reader_cpu for m in group.members)
-    return Run(rate, cpu / messages * 1e6)
+    reader = sum(m.reader_cpu for m in group.members)
+    return Run(rate, (cpu + reader) / messages * 1e6, reader / messages * 1e6 if kind == "ours" else None)
 
 
 def _check_stream(group: Group, messages: int) -> None:
@@ -258,6 +263,8 @@ def _logged(bench: Bench, label: str, unit: str, run: Callable[[], Run]) -> Call
         text = f"{result.value:,.3f} {unit}" if unit == "s" else f"{result.value:,.0f} {unit}"
         if result.cpu_us is not None:
             text += f", {result.cpu_us:,.0f} µs CPU/msg"
+            if result.reader_us:
+                text += f" ({result.reader_us:,.0f} of it decoding events)"
         bench.log(f"  {label}: {text}")
         return result
 
