@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tui import observations as obs
-from tui.ledger import DONE, HELD, LOST, TERMINAL
+from tui.ledger import DONE, HELD, TERMINAL
 from tui.pool import Inbox, WorkerPool
 from tui.scenarios import EXPECTATIONS, Action, Scenario
 from tui.session_log import SessionLog
@@ -456,7 +456,7 @@ class ScenarioRun:
             published=ledger.confirmed,
             done=ledger.done_messages,
             redeliveries=ledger.redeliveries,
-            lost=ledger.count(LOST),
+            lost=ledger.lost,
             duplicates=ledger.duplicates,
             checks=check(self.scenario, model),
             timed_out=timed_out,

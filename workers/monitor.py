@@ -132,9 +132,7 @@ class QueueMonitor:
                 result = channel.queue_declare(queue=self.queue_name, passive=True)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 # A passive declare of a missing queue closes the channel: report and reopen.
-                self.listener.broker_status(
-                    time.time(), "connected", 0, explain_channel_error(exc, self.queue_name)
-                )
+                self.listener.broker_status(time.time(), "connected", 0, explain_channel_error(exc, self.queue_name))
                 channel = connection.channel()
                 connection.sleep(1.0)
                 continue

@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None, prog: str = "new_task") -> int:
         return 2
     warn_password_in_argv(args.url)
     message = " ".join(args.words) or "Hello World!"
-    publisher = Publisher(
-        resolve_url(args.url), args.queue, durable=not args.transient, persistent=not args.no_persist
-    )
+    publisher = Publisher(resolve_url(args.url), args.queue, durable=not args.transient, persistent=not args.no_persist)
     sent = 0
     try:
         publisher.open()
