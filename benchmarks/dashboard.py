@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pika
 from textual import events
 
 from benchmarks.figures import Bench, Figure, Target
@@ -30,7 +29,6 @@ from tui.pool import Inbox
 from tui.state import Model
 from tui.widgets.queue_panel import QueuePanel
 from workers import protocol
-from workers.broker import connect
 from workers.settings import DispatchMode
 
 SIZES = {"full": (1_000_000, 20_000, 1_000_000, 30), "quick": (200_000, 6_000, 200_000, 15),
@@ -195,22 +193,8 @@ def dashboard_lag(bench: Bench) -> list[Figure]:
     ]
 
 
-def _fill(url: str, queue: str, count: int) -> None:
-    """Publish ``count`` 0-dot tasks as fast as the broker takes them (unconfirmed), while others consume."""
-    connection = connect(url, name="dispatch-lab bench filler")
-    try:
-        channel = connection.channel()
-        props = pika.BasicProperties(delivery_mode=2, content_type="text/plain")
-        for i in range(count):
-            channel.basic_publish(exchange="", routing_key=queue, body=b"quick task", properties=props)
-            if i % 500 == 0:
-                connection.process_data_events(0)
-    finally:
-        connection.close()
-
-
 def _start_filler(bench: Bench, count: int) -> subprocess.Popen[bytes]:
-    code = "import sys; from benchmarks.dashboard import _fill; _fill(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
+    code = "import sys; from benchmarks.filler import fill; fill(sys.argv[1], sys.argv[2], int(sys.argv[3]))"
     env = {**os.environ, **bench.env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     return subprocess.Popen(  # the URL in argv is the bench's own guest URL on loopback, never a secret
         [sys.executable, "-c", code, bench.url, bench.control.queue, str(count)], env=env
@@ -261,11 +245,15 @@ def key_latency(bench: Bench) -> list[Figure]:
             # compete for this process's GIL and measure itself.
             filler = _start_filler(bench, tasks * 4)
             try:
+                deadline = time.monotonic() + 60
                 while app.model.ledger.done_messages < tasks // 4:  # the drain is under way
                     await pilot.pause(0.05)
+                    if time.monotonic() > deadline or filler.poll() not in (None, 0):
+                        raise RuntimeError(f"no load: the filler exited with {filler.poll()}")
                 loaded.extend(await _press_latencies(app, presses)(pilot))
             finally:
-                filler.wait(timeout=120)
+                filler.kill()  # the presses are measured: the rest of the load is not needed
+                filler.wait(timeout=10)
 
     try:
         asyncio.run(run())

@@ -2,8 +2,7 @@
 
 A figure function takes the ``Bench`` (parameters, broker, logging) and returns
 its ``Figure`` rows. ``FIGURES`` lists them in table order; the dashboard's
-figures are placeholders until someone measures them (they print as
-"not measured yet", never as numbers).
+figures come from benchmarks/dashboard.py.
 
 Every comparison runs its two sides alternately (A B, B A, A B, ...) on the same
 machine in the same minute, and reports medians, so drift on a noisy, shared
@@ -348,23 +347,16 @@ def monitor_cost(bench: Bench) -> list[Figure]:
     ]
 
 
-# ----- placeholders: the dashboard's figures, to be measured once the dashboard exists
+# ----- the dashboard's figures live in benchmarks/dashboard.py (they import Textual and the app);
+# imported last, since that module builds on the types above.
 
-
-def _not_measured(key: str, what: str, unit: str, target: Target | None) -> FigureFunction:
-    def placeholder(bench: Bench) -> list[Figure]:
-        return [Figure(key=key, what=what, unit=unit, target=target, note="not measured yet")]
-
-    placeholder.__name__ = key
-    return placeholder
-
+from benchmarks import dashboard  # noqa: E402
 
 DASHBOARD_FIGURES: list[FigureFunction] = [
-    # TODO(dashboard): replace each placeholder with a figure function like the ones above.
-    _not_measured("dashboard_lag", "dashboard lag: worker event to screen", "s", None),
-    _not_measured("model_throughput", "model throughput: events folded into tui state per second", "ev/s", None),
-    _not_measured("key_latency", "key latency: key press to repaint", "s", None),
-    _not_measured("memory", "memory: dashboard RSS with 8 workers", "MiB", None),
+    dashboard.model_throughput,
+    dashboard.dashboard_lag,
+    dashboard.key_latency,
+    dashboard.memory,
 ]
 
 FIGURES: list[FigureFunction] = [worker_throughput, start_up, monitor_cost, *DASHBOARD_FIGURES]

@@ -29,6 +29,7 @@ MEASURED_FIGURES = {
     "start_up",
     "monitor_cost",
 }
+DASHBOARD_FIGURES = {"model_throughput", "dashboard_lag", "key_latency", "memory"}
 
 
 def _children(parent: int) -> dict[int, str]:
@@ -82,7 +83,7 @@ def test_smoke_run_prints_every_figure_as_json(broker_url: str) -> None:
     assert report["parameters"]["prefetches"] == [1, 50]
 
     figures = {figure["key"]: figure for figure in report["figures"]}
-    assert set(figures) >= MEASURED_FIGURES
+    assert set(figures) == MEASURED_FIGURES | DASHBOARD_FIGURES
     for key, figure in figures.items():
         if key in MEASURED_FIGURES:
             assert figure["measured"] is True, key
@@ -94,10 +95,11 @@ def test_smoke_run_prints_every_figure_as_json(broker_url: str) -> None:
             assert figure["target"]["op"] in (">=", "<=") and _positive(figure["target"]["value"])
             assert isinstance(figure["met"], bool)
         else:
-            # The dashboard's placeholders: present, but never a made-up number.
-            assert figure["measured"] is False, key
-            assert figure["ours"] is None and figure["reference"] is None and figure["ratio"] is None
-            assert figure["note"] == "not measured yet"
+            # The dashboard's figures hold against a target rather than a second program; a lag or
+            # a memory growth can honestly be 0 on a tiny run, so non-negative is all that is asked.
+            assert figure["measured"] is True, key
+            assert figure["ours"] >= 0 and figure["ratio"] >= 0 and _positive(figure["reference"]), (key, figure)
+            assert figure["target"]["op"] in (">=", "<=") and isinstance(figure["met"], bool), key
 
 
 @pytest.mark.timeout(60)
