@@ -18,9 +18,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pika
 import pika.exceptions
@@ -41,6 +42,7 @@ from workers.settings import (
     warn_password_in_argv,
 )
 
+T = TypeVar("T")
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
 POLL_INTERVAL = 0.2
 """Longest the connection's loop waits before it looks at its flags (stop, drain, alive)."""
@@ -615,22 +617,22 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
         pass
 
 
-def positive_float(text: str) -> float:
-    try:
-        return check_seconds_per_dot(float(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            str(exc) if isinstance(exc, SettingsError) else f"not a number: {text!r}"
-        ) from None
+def _checked(convert: Callable[[str], T], check: Callable[[T], T], what: str) -> Callable[[str], T]:
+    """An argparse type: convert, then check the range; a SettingsError's sentence is the message."""
+
+    def parse(text: str) -> T:
+        try:
+            return check(convert(text))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(
+                str(exc) if isinstance(exc, SettingsError) else f"not {what}: {text!r}"
+            ) from None
+
+    return parse
 
 
-def prefetch_arg(text: str) -> int:
-    try:
-        return check_prefetch(int(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            str(exc) if isinstance(exc, SettingsError) else f"not a whole number: {text!r}"
-        ) from None
+positive_float = _checked(float, check_seconds_per_dot, "a number")
+prefetch_arg = _checked(int, check_prefetch, "a whole number")
 
 
 def ack_arg(text: str) -> AckMode:
