@@ -24,17 +24,23 @@ from workers.settings import DispatchMode, SettingsError, add_connection_args, c
 from workers.worker import ack_arg, positive_float
 
 
+def prefetch_list(text: str) -> list[int]:
+    """``0,1,10`` -> [0, 1, 10]: SettingsError for a value out of range, ValueError for anything else."""
+    modes = [check_prefetch(int(part)) for part in text.split(",") if part.strip()]
+    if not modes:  # no run at all: nothing to compare, and the table would have no first row
+        raise ValueError("no prefetch value")
+    return modes
+
+
 def parse_modes(text: str) -> list[int]:
+    """``--modes`` for argparse."""
     try:
-        modes = [check_prefetch(int(part)) for part in text.split(",") if part.strip()]
+        return prefetch_list(text)
     except ValueError as exc:
         message = (
             str(exc) if isinstance(exc, SettingsError) else f"--modes takes prefetch numbers like 0,1,10, not {text!r}"
         )
         raise argparse.ArgumentTypeError(message) from None
-    if not modes:  # no run at all: nothing to compare, and the table would have no first row
-        raise argparse.ArgumentTypeError(f"--modes takes prefetch numbers like 0,1,10, not {text!r}")
-    return modes
 
 
 def build_parser() -> argparse.ArgumentParser:

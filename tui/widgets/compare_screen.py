@@ -12,23 +12,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, LoadingIndicator, Select, Static
 
-from tui.compare import checks, table, verdict
+from tui.compare import checks, prefetch_list, table, verdict
 from tui.runner import RunResult, ScenarioRun
 from tui.scenarios import Scenario
 from workers.broker import BrokerError
-from workers.settings import DispatchMode, SettingsError, check_ack, check_prefetch
-
-
-def parse_modes(text: str) -> list[int]:
-    """``0,1,10`` -> [0, 1, 10]; SettingsError with one sentence otherwise."""
-    try:
-        modes = [check_prefetch(int(part)) for part in text.replace(" ", "").split(",") if part]
-    except ValueError as exc:
-        message = str(exc) if isinstance(exc, SettingsError) else "Modes are prefetch numbers, like 0,1,10."
-        raise SettingsError(message) from None
-    if not modes:
-        raise SettingsError("Give at least one prefetch value, like 0,1.")
-    return modes
+from workers.settings import DispatchMode, SettingsError, check_ack
 
 
 class CompareScreen(ModalScreen[None]):
@@ -89,9 +77,10 @@ class CompareScreen(ModalScreen[None]):
     def _start(self) -> None:
         status = self.query_one("#compare-status", Label)
         try:
-            modes = parse_modes(self.query_one("#compare-modes", Input).value)
-        except SettingsError as exc:
-            status.update(Text(str(exc), "bold red"))
+            modes = prefetch_list(self.query_one("#compare-modes", Input).value)
+        except ValueError as exc:
+            message = str(exc) if isinstance(exc, SettingsError) else "Modes are prefetch numbers, like 0,1,10."
+            status.update(Text(message, "bold red"))
             return
         scenario = self.presets[str(self.query_one("#compare-scenario", Select).value)]
         self.query_one("#compare-run", Button).disabled = True
