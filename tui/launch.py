@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -146,12 +147,18 @@ def main(argv: list[str]) -> int:
 
     finished = threading.Event()
 
-    def hard_exit(signum: int) -> None:
+    def clean_up(*, show_progress: bool) -> None:
+        """Every way out runs this: workers, publisher and monitor, the temp log, the private node."""
         backend.shutdown()
-        if node is not None:
-            node.destroy()
         log.close()
         log.path.unlink(missing_ok=True)
+        if node is not None:
+            status = console.status("Stopping the private RabbitMQ node …")
+            with status if show_progress else contextlib.nullcontext():
+                node.destroy()
+
+    def hard_exit(signum: int) -> None:
+        clean_up(show_progress=False)  # the terminal may be gone: no spinner
         os._exit(128 + signum)
 
     def force_after(seconds: float, signum: int) -> None:
@@ -179,12 +186,7 @@ def main(argv: list[str]) -> int:
         app.run()
     finally:
         finished.set()  # the app is out of its loop: no need to force anything
-        backend.shutdown()
-        log.close()
-        log.path.unlink(missing_ok=True)
-        if node is not None:
-            with console.status("Stopping the private RabbitMQ node …"):
-                node.destroy()
+        clean_up(show_progress=True)
     return app.return_code or 0
 
 
