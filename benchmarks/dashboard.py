@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from benchmarks.figures import Bench, Figure, Target
 from tui import observations as obs
 from tui.app import DispatchLab
 from tui.backend import Backend, LabConfig
-from tui.pool import Inbox
+from tui.pool import Arrival, Inbox, WorkerOutput
 from tui.state import Model
 from tui.widgets.queue_panel import QueuePanel
 from workers import protocol
@@ -113,18 +113,25 @@ def _record_screen(screen: Screen) -> Callable[[], None]:
 
 
 class _TappedInbox(Inbox):
-    """The pool's inbox, noting each worker ``done`` as it arrives (the truth the screen trails)."""
+    """The pool's inbox, keeping a copy of what the workers wrote: the truth the screen trails.
+
+    Only a reference is kept while the app runs (decoding here would load the process
+    being measured); ``done_ts`` decodes it afterwards.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.done_ts: list[float] = []
+        self.outputs: list[WorkerOutput] = []
 
-    def put(self, item: obs.Observation) -> None:
-        self.put_many([item])
-
-    def put_many(self, items: list[obs.Observation]) -> None:
-        self.done_ts.extend(item.ts for item in items if type(item) is protocol.Done)
+    def put_many(self, items: Sequence[Arrival]) -> None:
+        self.outputs.extend(item for item in items if type(item) is WorkerOutput)
         super().put_many(items)
+
+    def done_ts(self) -> list[float]:
+        """When each worker ``done`` happened, by the worker's clock."""
+        tapped = Inbox()
+        tapped.put_many(self.outputs)
+        return [item.ts for item in tapped.drain() if type(item) is protocol.Done]
 
 
 def _lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backend, _TappedInbox]:
@@ -160,14 +167,14 @@ def dashboard_lag(bench: Bench) -> list[Figure]:
                 await pilot.pause(0.02)
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the screen reached only {screen.shown[-1][1] if screen.shown else 0}")
-            final_lag.append(screen.shown[-1][0] - max(inbox.done_ts))
+            final_lag.append(screen.shown[-1][0] - max(inbox.done_ts()))
 
     try:
         asyncio.run(run())
     finally:
         undo()
         backend.shutdown()
-    done = sorted(inbox.done_ts)
+    done = sorted(inbox.done_ts())
     # How old the newest figure on screen was at each render during the drain.
     ages = []
     for at, count in screen.shown:

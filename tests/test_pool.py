@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -372,3 +373,43 @@ def test_shutdown_grace_is_shared_by_all_stragglers(monkeypatch: pytest.MonkeyPa
                 worker.process.wait()
     assert [w.process.returncode for w in pool.processes.values()] == [-9] * 4
     assert elapsed < 0.5 + 1.0 + 1.0, f"shutdown took {elapsed:.2f}s for 4 workers deaf to SIGTERM"
+
+
+FRAGMENTS_SCRIPT = """
+import json, sys, time
+name = sys.argv[1]
+out = sys.stdout.buffer
+for n in range(1, 201):
+    line = json.dumps({"v": 1, "event": "started", "worker": name, "ts": time.time(),
+                       "tag": n, "msg_id": f"m-{n}", "seconds": 0.0}).encode() + b"\\n"
+    if n % 50 == 0:  # a line cut in three writes, with pauses the reader sees
+        for part in (line[:7], line[7:30], line[30:]):
+            out.write(part)
+            out.flush()
+            time.sleep(0.02)
+    else:
+        out.write(line)
+out.flush()
+"""
+
+
+def test_one_reader_thread_reads_every_worker_and_mends_lines_cut_across_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three workers, lines cut in pieces: every event arrives whole, in order, through a single thread."""
+    fake_worker(monkeypatch, FRAGMENTS_SCRIPT)
+    pool, seen = make_pool("amqp://guest:guest@127.0.0.1:5672/%2F", "q")
+    before = {t for t in threading.enumerate() if t.name == "worker-events"}
+    try:
+        for _ in range(3):
+            pool.spawn()
+        seen.wait(obs.WorkerExited, count=3)
+        readers = [t for t in threading.enumerate() if t.name == "worker-events" and t not in before]
+        assert len(readers) == 1
+    finally:
+        pool.shutdown(timeout=1.0)
+    for name in ("w1", "w2", "w3"):
+        started = seen.of(protocol.Started, name)
+        assert [s.tag for s in started] == list(range(1, 201)), name
+        assert all(s.msg_id == f"m-{s.tag}" for s in started)
+    assert not seen.of(obs.WorkerGarbage)
+    readers[0].join(5)
+    assert not readers[0].is_alive(), "the reader thread outlived the pool's shutdown"

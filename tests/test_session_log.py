@@ -263,3 +263,30 @@ def test_a_session_replayed_from_its_log_is_the_session(tmp_path: Path, session:
     for now in (recording.end, recording.end + 30):
         assert figures(replayed, now) == figures(direct, now)
     assert figures(direct, recording.end)["totals"][1] > 0, "an empty session proves nothing"
+
+
+def test_worker_output_is_logged_as_it_came_unless_it_holds_garbage(tmp_path: Path) -> None:
+    """Clean worker lines go to the log verbatim; a blob with a bad line goes as decoded events, masked."""
+    from tui.pool import Inbox, WorkerOutput
+
+    secret = "Zq9-log-PW"
+    inbox = Inbox()
+    inbox.garbage_text = lambda line: line.decode().replace(secret, "***")
+    done = protocol.Done("w1", T0, 1, f"{PREFIX}-1", True)
+    started = protocol.Started("w1", T0, 1, f"{PREFIX}-1", 0.0)
+    clean = WorkerOutput("w1", protocol.encode(started).encode() + protocol.encode(done).encode())
+    dirty = WorkerOutput("w1", f"url amqp://u:{secret}@h\n".encode() + protocol.encode(done).encode())
+    parts = list(inbox.slices([clean, dirty]))
+    events = [item for part, _ in parts for item in part]
+    logged = [item for _, log in parts for item in log]
+    assert events[:2] == [started, done] and events[3] == done
+    assert isinstance(events[2], obs.WorkerGarbage) and events[2].line == "url amqp://u:***@h"
+    assert logged[0] is clean and logged[1:] == events[2:]
+    log = SessionLog(tmp_path / "events.jsonl")
+    log.start()
+    log.add(logged)
+    log.close()
+    text = (tmp_path / "events.jsonl").read_text()
+    assert secret not in text
+    assert list(read(tmp_path / "events.jsonl")) == events
+    assert log.written == 4

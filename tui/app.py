@@ -7,7 +7,8 @@ import gc
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
 from tui.ledger import MessageRecord
-from tui.observations import Observation
+from tui.pool import Arrival, WorkerOutput
 from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.session_log import SessionLog
@@ -39,7 +40,12 @@ from workers.settings import mask_url
 
 REFRESH_SECONDS = 1 / 8
 SWITCH_INTERVAL = 0.001
-FOLD_SLICE = 2000
+FOLD_SLICE = 500
+"""Observations decoded and folded between two chances for a key press: about 2 ms of CPU."""
+FRAME_SECONDS = 1 / 60
+"""Textual's screen update period: one part of the view is drawn per frame."""
+CARD_PARTS = 4
+"""Worker cards are shown in at most this many groups, each drawn in a frame of its own."""
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
@@ -93,6 +99,9 @@ class DispatchLab(LabActions):
         self.selected: str | None = None
         self.compare_results: list[list[RunResult]] = []
         self._cards: dict[str, WorkerCard] = {}
+        self._ticking = False
+        self._backlog: deque[Arrival] = deque()
+        """Taken from the inbox, not yet folded, oldest first."""
 
     def compose(self) -> ComposeResult:
         # Kept as attributes: the refresh timer must find them whichever screen is on top.
@@ -125,36 +134,77 @@ class DispatchLab(LabActions):
 
     # ----- the one timer: fold what arrived, then render
 
-    def _drain(self) -> list[Observation]:
+    def _fold_slice(self, *, refill: bool = True) -> bool:
+        """Decode, log and fold about FOLD_SLICE observations of what has arrived; False when there was none.
+
+        With ``refill=False`` only what was taken from the inbox before: a flood must not keep a tick from drawing.
+        """
         if self.backend is None:
-            return []
-        items = self.backend.inbox.drain()
-        if self.session_log is not None:
-            self.session_log.add(items)
-        return items
+            return False
+        inbox = self.backend.inbox
+        if refill:
+            self._backlog.extend(inbox.take())
+        if not self._backlog:
+            return False
+        taken: list[Arrival] = []
+        size = 0
+        while self._backlog and size < FOLD_SLICE:
+            item = self._backlog.popleft()
+            taken.append(item)
+            size += item.data.count(b"\n") if type(item) is WorkerOutput else 1
+        for part, logged in inbox.slices(taken, size + 1):
+            if self.session_log is not None:
+                self.session_log.add(logged)
+            self.model.apply_all(part)
+        return True
 
     async def _tick(self) -> None:
-        """Fold in slices, yielding between them: a key press never waits behind a flood of events."""
-        items = self._drain()
-        for start in range(0, len(items), FOLD_SLICE):
-            if start:
+        """Decode and fold in slices, then render in parts, yielding between them.
+
+        Under a flood of events a whole tick is tens of milliseconds of CPU, and on
+        two busy cores tens become hundreds: a key press that arrives meanwhile must
+        not wait for all of it, only for the slice or part in progress.
+        """
+        if self._ticking:
+            return  # the previous tick is still going
+        self._ticking = True
+        try:
+            self._backlog.extend(self.backend.inbox.take() if self.backend is not None else ())
+            while self._fold_slice(refill=False):
                 await asyncio.sleep(0)
-            self.model.apply_all(items[start : start + FOLD_SLICE])
-        self._render_model()
+            # Each part is drawn by the next screen update, one part a frame; in between, the
+            # decoding goes on a slice at a time (cards drawn later may show a little more).
+            for _ in self._render_parts():
+                await asyncio.sleep(FRAME_SECONDS)
+                self._fold_slice()
+        finally:
+            self._ticking = False
 
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
-        self.model.apply_all(self._drain())
+        if not self._ticking:
+            self._fold_slice()
+            while self._fold_slice(refill=False):
+                pass
         self._render_model()
 
     def _render_model(self) -> None:
+        for _ in self._render_parts():
+            pass
+
+    def _render_parts(self) -> Iterator[None]:
+        """Show the model; yields between parts (the queue figures, groups of cards, the timeline)."""
         now = self.clock()
         if not self._header.is_attached:
             return  # shutting down
         self._header.show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
         self._queue_panel.show(self.model, now, self.config.durable)
         grid = self._grid
-        for name, worker in self.model.workers.items():
+        workers = list(self.model.workers.items())
+        per_part = max(1, -(-len(workers) // CARD_PARTS))
+        for index, (name, worker) in enumerate(workers):
+            if index % per_part == 0:
+                yield
             card = self._cards.get(name)
             if card is None:
                 card = self._cards[name] = WorkerCard(name)
@@ -165,6 +215,7 @@ class DispatchLab(LabActions):
             if card.is_mounted:
                 card.show(worker, now)
         grid.set_class(len(self._cards) > 4, "-many")
+        yield
         self._timeline.show(self.model, now)
 
     def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:

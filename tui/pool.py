@@ -2,18 +2,24 @@
 
 Each worker is ``python -u -m workers.worker --events`` with piped stdin,
 stdout and stderr (an inherited terminal would corrupt the screen). The URL
-travels in the environment, never in argv. Reader threads decode event lines
-into the inbox; the app drains the inbox on a timer.
+travels in the environment, never in argv. One reader thread puts each
+worker's complete output lines into the inbox as they arrive, undecoded; the
+app drains the inbox on a timer and decodes them there, in slices it folds
+between key presses. Decoding on the reader thread would make it take turns
+with the UI thread for the GIL under a flood of events, and a key press would
+wait behind it.
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -33,25 +39,92 @@ def _yield_cpu_to_the_ui(pid: int) -> None:
         pass  # not permitted or not POSIX: the lab works the same, only less smoothly
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerOutput:
+    """Complete lines from one worker's stdout, as read: decoded by whoever drains the inbox."""
+
+    worker: str
+    data: bytes
+
+
+Arrival = obs.Observation | WorkerOutput
+"""What threads put in the inbox: observations, and worker output still to decode."""
+
+Slice = tuple[list[obs.Observation], list[Arrival]]
+"""Decoded observations, and what a session log keeps of them (clean output stays as it came)."""
+
+
+def _as_text(line: bytes) -> str:
+    return line.decode("utf-8", "backslashreplace").rstrip()
+
+
 class Inbox:
-    """Thread-safe list of observations; threads put, the UI thread drains in batches."""
+    """Thread-safe list of arrivals; threads put, the UI thread takes them in batches and decodes them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: list[obs.Observation] = []
+        self._items: list[Arrival] = []
+        self.garbage_text: Callable[[bytes], str] = _as_text
+        """Turns a line that is no event into text to show; the pool sets one that masks its password."""
 
-    def put(self, item: obs.Observation) -> None:
+    def put(self, item: Arrival) -> None:
         with self._lock:
             self._items.append(item)
 
-    def put_many(self, items: list[obs.Observation]) -> None:
+    def put_many(self, items: Sequence[Arrival]) -> None:
         with self._lock:
             self._items.extend(items)
 
-    def drain(self) -> list[obs.Observation]:
+    def take(self) -> list[Arrival]:
+        """Everything that arrived so far, undecoded."""
         with self._lock:
             items, self._items = self._items, []
         return items
+
+    def drain(self) -> list[obs.Observation]:
+        """Everything that arrived so far, decoded."""
+        return [item for part, _ in self.slices(self.take()) for item in part]
+
+    def slices(self, items: list[Arrival], size: int = 2000) -> Iterator[Slice]:
+        """Decode ``items`` in order, a slice of about ``size`` observations at a time."""
+        part: list[obs.Observation] = []
+        logged: list[Arrival] = []
+        for item in items:
+            if type(item) is WorkerOutput:
+                events, clean = self._decode(item)
+                part += events
+                if clean:
+                    logged.append(item)  # its lines, verbatim, are the protocol form a log keeps
+                else:
+                    logged += events  # garbage may hold anything: a log keeps only its masked text
+            else:
+                assert not isinstance(item, WorkerOutput)
+                part.append(item)
+                logged.append(item)
+            if len(part) >= size:
+                yield part, logged
+                part, logged = [], []
+        if part or logged:
+            yield part, logged
+
+    def _decode(self, output: WorkerOutput) -> tuple[list[obs.Observation], bool]:
+        """The events in a worker's lines, and whether all were events.
+
+        A line that is none becomes a WorkerGarbage (counted, never fatal); blank lines are skipped.
+        """
+        lines = output.data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        decoded = list(map(protocol.decode, lines))
+        if None not in decoded:
+            return decoded, True  # type: ignore[return-value]  # no None in it: all events
+        events: list[obs.Observation] = []
+        for line, event in zip(lines, decoded, strict=True):
+            if event is not None:
+                events.append(event)
+            elif line.strip():
+                events.append(obs.WorkerGarbage(output.worker, time.time(), self.garbage_text(line)[:200]))
+        return events, False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -94,6 +167,108 @@ class WorkerProcess:
                 pass
 
 
+class EventReader:
+    """One thread that reads every worker's event pipe and puts the complete lines in the inbox.
+
+    One thread for all workers, not one each, and no decoding here: under a flood
+    of events every thread wanting the GIL takes turns with the UI thread, and a
+    key press waits behind them. Whatever the ready pipes hold goes into the inbox
+    in one put.
+    """
+
+    CHUNK = 1 << 16
+    LONGEST_LINE = 1 << 20
+    """A worker's line longer than this is no event (bodies are capped): it is passed on as garbage."""
+
+    def __init__(self, inbox: Inbox, finished: Callable[[WorkerProcess], None]) -> None:
+        self.inbox = inbox
+        self._finished = finished
+        self._lock = threading.Lock()
+        self._added: list[tuple[WorkerProcess, IO[bytes]]] = []
+        self._thread: threading.Thread | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._closing = False
+
+    def add(self, worker: WorkerProcess, stream: IO[bytes]) -> None:
+        """Read this worker's stdout from now on (any thread); starts the reader thread the first time."""
+        with self._lock:
+            self._added.append((worker, stream))
+            if self._thread is None:
+                self._selector = selectors.DefaultSelector()
+                self._wake_r, self._wake_w = os.pipe()
+                self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+                self._thread = threading.Thread(target=self._run, name="worker-events", daemon=True)
+                self._thread.start()
+                return
+        os.write(self._wake_w, b"+")
+
+    def close(self) -> None:
+        """Let the thread end once the pipes it reads have all ended (after the pool's shutdown)."""
+        with self._lock:
+            self._closing = True
+            if self._thread is None:
+                return
+        try:
+            os.write(self._wake_w, b"+")
+        except OSError:
+            pass  # already ended
+
+    def _run(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        pending: dict[int, bytes] = {}
+        while True:
+            with self._lock:
+                added, self._added = self._added, []
+                if self._closing and not added and len(selector.get_map()) == 1:
+                    selector.close()
+                    os.close(self._wake_r)
+                    os.close(self._wake_w)
+                    return
+            for worker, stream in added:
+                fd = stream.fileno()
+                pending[fd] = b""
+                selector.register(fd, selectors.EVENT_READ, (worker, stream))
+            batch: list[Arrival] = []
+            for key, _ in selector.select():
+                if key.data is None:
+                    os.read(self._wake_r, 4096)
+                    continue
+                worker, stream = key.data
+                fd = key.fd
+                chunk = os.read(fd, self.CHUNK)
+                if not chunk:  # end of output: the process is gone or going
+                    selector.unregister(fd)
+                    rest = pending.pop(fd)
+                    if rest.strip():
+                        batch.append(WorkerOutput(worker.name, rest + b"\n"))
+                    stream.close()
+                    # Reaping can take a moment; this thread has other pipes to read meanwhile.
+                    threading.Thread(target=self._finished, args=(worker,), daemon=True).start()
+                    continue
+                data = pending[fd] + chunk if pending[fd] else chunk
+                cut = data.rfind(b"\n") + 1
+                if cut == 0 and len(data) < self.LONGEST_LINE:
+                    pending[fd] = data
+                    continue
+                cut = cut or len(data)  # a line too long to be an event: let it go as garbage
+                lines, pending[fd] = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
+                batch.append(WorkerOutput(worker.name, lines))
+                if not worker.consuming.is_set() and b'"ready"' in lines:
+                    self._look_for_ready(worker, lines)
+            if batch:
+                self.inbox.put_many(batch)
+
+    @staticmethod
+    def _look_for_ready(worker: WorkerProcess, lines: bytes) -> None:
+        """Its first ``ready`` means its consumer is registered: the pool may start the next worker."""
+        for line in lines.split(b"\n"):
+            if b'"ready"' in line and type(protocol.decode(line)) is protocol.Ready:
+                worker.consuming.set()
+                return
+
+
 class PoolClosed(RuntimeError):
     """The pool was shut down: it starts no more workers."""
 
@@ -115,9 +290,10 @@ class WorkerPool:
         heartbeat: int | None = None,
         python: str = sys.executable,
     ) -> None:
+        self._events = EventReader(inbox, self._finish)
+        self.inbox = inbox  # with this pool's masking of garbage lines
         self.url = url
         self.queue = queue
-        self.inbox = inbox
         self.mode = mode
         self.seconds_per_dot = seconds_per_dot
         self.durable = durable
@@ -127,6 +303,16 @@ class WorkerPool:
         self._numbers = 0
         self._lock = threading.Lock()
         self._closed = False
+
+    @property
+    def inbox(self) -> Inbox:
+        """Where events and process news go (replaceable before the first spawn)."""
+        return self._events.inbox
+
+    @inbox.setter
+    def inbox(self, inbox: Inbox) -> None:
+        inbox.garbage_text = self._garbage_text
+        self._events.inbox = inbox
 
     def next_name(self) -> str:
         self._numbers += 1
@@ -173,15 +359,14 @@ class WorkerPool:
             worker = WorkerProcess(name, process)
             self.inbox.put(obs.WorkerSpawned(name, time.time(), process.pid))
             assert process.stdout is not None and process.stderr is not None
-            out = threading.Thread(target=self._read_events, args=(worker, process.stdout), daemon=True)
             err = threading.Thread(target=self._read_stderr, args=(worker, process.stderr), daemon=True)
-            worker.threads = [out, err]
+            worker.threads = [err]
             self.processes[name] = worker
         # stderr's reader first: the events reader joins it once stdout ends, which for a child
         # that dies at once can happen before the next line runs ("cannot join thread before
         # it is started", and WorkerExited is never reported).
         err.start()
-        out.start()
+        self._events.add(worker, process.stdout)
         return name
 
     def spawn_in_order(self, count: int, timeout: float = 30.0) -> threading.Thread:
@@ -204,33 +389,13 @@ class WorkerPool:
         starter.start()
         return starter
 
-    def _read_events(self, worker: WorkerProcess, stream: IO[bytes]) -> None:
-        # Whatever the pipe holds, in one read, into the inbox in one put: per-line reads and
-        # puts cost this thread GIL time the UI thread needs under a flood of events.
-        inbox, name, decode = self.inbox, worker.name, protocol.decode
-        read = getattr(stream, "read1", stream.read)
-        pending = b""
-        while chunk := read(1 << 16):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            batch: list[obs.Observation] = []
-            for line in lines:
-                event = decode(line)
-                if event is None:
-                    if line.strip():
-                        batch.append(obs.WorkerGarbage(name, time.time(), self._garbage_text(line)))
-                    continue
-                batch.append(event)
-                if type(event) is protocol.Ready:
-                    worker.consuming.set()
-            inbox.put_many(batch)
-        if pending.strip():
-            inbox.put(obs.WorkerGarbage(name, time.time(), self._garbage_text(pending)))
+    def _finish(self, worker: WorkerProcess) -> None:
+        """Its output ended: report the exit once the process is reaped and its last stderr lines are in."""
         worker.consuming.set()  # it will never consume: nobody waits for it any longer
         code = worker.process.wait()
-        for thread in worker.threads[1:]:
+        for thread in worker.threads:
             thread.join(timeout=1.0)  # its last stderr lines belong before the exit
-        inbox.put(obs.WorkerExited(name, time.time(), code))
+        self.inbox.put(obs.WorkerExited(worker.name, time.time(), code))
 
     def _garbage_text(self, line: bytes) -> str:
         return scrub(line.decode("utf-8", "backslashreplace").rstrip(), self.url)[:200]
@@ -304,3 +469,4 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 worker.process.kill()
                 worker.process.wait(timeout=5.0)
+        self._events.close()

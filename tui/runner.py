@@ -270,10 +270,10 @@ class ScenarioRun:
         self.monitor = QueueMonitor(url, self.queue, _MonitorReport(self.inbox))
 
     def _fold(self) -> None:
-        items = self.inbox.drain()
-        if self.log is not None:
-            self.log.add(items)
-        self.model.apply_all(items)
+        for items, logged in self.inbox.slices(self.inbox.take()):
+            if self.log is not None:
+                self.log.add(logged)
+            self.model.apply_all(items)
 
     def _wait(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
         deadline = time.monotonic() + seconds

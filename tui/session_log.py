@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tui import observations as obs
+from tui.pool import Arrival, WorkerOutput
 from workers import protocol
 
 _OBSERVATIONS: dict[str, type[Any]] = {
@@ -39,8 +40,10 @@ _OBSERVATIONS: dict[str, type[Any]] = {
 }
 
 
-def encode(item: obs.Observation) -> str:
-    """One JSON line for an observation or a worker event."""
+def encode(item: Arrival) -> str:
+    """One JSON line for an observation or a worker event; a worker's clean output as it came."""
+    if type(item) is WorkerOutput:
+        return item.data.decode("utf-8", "replace")
     if isinstance(item, protocol.Event):
         return protocol.encode(item)
     data: dict[str, Any] = {"obs": type(item).__name__}
@@ -113,6 +116,11 @@ def read(path: Path) -> Iterator[obs.Observation]:
                 yield item
 
 
+def _count(items: list[Arrival]) -> int:
+    """How many lines these make: a worker's output holds many."""
+    return sum(item.data.count(b"\n") if type(item) is WorkerOutput else 1 for item in items)
+
+
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """Where a session log stops growing: at thousands of tasks a second it would fill a disk in hours."""
 
@@ -130,7 +138,7 @@ class SessionLog:
         self.written = 0
         self.dropped = 0
         self._size = 0
-        self._queue: queue.SimpleQueue[list[obs.Observation] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Arrival] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="session-log", daemon=True)
         self._flushed = threading.Event()
         self._stream: IO[str] | None = None
@@ -140,7 +148,7 @@ class SessionLog:
         self._stream = self.path.open("w", encoding="utf-8", buffering=1 << 16)
         self._thread.start()
 
-    def add(self, items: list[obs.Observation]) -> None:
+    def add(self, items: list[Arrival]) -> None:
         if items and self._stream is not None:
             self._queue.put(items)
 
@@ -172,9 +180,9 @@ class SessionLog:
                 self._flushed.set()
                 continue
             if self._size >= self.max_bytes:
-                self.dropped += len(items)
+                self.dropped += _count(items)
                 continue
             text = "".join(encode(item) for item in items)
             self._stream.write(text)
             self._size += len(text)
-            self.written += len(items)
+            self.written += _count(items)

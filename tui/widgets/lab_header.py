@@ -11,6 +11,8 @@ from tui.state import Model
 class LabHeader(Static):
     """One line at the top that says what is being shown; the link's state comes first so it is never cut off."""
 
+    _shown: tuple[object, ...] = ()
+
     def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
         state = model.broker_state
         text = Text()
@@ -29,4 +31,7 @@ class LabHeader(Static):
         text.append(" (durable) " if durable else " (transient) ", "dim")
         text.append(broker, "dim")
         self.set_class(state not in ("connected", "connecting") and title == "dispatch-lab", "-trouble")
-        self.update(text)
+        shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles
+        if shown != self._shown:  # a repaint only when it reads differently; one line high, so never a layout
+            self._shown = shown
+            self.update(text, layout=False)

@@ -80,9 +80,9 @@ class WorkerCard(Widget, can_focus=True):
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
         self.border_subtitle = mode
-        for cls in STATUS_CLASSES:
-            self.remove_class(cls)
-        self.add_class("-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy")
+        status = "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
+        # One atomic change, and none when the status is the same: each change restyles the card's subtree.
+        self.update_classes({**dict.fromkeys(STATUS_CLASSES, False), status: True})
         counts = Text.assemble(
             ("received ", "dim"), (f"{worker.received:<7}", "bold"),
             ("done ", "dim"), (f"{worker.done}", "bold"),
