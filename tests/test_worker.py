@@ -379,3 +379,45 @@ def test_worker_pid_matches_process(broker_url: str, queue_name: str, spawn_work
     assert (ready.pid, ready.prefetch, ready.ack, ready.worker) == (worker.proc.pid, 7, "none", "w1")
     assert ready.pid != os.getpid()
     assert worker.stop() == 0
+
+
+class _RecordingStream:
+    """An events stream and a channel that note, in one list, each write and each ack as it happens."""
+
+    def __init__(self) -> None:
+        self.happened: list[tuple[str, object]] = []
+
+    def write(self, data: bytes) -> int:
+        self.happened.append(("write", data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def basic_ack(self, tag: int, multiple: bool = False) -> None:
+        self.happened.append(("ack", tag))
+
+
+def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line() -> None:
+    """The prefetch-1 fast path: received/started/done written in one write, then the ack, at once."""
+    from types import SimpleNamespace
+
+    from workers.settings import DispatchMode
+    from workers.worker import Worker
+
+    seen = _RecordingStream()
+    worker = Worker("amqp://x", name="w1", mode=DispatchMode(1, "manual"), seconds_per_dot=0.0, events=seen)  # type: ignore[arg-type]
+    props = SimpleNamespace(message_id="ab12-7")
+    worker._on_message(seen, SimpleNamespace(delivery_tag=7, redelivered=False), props, b"quick")
+    assert [kind for kind, _ in seen.happened] == ["write", "ack"]
+    data = seen.happened[0][1]
+    assert isinstance(data, bytes)
+    events = [protocol.decode(line) for line in data.splitlines()]
+    assert [type(e).__name__ for e in events] == ["Received", "Started", "Done"]
+    assert isinstance(events[2], Done) and events[2].acked and events[2].tag == 7
+    assert seen.happened[1] == ("ack", 7)
+    # With more than one in flight (prefetch 2) the ack waits for the cycle's end, to go as a multiple ack.
+    worker.mode = DispatchMode(2, "manual")
+    worker._on_message(seen, SimpleNamespace(delivery_tag=8, redelivered=False), props, b"quick")
+    assert [kind for kind, _ in seen.happened] == ["write", "ack"]
+    assert [task.tag for task in worker._finished] == [8]

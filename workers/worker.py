@@ -74,20 +74,35 @@ class EventWriter:
         self.add(protocol.encode(event))
         self.flush()
 
-    def flush(self) -> None:
+    def write_now(self, line: str) -> None:
+        """Write this line, after anything pending, in one write."""
         if self._stream is None:
+            return
+        with self._lock:
+            if self._lines:
+                self._lines.append(line)
+                line = "".join(self._lines)
+                self._lines.clear()
+            self._write(line.encode("utf-8", "backslashreplace"))
+
+    def _write(self, data: bytes) -> None:
+        assert self._stream is not None
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (BrokenPipeError, ValueError):
+            # The reader went away; stdin EOF will stop us shortly.
+            self._stream = None
+
+    def flush(self) -> None:
+        if self._stream is None or not self._lines:  # nothing pending: no lock to take (once a cycle)
             return
         with self._lock:
             if not self._lines:
                 return
             data = "".join(self._lines).encode("utf-8", "backslashreplace")
             self._lines.clear()
-            try:
-                self._stream.write(data)
-                self._stream.flush()
-            except (BrokenPipeError, ValueError):
-                # The reader went away; stdin EOF will stop us shortly.
-                self._stream = None
+            self._write(data)
 
 
 @dataclass(slots=True)
@@ -185,10 +200,22 @@ class Worker:
         msg_id = properties.message_id
         text = body_text(body)
         seconds = body.count(b".") * self.seconds_per_dot
-        ack = self.mode.ack
+        mode = self.mode
+        ack = mode.ack
         now = time.time()
         writer = self.writer
         events = writer.enabled
+        if seconds == 0 and ack == "manual" and mode.prefetch == 1 and events and not self._finished:
+            # Prefetch 1: the broker sends nothing more until this ack, so the time from here to
+            # the ack is the throughput. Done line first (done before ack), then the ack, at once.
+            with self._lock:
+                idle = self._current is None and not self._waiting
+            if idle and not self._never_acked:
+                writer.write_now(
+                    protocol.encode_inline_task(self._name_json, now, tag, msg_id, text, method.redelivered, True)
+                )
+                channel.basic_ack(tag, multiple=False)
+                return
         task = Task(self._gen, tag, msg_id, text, seconds, ack)
         if ack == "none":
             self._never_acked.add(tag)
@@ -228,8 +255,9 @@ class Worker:
 
     def _after_cycle(self) -> None:
         """Write what happened, then ack it (done before ack), then obey commands."""
-        with self._lock:
-            self._wake_pending = False
+        if self._wake_pending:  # only set under the lock; clearing it needs the lock, reading it does not
+            with self._lock:
+                self._wake_pending = False
         self.writer.flush()
         self._send_acks()
         commands = self._commands
