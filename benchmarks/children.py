@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from tui.pool import READ_PAUSE, widen_pipe
 from workers import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,9 @@ class Consumer:
         )
         with _live_lock:
             _live.add(self)
+        if kind == "ours":
+            assert self.popen.stdout is not None
+            widen_pipe(self.popen.stdout)
         target = self._read_events if kind == "ours" else self._read_bare
         threading.Thread(target=target, name=f"read-{self.popen.pid}", daemon=True).start()
         threading.Thread(target=self._read_stderr, name=f"stderr-{self.popen.pid}", daemon=True).start()
@@ -88,7 +92,7 @@ class Consumer:
         chunks: list[bytes] = []
         pending = b""
         started = time.thread_time()
-        while chunk := read(1 << 16):
+        while chunk := read(1 << 20):
             data = pending + chunk if pending else chunk
             cut = data.rfind(b"\n") + 1
             complete, pending = data[:cut], data[cut:]
@@ -98,6 +102,8 @@ class Consumer:
             if self.ready_at is None and b'"ready"' in complete:
                 self.ready_at = time.monotonic()
                 self.cpu_at_ready = self.cpu_seconds()
+            else:
+                time.sleep(READ_PAUSE)  # as the pool's reader: let the pipe fill between reads
         self.reader_cpu = time.thread_time() - started
         started = time.thread_time()
         self._decode(b"".join(chunks) + pending)

@@ -321,7 +321,7 @@ def memory(bench: Bench) -> list[Figure]:
             chunk = 20_000
             for first in range(0, messages, chunk):
                 feed.inbox.put_many(synthetic_session(min(chunk, messages - first), first=first))
-                while len(feed.inbox):
+                while app.unfolded:
                     await pilot.pause(0.02)
             await pilot.pause(0.3)
             gc.collect()

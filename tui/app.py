@@ -134,6 +134,12 @@ class DispatchLab(LabActions):
 
     # ----- the one timer: fold what arrived, then render
 
+    @property
+    def unfolded(self) -> int:
+        """Arrivals not folded into the model yet: in the inbox, or taken and waiting for a slice."""
+        waiting = len(self.backend.inbox) if self.backend is not None else 0
+        return waiting + len(self._backlog)
+
     def _fold_slice(self, *, refill: bool = True) -> bool:
         """Decode, log and fold about FOLD_SLICE observations of what has arrived; False when there was none.
 

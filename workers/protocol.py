@@ -276,6 +276,8 @@ _encode_str = json.encoder.encode_basestring  # what _dumps does for a str, with
 def _json_text(value: str | None) -> str:
     if type(value) is str:
         return _encode_str(value)
+    if value is None:  # no message_id: json.dumps would take microseconds to say so
+        return "null"
     return _dumps(value)
 
 
