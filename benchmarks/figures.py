@@ -54,7 +54,7 @@ class Params:
 
 
 PROFILES: dict[str, Params] = {
-    "full": Params("full", messages=20_000, pairs=7, startup_pairs=9, monitor_messages=20_000, monitor_pairs=9),
+    "full": Params("full", messages=20_000, pairs=7, startup_pairs=9, monitor_messages=20_000, monitor_pairs=21),
     "quick": Params("quick", messages=6_000, pairs=3, startup_pairs=5, monitor_messages=6_000, monitor_pairs=3),
     "smoke": Params("smoke", messages=300, pairs=1, startup_pairs=1, monitor_messages=300, monitor_pairs=1),
 }
