@@ -1,4 +1,4 @@
-"""Provides the consumer processes a benchmark starts: ours and the bare reference, read line by line.
+"""Provides the consumer processes a benchmark starts: ours (read as the dashboard reads) and the bare reference.
 
 Every process started here is tracked until it has exited; ``stop_all`` ends
 whatever is left (stdin EOF first, then SIGTERM, then SIGKILL), so a failed or
@@ -34,7 +34,7 @@ class BenchError(Exception):
 
 
 class Consumer:
-    """One consumer process with piped stdio; a reader thread parses its stdout as it comes."""
+    """One consumer process with piped stdio; a reader thread takes in its stdout as it comes."""
 
     def __init__(self, kind: Kind, queue: str, prefetch: int, env: Mapping[str, str]) -> None:
         self.kind = kind
