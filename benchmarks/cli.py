@@ -23,9 +23,9 @@ from workers.broker import BrokerError
 from workers.settings import resolve_url, warn_password_in_argv
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "benchmarks/run.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="benchmarks/run.py",
+        prog=prog,
         description="Measure our worker against bare pika consumers on the real broker.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (< 3 min)")
@@ -46,8 +46,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     warn_password_in_argv(args.url)
     profile = "smoke" if args.smoke else "quick" if args.quick else "full"
     params = PROFILES[profile]

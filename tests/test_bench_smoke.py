@@ -139,3 +139,19 @@ def test_smoke_run_leaves_no_process_or_queue(broker_url: str) -> None:
             assert info.value.reply_code == 404, name
     finally:
         connection.close()
+
+
+def test_dispatch_lab_bench_runs_the_same_benchmark_from_any_folder(broker_url: str, tmp_path: Path) -> None:
+    """``dispatch-lab bench`` finds benchmarks/ beside tui/ even when started elsewhere."""
+    env = {**os.environ, URL_ENV: broker_url}
+    result = subprocess.run(
+        [sys.executable, "-m", "tui", "bench", "--smoke", "--json", "--only", "model_throughput"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=55,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert [figure["key"] for figure in report["figures"]] == ["model_throughput"]

@@ -10,6 +10,7 @@ USAGE = """usage: dispatch-lab [dashboard options]       open the dashboard
        dispatch-lab broker                       a private RabbitMQ node until Ctrl+C
        dispatch-lab compare [options]            one scenario under each prefetch, side by side
        dispatch-lab replay FILE                  reopen a saved session read-only
+       dispatch-lab bench [--quick]              the benchmarks (from a source checkout)
 
 Run any of them with --help for its options."""
 
@@ -37,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         from tui.launch import replay_main
 
         return replay_main(args[1:])
+    if command == "bench":
+        from pathlib import Path
+
+        checkout = Path(__file__).resolve().parent.parent  # benchmarks/ sits beside tui/ in a checkout
+        if (checkout / "benchmarks" / "cli.py").is_file() and str(checkout) not in sys.path:
+            sys.path.insert(0, str(checkout))
+        try:
+            from benchmarks.cli import main as bench_main
+        except ImportError:
+            print("dispatch-lab: the benchmarks live in the source checkout: run `make bench` there", file=sys.stderr)
+            return 2
+        return bench_main(args[1:], prog="dispatch-lab bench")
     if command in ("help",):
         print(USAGE)
         return 0
