@@ -413,3 +413,40 @@ def test_one_reader_thread_reads_every_worker_and_mends_lines_cut_across_reads(m
     assert not seen.of(obs.WorkerGarbage)
     readers[0].join(5)
     assert not readers[0].is_alive(), "the reader thread outlived the pool's shutdown"
+
+
+FLOOD_SCRIPT = """
+import json, sys, time
+name = sys.argv[1]
+out = sys.stdout.buffer
+for n in range(1, 30001):
+    out.write(json.dumps({"v": 1, "event": "started", "worker": name, "ts": time.time(),
+                          "tag": n, "msg_id": f"m-{n}", "seconds": 0.0}).encode() + b"\\n")
+out.flush()
+"""
+
+
+def test_a_backlog_nobody_decodes_stops_the_reading_until_it_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded: past BACKLOG_BYTES the pipes stay full and the worker waits on its write."""
+    import tui.pool
+
+    monkeypatch.setattr(tui.pool, "BACKLOG_BYTES", 64 * 1024)
+    fake_worker(monkeypatch, FLOOD_SCRIPT)
+    inbox = Inbox()
+    pool = WorkerPool("amqp://guest:guest@127.0.0.1:5672/%2F", "q", inbox, mode=ROUND_ROBIN, seconds_per_dot=0)
+    try:
+        pool.spawn()
+        time.sleep(1.5)  # the script alone writes its 30,000 lines (about 4 MB) in well under a second
+        held = inbox.undecoded
+        assert 64 * 1024 < held <= 64 * 1024 + tui.pool.PIPE_BYTES + 65536, held
+        assert pool.processes["w1"].running, "the worker should be waiting on a full pipe"
+        seen: list[obs.Observation] = []
+        deadline = time.monotonic() + 20
+        while not any(isinstance(i, obs.WorkerExited) for i in seen):
+            seen += inbox.drain()  # decoding frees the reader again
+            assert time.monotonic() < deadline, f"{len(seen)} observations after 20 s"
+            time.sleep(0.01)
+    finally:
+        pool.shutdown(timeout=1.0)
+    assert [s.tag for s in seen if isinstance(s, protocol.Started)] == list(range(1, 30001))
+    assert inbox.undecoded == 0

@@ -211,6 +211,8 @@ class DispatchLab(LabActions):
         for index, (name, worker) in enumerate(workers):
             if index % per_part == 0:
                 yield
+                if not self.is_running:
+                    return  # the app began shutting down while this part waited: its widgets are going
             card = self._cards.get(name)
             if card is None:
                 card = self._cards[name] = WorkerCard(name)
@@ -222,7 +224,8 @@ class DispatchLab(LabActions):
                 card.show(worker, now)
         grid.set_class(len(self._cards) > 4, "-many")
         yield
-        self._timeline.show(self.model, now)
+        if self.is_running:
+            self._timeline.show(self.model, now)
 
     def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:
         self.selected = message.name

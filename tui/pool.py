@@ -29,6 +29,8 @@ from workers.settings import URL_ENV, DispatchMode, scrub
 
 READ_PAUSE = 0.005
 """Seconds the event reader waits after a read: the UI folds at 8 Hz, so nothing is shown later."""
+BACKLOG_BYTES = 32 << 20
+"""Undecoded worker output the dashboard holds at most (about 80,000 tasks' lines) before it stops reading."""
 PIPE_BYTES = 1 << 20
 """Asked-for capacity of each worker's event pipe (Linux): room for about 2,700 events during a pause."""
 
@@ -79,6 +81,7 @@ class Inbox:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[Arrival] = []
+        self._undecoded = 0
         self.garbage_text: Callable[[bytes], str] = _as_text
         """Turns a line that is no event into text to show; the pool sets one that masks its password."""
 
@@ -87,8 +90,15 @@ class Inbox:
             self._items.append(item)
 
     def put_many(self, items: Sequence[Arrival]) -> None:
+        size = sum(len(item.data) for item in items if type(item) is WorkerOutput)
         with self._lock:
             self._items.extend(items)
+            self._undecoded += size
+
+    @property
+    def undecoded(self) -> int:
+        """Bytes of worker output put here and not decoded yet (in here, or taken and waiting)."""
+        return self._undecoded
 
     def take(self) -> list[Arrival]:
         """Everything that arrived so far, undecoded."""
@@ -127,6 +137,8 @@ class Inbox:
 
         A line that is none becomes a WorkerGarbage (counted, never fatal); blank lines are skipped.
         """
+        with self._lock:
+            self._undecoded -= len(output.data)
         lines = output.data.split(b"\n")
         if not lines[-1]:
             lines.pop()
@@ -204,6 +216,8 @@ class EventReader:
         self._selector: selectors.BaseSelector | None = None
         self._wake_r, self._wake_w = -1, -1
         self._closing = False
+        self.unlimited = False
+        """Read whatever the backlog: set when the pool shuts down, so that no worker waits on a write."""
 
     def add(self, worker: WorkerProcess, stream: IO[bytes]) -> None:
         """Read this worker's stdout from now on (any thread); starts the reader thread the first time."""
@@ -245,6 +259,10 @@ class EventReader:
                 fd = stream.fileno()
                 pending[fd] = b""
                 selector.register(fd, selectors.EVENT_READ, (worker, stream))
+            while self.inbox.undecoded > BACKLOG_BYTES and not self.unlimited:
+                # The UI is that far behind: leave the pipes full, so the workers wait on their
+                # next write instead of this process's memory growing without end.
+                time.sleep(0.02)
             batch: list[Arrival] = []
             for key, _ in selector.select():
                 if key.data is None:
@@ -473,6 +491,7 @@ class WorkerPool:
         with self._lock:
             self._closed = True
             workers = list(self.processes.values())
+        self._events.unlimited = True
         for worker in workers:
             worker.close_stdin()
         deadline = time.monotonic() + timeout
