@@ -1,9 +1,10 @@
 """Provides the dashboard's benchmark figures: model throughput, dashboard lag, key latency, memory.
 
 The app runs headless (Textual's ``run_test``) with real workers on the bench
-queue; what "the screen shows" is what the app last rendered, recorded by
-wrapping the queue panel's ``show``. The machine is noisy and shared, so
-latencies come with an idle reference measured in the same run.
+queue. "The screen shows" a change at the end of the first screen update the
+app hands to its driver after the change was made (``App._display``, wrapped):
+a value set on a widget is not on screen before that. The machine is noisy and
+shared, so latencies come with an idle reference measured in the same run.
 """
 
 from __future__ import annotations
