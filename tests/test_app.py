@@ -515,3 +515,16 @@ def test_key_press_answers_during_a_burst(broker_url: str, queue_name: str) -> N
     print(f"\nctrl+n while draining {burst} tasks, ms: " + " ".join(f"{t * 1000:.0f}" for t in busy))
     assert len(busy) >= 3, f"too few key presses landed while the workers were busy: {timings}"
     assert max(busy) < 2.0, f"a key press took {max(busy):.2f}s while the workers were busy"
+
+
+def test_selected_styles_only_the_card_itself() -> None:
+    """show_selection restyles the two cards alone: no rule may style a card's parts through -selected."""
+    import re
+
+    css = (Path(__file__).resolve().parent.parent / "tui" / "app.tcss").read_text()
+    selectors = [rule.strip() for rule in re.findall(r"([^{}]+)\{", css)]
+    with_selected = [s for s in selectors if "-selected" in s]
+    assert with_selected, "app.tcss no longer styles the selected card"
+    for selector in with_selected:
+        for part in selector.split(","):
+            assert re.fullmatch(r"\s*[\w-]*(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*\s*", part), part
