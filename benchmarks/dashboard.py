@@ -238,6 +238,10 @@ def _start_filler(bench: Bench, count: int) -> subprocess.Popen[bytes]:
     )
 
 
+NEVER = 5.0
+"""Seconds counted for a press the screen never showed (the wait's own limit)."""
+
+
 def _press_latencies(app: DispatchLab, presses: int, displays: list[tuple[float, float]]) -> Any:
     """Each press: from posting the key to the end of the first screen update after the selection moved."""
     marked: list[float] = []
@@ -257,13 +261,22 @@ def _press_latencies(app: DispatchLab, presses: int, displays: list[tuple[float,
             # Posted as the terminal driver posts it: pilot.press waits for the app to go idle first.
             app.post_message(events.Key("ctrl+n", None))
             painted = None
+            checked = failed = False
             while painted is None:
                 await asyncio.sleep(0.001)
-                if app.selected != before and _card_selected(app) and marked and marked[-1] >= began:
+                # Cheap checks first: this loop shares the event loop with the app it measures.
+                if not (marked and marked[-1] >= began):
+                    pass
+                elif not checked:
+                    if app.selected == before or not _card_selected(app):
+                        failed = True  # the handler ran but no card shows it: never on screen
+                        break
+                    checked = True
+                else:
                     painted = _painted(displays, marked[-1], 1)
                 if time.perf_counter() - began > 5:
                     break
-            latencies.append((painted or time.perf_counter()) - began)
+            latencies.append(NEVER if failed else (painted or time.perf_counter()) - began)
             await asyncio.sleep(0.05)
         return latencies
 
