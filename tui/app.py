@@ -43,7 +43,8 @@ SWITCH_INTERVAL = 0.001
 FOLD_SLICE = 250
 """Observations decoded and folded between two chances for a key press: about 1 ms of CPU."""
 FLOOD = 2000
-"""Observations in one tick above which the view is drawn every other tick."""
+"""Observations in one tick above which the view is drawn on every FLOOD_DRAW_EVERY-th tick only."""
+FLOOD_DRAW_EVERY = 3
 FRAME_SECONDS = 1 / 60
 """Textual's screen update period: one part of the view is drawn per frame."""
 CARD_PARTS = 4
@@ -103,7 +104,7 @@ class DispatchLab(LabActions):
         self._cards: dict[str, WorkerCard] = {}
         self._ticking = False
         self._input_pending = False
-        self._skip_draw = False
+        self._skipped = 0
         self._backlog: deque[Arrival] = deque()
         """Taken from the inbox, not yet folded, oldest first."""
 
@@ -179,14 +180,15 @@ class DispatchLab(LabActions):
             return  # the previous tick is still going
         self._ticking = True
         try:
-            self._backlog.extend(self.backend.inbox.take() if self.backend is not None else ())
-            flooded = sum(item.data.count(b"\n") if type(item) is WorkerOutput else 1 for item in self._backlog)
+            arrived = self.backend.inbox.take() if self.backend is not None else []
+            self._backlog.extend(arrived)
+            flooded = sum(item.data.count(b"\n") if type(item) is WorkerOutput else 1 for item in arrived)
             while self._fold_slice(refill=False):
                 await asyncio.sleep(self._pause_for_input())
-            # In a flood every part changes on every tick: drawing four times a second instead of
-            # eight halves the screen updates a key press competes with.
-            self._skip_draw = flooded > FLOOD and not self._skip_draw
-            if self._skip_draw:
+            # In a flood every part changes on every tick: drawing on every FLOOD_DRAW_EVERY-th
+            # tick only cuts the screen updates a key press competes with.
+            self._skipped = self._skipped + 1 if flooded > FLOOD and self._skipped < FLOOD_DRAW_EVERY - 1 else 0
+            if self._skipped:
                 return
             # Each part is drawn by the next screen update, one part a frame; in between, the
             # decoding goes on a slice at a time (cards drawn later may show a little more).
