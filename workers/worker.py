@@ -564,9 +564,10 @@ class Worker:
 
     def run(self) -> int:
         """Consume until stopped; 0 on a clean stop, 1 on a broker error."""
-        previous = None
+        previous = previous_int = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            previous_int = signal.signal(signal.SIGINT, self._on_sigint)
         try:
             opened = True
             try:
@@ -602,11 +603,24 @@ class Worker:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            if previous_int is not None:
+                signal.signal(signal.SIGINT, previous_int)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         # Only flags: the loop wakes within its poll interval and shuts down cleanly.
         self._stop_reason = "terminated"
         self._exit = True
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        """CTRL+C: a flag, as for SIGTERM, so the cycle in progress (its acks) completes first.
+
+        A KeyboardInterrupt raised between taking a finished task off the ack queue and
+        acking it made a clean stop redeliver a task the terminal had shown as done. A
+        second CTRL+C interrupts at once.
+        """
+        self._stop_reason = "interrupted"
+        self._exit = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _shutdown(self, worker_thread: threading.Thread, reason: str) -> None:
         """Give back whatever is still held, close the connection, say stopped."""
