@@ -205,3 +205,24 @@ def test_the_ledger_csv_has_one_row_per_task_with_its_story(tmp_path: Path) -> N
     assert one["why_last"] == "after a crash"
     assert one["lifeline"] == "#1 -> w1 -> killed -> requeued -> w2 (redelivered) -> done"
     assert float(one["published"]) == model.ledger.records[f"{PREFIX}-1"].published
+
+
+@pytest.mark.timeout(60)
+def test_keys_for_live_workers_say_the_replay_is_read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F2-F8 in a replay: each says why nothing happens, and nothing changes."""
+    app = opened_by_replay_main([str(saved_session(tmp_path))], monkeypatch)
+    said: list[str] = []
+
+    async def press_all() -> None:
+        async with app.run_test(size=(160, 40)) as pilot:
+            await pilot.pause()
+            monkeypatch.setattr(app, "notify", lambda message, **kwargs: said.append(str(message)))
+            before = (app.model.mode, {n: w.status for n, w in app.model.workers.items()})
+            for key in ("f2", "f3", "f4", "f5", "f6", "f7", "f8"):
+                await pilot.press(key)
+            await pilot.pause()
+            assert (app.model.mode, {n: w.status for n, w in app.model.workers.items()}) == before
+
+    asyncio.run(press_all())
+    assert len(said) == 7, said
+    assert all(line.startswith("Read-only view: no live workers to ") for line in said), said

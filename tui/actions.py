@@ -91,8 +91,15 @@ class LabActions(App[int]):
         self.selected = names[(index + step) % len(names)]
         self.show_selection()
 
+    def _read_only(self, what: str) -> bool:
+        """True in a replay (no backend), after saying so: a key that does nothing must not be silent."""
+        if self.backend is not None:
+            return False
+        self.notify(f"Read-only view: no live workers to {what}.", severity="warning", timeout=3)
+        return True
+
     def action_add_worker(self) -> None:
-        if self.backend is None:
+        if self._read_only("add to") or self.backend is None:
             return
         if len(self.backend.pool.running()) >= self.backend.pool.MAX_WORKERS:
             self.notify(f"At most {self.backend.pool.MAX_WORKERS} workers.", severity="warning")
@@ -101,6 +108,8 @@ class LabActions(App[int]):
         self.notify(f"Starting worker {name}", timeout=2)
 
     def action_kill(self) -> None:
+        if self._read_only("kill"):
+            return
         name = self._selected_worker()
         if name is None or self.backend is None:
             return
@@ -112,11 +121,15 @@ class LabActions(App[int]):
         self.notify(f"Killed {name} with SIGKILL: {held} task(s) it held will be {fate}.")
 
     def action_stop(self) -> None:
+        if self._read_only("stop"):
+            return
         name = self._selected_worker()
         if name is not None and self.backend is not None and not self.backend.pool.stop(name):
             self.notify(f"{name} is not running.", severity="warning")
 
     def action_restart(self) -> None:
+        if self._read_only("restart"):
+            return
         name = self._selected_worker()
         if name is None or self.backend is None:
             return
@@ -139,7 +152,7 @@ class LabActions(App[int]):
         self.notify(f"{name} is still finishing its task; kill it (F3) to restart now.", severity="warning")
 
     def set_mode(self, mode: DispatchMode) -> None:
-        if self.backend is None:
+        if self._read_only("switch to another mode") or self.backend is None:
             return
         self.backend.set_mode(mode)
         self.notify(f"Mode for all workers: {mode.describe()}", timeout=4)
@@ -203,6 +216,8 @@ class LabActions(App[int]):
         self.call_from_thread(self.notify, f"Broker back after {seconds:.1f} s; workers reconnect by themselves.")
 
     def action_purge(self) -> None:
+        if self._read_only("purge a queue for"):
+            return
         if self.backend is not None:
             self.backend.purge()
             self.notify("Purging the queue's ready messages", timeout=2)
