@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from tui.pool import READ_PAUSE, widen_pipe
+from tui.observations import WorkerGarbage
+from tui.pool import PIPE_BYTES, READ_PAUSE, EventReader, Inbox, WorkerOutput, complete_lines, widen_pipe
 from workers import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,10 +93,8 @@ class Consumer:
         chunks: list[bytes] = []
         pending = b""
         started = time.thread_time()
-        while chunk := read(1 << 20):
-            data = pending + chunk if pending else chunk
-            cut = data.rfind(b"\n") + 1
-            complete, pending = data[:cut], data[cut:]
+        while chunk := read(PIPE_BYTES):
+            complete, pending = complete_lines(pending, chunk, EventReader.LONGEST_LINE)
             chunks.append(complete)
             # Progress while it runs (what Group.wait polls); the exact figures come from decoding.
             self.acked += complete.count(b'"acked":true')
@@ -111,24 +110,19 @@ class Consumer:
         self.finished.set()
 
     def _decode(self, output: bytes) -> None:
-        """Every line, decoded as the dashboard decodes it: counts, ack times, lines that are no event."""
-        decode = protocol.decode
-        done_cls = protocol.Done
-        counts = self.counts
+        """Every line, decoded by the dashboard's own inbox: counts, ack times, lines that are no event."""
+        inbox = Inbox()
+        inbox.put(WorkerOutput("bench", output))
         acked = 0
-        for line in output.split(b"\n"):
-            event = decode(line)
-            if event is None:
-                if line.strip():
-                    self.garbled += 1
+        for event in inbox.drain():
+            if isinstance(event, WorkerGarbage):
+                self.garbled += 1
                 continue
-            cls = type(event)
-            counts[protocol.EVENT_NAMES[cls]] += 1
-            if cls is done_cls:
-                assert isinstance(event, protocol.Done)
-                if event.acked:
-                    self.ack_times.append(event.ts)
-                    acked += 1
+            assert isinstance(event, protocol.Event)
+            self.counts[protocol.EVENT_NAMES[type(event)]] += 1
+            if isinstance(event, protocol.Done) and event.acked:
+                self.ack_times.append(event.ts)
+                acked += 1
         self.acked = acked
 
     def _read_bare(self) -> None:

@@ -24,7 +24,7 @@ from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
 from tui.ledger import MessageRecord
-from tui.pool import Arrival, WorkerOutput
+from tui.pool import Arrival, lines_in
 from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.session_log import SessionLog
@@ -152,9 +152,8 @@ class DispatchLab(LabActions):
         """
         if self.backend is None:
             return False
-        inbox = self.backend.inbox
         if refill:
-            self._backlog.extend(inbox.take())
+            self._take_arrivals()
         if not self._backlog:
             return False
         taken: list[Arrival] = []
@@ -162,8 +161,8 @@ class DispatchLab(LabActions):
         while self._backlog and size < FOLD_SLICE:
             item = self._backlog.popleft()
             taken.append(item)
-            size += item.data.count(b"\n") if type(item) is WorkerOutput else 1
-        for part, logged in inbox.slices(taken, size + 1):
+            size += lines_in(item)
+        for part, logged in self.backend.inbox.slices(taken, size + 1):
             if self.session_log is not None:
                 self.session_log.add(logged)
             self.model.apply_all(part)
@@ -180,9 +179,7 @@ class DispatchLab(LabActions):
             return  # the previous tick is still going
         self._ticking = True
         try:
-            arrived = self.backend.inbox.take() if self.backend is not None else []
-            self._backlog.extend(arrived)
-            flooded = sum(item.data.count(b"\n") if type(item) is WorkerOutput else 1 for item in arrived)
+            flooded = self._take_arrivals()
             while self._fold_slice(refill=False):
                 await asyncio.sleep(self._pause_for_input())
             # In a flood every part changes on every tick: drawing on every FLOOD_DRAW_EVERY-th
@@ -197,6 +194,12 @@ class DispatchLab(LabActions):
                 self._fold_slice()
         finally:
             self._ticking = False
+
+    def _take_arrivals(self) -> int:
+        """Move what arrived into the backlog; returns how many observations it holds at most."""
+        arrived = self.backend.inbox.take() if self.backend is not None else []
+        self._backlog.extend(arrived)
+        return sum(map(lines_in, arrived))
 
     def _pause_for_input(self) -> float:
         """A frame's pause after a key press, else none: what the key changed is drawn before more folding."""
@@ -213,7 +216,7 @@ class DispatchLab(LabActions):
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
         if not self._ticking:
-            self._fold_slice()
+            self._take_arrivals()
             while self._fold_slice(refill=False):
                 pass
         self._render_model()

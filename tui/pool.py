@@ -75,6 +75,24 @@ def _as_text(line: bytes) -> str:
     return line.decode("utf-8", "backslashreplace").rstrip()
 
 
+def lines_in(item: Arrival) -> int:
+    """How many observations an arrival makes at most: a worker's output holds a line per event."""
+    return item.data.count(b"\n") if type(item) is WorkerOutput else 1
+
+
+def complete_lines(pending: bytes, chunk: bytes, longest: int) -> tuple[bytes, bytes]:
+    """Split what a pipe held so far into its complete lines and the unfinished rest.
+
+    A rest of ``longest`` bytes or more without a newline is no event (bodies are capped):
+    it comes back as if complete, to be decoded as garbage, rather than held without end.
+    """
+    data = pending + chunk if pending else chunk
+    cut = data.rfind(b"\n") + 1
+    if cut == 0 and len(data) >= longest:
+        cut = len(data)
+    return (data, b"") if cut == len(data) else (data[:cut], data[cut:])
+
+
 class Inbox:
     """Thread-safe list of arrivals; threads put, the UI thread takes them in batches and decodes them."""
 
@@ -205,7 +223,7 @@ class EventReader:
 
     CHUNK = PIPE_BYTES
     LONGEST_LINE = 1 << 20
-    """A worker's line longer than this is no event (bodies are capped): it is passed on as garbage."""
+    """A worker's line this long is no event (bodies are capped): it is passed on as garbage."""
 
     def __init__(self, inbox: Inbox, finished: Callable[[WorkerProcess], None]) -> None:
         self.inbox = inbox
@@ -280,13 +298,9 @@ class EventReader:
                     # Reaping can take a moment; this thread has other pipes to read meanwhile.
                     threading.Thread(target=self._finished, args=(worker,), daemon=True).start()
                     continue
-                data = pending[fd] + chunk if pending[fd] else chunk
-                cut = data.rfind(b"\n") + 1
-                if cut == 0 and len(data) < self.LONGEST_LINE:
-                    pending[fd] = data
+                lines, pending[fd] = complete_lines(pending[fd], chunk, self.LONGEST_LINE)
+                if not lines:
                     continue
-                cut = cut or len(data)  # a line too long to be an event: let it go as garbage
-                lines, pending[fd] = (data, b"") if cut == len(data) else (data[:cut], data[cut:])
                 batch.append(WorkerOutput(worker.name, lines))
                 if not worker.consuming.is_set() and b'"ready"' in lines:
                     self._look_for_ready(worker, lines)
@@ -348,7 +362,7 @@ class WorkerPool:
 
     @inbox.setter
     def inbox(self, inbox: Inbox) -> None:
-        inbox.garbage_text = self._garbage_text
+        inbox.garbage_text = self._masked
         self._events.inbox = inbox
 
     def next_name(self) -> str:
@@ -435,12 +449,13 @@ class WorkerPool:
             thread.join(timeout=1.0)  # its last stderr lines belong before the exit
         self.inbox.put(obs.WorkerExited(worker.name, time.time(), code))
 
-    def _garbage_text(self, line: bytes) -> str:
-        return scrub(line.decode("utf-8", "backslashreplace").rstrip(), self.url)[:200]
+    def _masked(self, line: bytes) -> str:
+        """A line of worker output as text, with this pool's password masked."""
+        return scrub(_as_text(line), self.url)
 
     def _read_stderr(self, worker: WorkerProcess, stream: IO[bytes]) -> None:
         for line in stream:
-            text = scrub(line.decode("utf-8", "backslashreplace").rstrip(), self.url)
+            text = self._masked(line)
             if text:
                 self.inbox.put(obs.WorkerStderr(worker.name, time.time(), text[:300]))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tui import observations as obs
-from tui.pool import Arrival, WorkerOutput
+from tui.pool import Arrival, WorkerOutput, lines_in
 from workers import protocol
 
 _OBSERVATIONS: dict[str, type[Any]] = {
@@ -116,11 +116,6 @@ def read(path: Path) -> Iterator[obs.Observation]:
                 yield item
 
 
-def _count(items: list[Arrival]) -> int:
-    """How many lines these make: a worker's output holds many."""
-    return sum(item.data.count(b"\n") if type(item) is WorkerOutput else 1 for item in items)
-
-
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """Where a session log stops growing: at thousands of tasks a second it would fill a disk in hours."""
 
@@ -180,9 +175,9 @@ class SessionLog:
                 self._flushed.set()
                 continue
             if self._size >= self.max_bytes:
-                self.dropped += _count(items)
+                self.dropped += sum(map(lines_in, items))
                 continue
             text = "".join(encode(item) for item in items)
             self._stream.write(text)
             self._size += len(text)
-            self.written += _count(items)
+            self.written += sum(map(lines_in, items))
