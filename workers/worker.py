@@ -79,30 +79,27 @@ class EventWriter:
         if self._stream is None:
             return
         with self._lock:
-            if self._lines:
-                self._lines.append(line)
-                line = "".join(self._lines)
-                self._lines.clear()
-            self._write(line.encode("utf-8", "backslashreplace"))
+            self._lines.append(line)
+            self._write_pending()
 
-    def _write(self, data: bytes) -> None:
-        assert self._stream is not None
+    def flush(self) -> None:
+        if self._stream is None or not self._lines:  # nothing pending: no lock to take (once a cycle)
+            return
+        with self._lock:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Everything added so far, in one write; the caller holds the lock."""
+        if not self._lines or self._stream is None:
+            return
+        data = "".join(self._lines).encode("utf-8", "backslashreplace")
+        self._lines.clear()
         try:
             self._stream.write(data)
             self._stream.flush()
         except (BrokenPipeError, ValueError):
             # The reader went away; stdin EOF will stop us shortly.
             self._stream = None
-
-    def flush(self) -> None:
-        if self._stream is None or not self._lines:  # nothing pending: no lock to take (once a cycle)
-            return
-        with self._lock:
-            if not self._lines:
-                return
-            data = "".join(self._lines).encode("utf-8", "backslashreplace")
-            self._lines.clear()
-            self._write(data)
 
 
 @dataclass(slots=True)
