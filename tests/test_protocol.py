@@ -138,6 +138,60 @@ def test_garbage_decodes_to_none(line: str | bytes) -> None:
     assert decode(line) is None
 
 
+def _hot_lines() -> list[bytes]:
+    """What workers write most, as the encoders write it: each hot kind, odd names and ids included."""
+    lines = []
+    for name in WORKER_NAMES:
+        name_json = json.dumps(name, ensure_ascii=False)
+        for msg_id in (None, "ab12-3", "", 'id"with\\quote'):
+            for body in BODIES[:3]:
+                lines.append(protocol.encode_received(name_json, TS, 5, msg_id, body, msg_id is None))
+            lines.append(protocol.encode_started(name_json, TS, 6, msg_id, 0.30000000000000004))
+            lines += protocol.encode_inline_task(name_json, 1e-7, 7, msg_id, "b", False, msg_id == "").splitlines(True)
+    return [line.encode() for line in lines]
+
+
+ODD_LINES: list[bytes] = [
+    b"\n",
+    b"   \n",
+    b'{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1,"msg_id":"a","seconds":2.0}\n',  # a kind with another's keys
+    b'{"v":1,"event":"started","worker":"w","ts":1.0,"tag":1,"msg_id":"a","acked":true}\n',
+    b'{"v":1,"event":"done","worker":"w","ts":1.0,"tag":01,"msg_id":"a","acked":true}\n',
+    b'{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1,"msg_id":"a","acked":true}\r\n',
+    b'{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1,"msg_id":"a","acked":true}  \n',
+    b'xx{"v":1,"event":"done","worker":"w","ts":1.0,"tag":1,"msg_id":"a","acked":true}\n',
+    b'{"v":1,"event":"done","worker":"w\\u00e9","ts":1.0,"tag":1,"msg_id":"a","acked":true}\n',
+    b'{"v":1,"event":"done","worker":"w","ts":NaN,"tag":1,"msg_id":"a","acked":true}\n',
+    "\u2028 a line with unicode separators \x85\n".encode(),
+    *(encode(event).encode() for event in SAMPLES),
+    *(line.encode() + b"\n" if isinstance(line, str) else line + b"\n" for line in GARBAGE[:27]),
+]
+
+
+def _line_by_line(data: bytes) -> tuple[list[Event | bytes], bool]:
+    lines = data.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    decoded = [(decode(line), line) for line in lines]
+    clean = all(event is not None for event, _ in decoded)
+    return [event if event is not None else line for event, line in decoded if event or line.strip()], clean
+
+
+@pytest.mark.parametrize("odd", [None, *range(len(ODD_LINES))])
+def test_decode_lines_gives_what_decode_gives_line_by_line(odd: int | None) -> None:
+    hot = _hot_lines()
+    block = hot[:7] + ([] if odd is None else [ODD_LINES[odd]]) + hot[7:]
+    for data in (b"".join(block), b"".join(block).rstrip(b"\n")):  # the last line may come unfinished
+        events, clean = protocol.decode_lines(data)
+        assert (events, clean) == _line_by_line(data)
+    if odd is None:
+        assert clean and len(events) == len(hot) and all(not isinstance(e, bytes) for e in events)
+
+
+def test_decode_lines_of_nothing() -> None:
+    assert protocol.decode_lines(b"") == ([], True)
+
+
 @pytest.mark.parametrize("event", SAMPLES, ids=lambda e: type(e).__name__)
 def test_every_missing_key_is_refused(event: Event) -> None:
     data = json.loads(encode(event))

@@ -42,9 +42,8 @@ REFRESH_SECONDS = 1 / 8
 SWITCH_INTERVAL = 0.001
 FOLD_SLICE = 250
 """Observations decoded and folded between two chances for a key press: about 1 ms of CPU."""
-FLOOD = 2000
-"""Observations in one tick above which the view is drawn on every FLOOD_DRAW_EVERY-th tick only."""
-FLOOD_DRAW_EVERY = 3
+FOLD_BUDGET = 0.03
+"""Seconds a tick folds before it draws; it folds on between the parts it draws, and after them."""
 FRAME_SECONDS = 1 / 60
 """Textual's screen update period: one part of the view is drawn per frame."""
 CARD_PARTS = 4
@@ -104,7 +103,6 @@ class DispatchLab(LabActions):
         self._cards: dict[str, WorkerCard] = {}
         self._ticking = False
         self._input_pending = False
-        self._skipped = 0
         self._backlog: deque[Arrival] = deque()
         """Taken from the inbox, not yet folded, oldest first."""
 
@@ -135,9 +133,9 @@ class DispatchLab(LabActions):
         if self.backend is not None:
             self.backend.start()
         self.refresh_view()
-        self.set_interval(REFRESH_SECONDS, self._tick)
+        self.run_worker(self._view_loop(), name="view", group="view")
 
-    # ----- the one timer: fold what arrived, then render
+    # ----- the view loop: fold what arrived, then render
 
     @property
     def unfolded(self) -> int:
@@ -168,32 +166,40 @@ class DispatchLab(LabActions):
             self.model.apply_all(part)
         return True
 
-    async def _tick(self) -> None:
-        """Decode and fold in slices, then render in parts, yielding between them.
+    async def _view_loop(self) -> None:
+        """About every REFRESH_SECONDS: fold what arrived, draw; the app's exit cancels it."""
+        while True:
+            began = time.perf_counter()
+            await self._tick(began)
+            await asyncio.sleep(max(0.0, began + REFRESH_SECONDS - time.perf_counter()))
+
+    async def _tick(self, began: float) -> None:
+        """Decode and fold in slices, then draw in parts, folding on in the gaps.
 
         Under a flood of events a whole tick is tens of milliseconds of CPU, and on
         two busy cores tens become hundreds: a key press that arrives meanwhile must
-        not wait for all of it, only for the slice or part in progress.
+        not wait for all of it, only for the slice or part in progress. A backlog is
+        folded in every gap the drawing leaves and until the next tick is due, and
+        the screen moves on every tick with what is folded so far.
         """
-        if self._ticking:
-            return  # the previous tick is still going
         self._ticking = True
         try:
-            flooded = self._take_arrivals()
-            while self._fold_slice(refill=False):
-                await asyncio.sleep(self._pause_for_input())
-            # In a flood every part changes on every tick: drawing on every FLOOD_DRAW_EVERY-th
-            # tick only cuts the screen updates a key press competes with.
-            self._skipped = self._skipped + 1 if flooded > FLOOD and self._skipped < FLOOD_DRAW_EVERY - 1 else 0
-            if self._skipped:
-                return
+            self._take_arrivals()
+            await self._fold_until(began + FOLD_BUDGET, refill=False)
             # Each part is drawn by the next screen update, one part a frame; in between, the
-            # decoding goes on a slice at a time (cards drawn later may show a little more).
+            # folding goes on a slice at a time (cards drawn later may show a little more).
             for _ in self._render_parts():
-                await asyncio.sleep(FRAME_SECONDS)
-                self._fold_slice()
+                frame = time.perf_counter() + FRAME_SECONDS
+                await self._fold_until(frame - FRAME_SECONDS / 4)
+                await asyncio.sleep(max(0.0, frame - time.perf_counter()))
+            await self._fold_until(began + REFRESH_SECONDS)
         finally:
             self._ticking = False
+
+    async def _fold_until(self, deadline: float, *, refill: bool = True) -> None:
+        """Fold slices until ``deadline`` (perf_counter) or until nothing is left, yielding between them."""
+        while time.perf_counter() < deadline and self._fold_slice(refill=refill):
+            await asyncio.sleep(self._pause_for_input())
 
     def _take_arrivals(self) -> int:
         """Move what arrived into the backlog; returns how many observations it holds at most."""

@@ -157,19 +157,15 @@ class Inbox:
         """
         with self._lock:
             self._undecoded -= len(output.data)
-        lines = output.data.split(b"\n")
-        if not lines[-1]:
-            lines.pop()
-        decoded = list(map(protocol.decode, lines))
-        if None not in decoded:
-            return decoded, True  # type: ignore[return-value]  # no None in it: all events
-        events: list[obs.Observation] = []
-        for line, event in zip(lines, decoded, strict=True):
-            if event is not None:
-                events.append(event)
-            elif line.strip():
-                events.append(obs.WorkerGarbage(output.worker, time.time(), self.garbage_text(line)[:200]))
-        return events, False
+        decoded, clean = protocol.decode_lines(output.data)
+        if clean:
+            return decoded, True  # type: ignore[return-value]  # clean: events only
+        now = time.time()
+        garbage = self.garbage_text
+        return [
+            obs.WorkerGarbage(output.worker, now, garbage(item)[:200]) if isinstance(item, bytes) else item
+            for item in decoded
+        ], False
 
     def __len__(self) -> int:
         return len(self._items)

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def event(cls: type[_T]) -> type[_T]:
+        """An event class: frozen for the type checker, which keeps every event immutable."""
+        ...
+
+else:
+
+    def event(cls):
+        # Not frozen at run time: a frozen dataclass sets each field through object.__setattr__,
+        # measured at 1.5 µs per event against 0.35 µs, and the dashboard makes 150,000 events a
+        # second in a flood. The type checker still refuses any assignment to a field.
+        return dataclass(slots=True)(cls)
+
 
 VERSION = 1
 BODY_CAP = 200
 """Characters of a task body carried in a ``received`` event."""
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Ready:
     """The worker is connected, its queue declared and its consumer registered."""
 
@@ -29,7 +48,7 @@ class Ready:
     ack: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Received:
     """A delivery reached the worker process (work on it may not have begun)."""
 
@@ -41,7 +60,7 @@ class Received:
     redelivered: bool
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Started:
     """Work on a delivery begins; ``seconds`` is how long it is expected to take."""
 
@@ -52,7 +71,7 @@ class Started:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Done:
     """Work on a delivery finished; ``acked`` says an ack follows (or auto ack took it)."""
 
@@ -63,7 +82,7 @@ class Done:
     acked: bool
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Returned:
     """A delivery the worker held and gave back unworked (nack with requeue).
 
@@ -77,7 +96,7 @@ class Returned:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Mode:
     """A live mode change took effect."""
 
@@ -87,7 +106,7 @@ class Mode:
     ack: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Connection:
     """The worker's link to the broker changed: ``lost``, ``reconnecting`` or ``restored``."""
 
@@ -97,7 +116,7 @@ class Connection:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Alive:
     """Once a second from the connection's thread: the worker is not hung.
 
@@ -110,7 +129,7 @@ class Alive:
     heartbeat: int
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Error:
     """Something went wrong; ``message`` is one line with no secrets."""
 
@@ -119,7 +138,7 @@ class Error:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@event
 class Stopped:
     """The worker is about to exit."""
 
@@ -143,6 +162,8 @@ EVENT_NAMES: dict[type[Event], str] = {
     Stopped: "stopped",
 }
 _BY_NAME: dict[str, type[Event]] = {name: cls for cls, name in EVENT_NAMES.items()}
+FIELDS: dict[type[Event], tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in EVENT_NAMES}
+"""Each kind's keys after ``v`` and ``event``, in their order on the wire."""
 
 # The types each field must have on the wire; bool is checked before int since bool is an int.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -170,7 +191,7 @@ _BOOL_FIELDS = frozenset({"redelivered", "acked"})
 def encode(event: Event) -> str:
     """One JSON line (with the trailing newline) for an event."""
     data: dict[str, object] = {"v": VERSION, "event": EVENT_NAMES[type(event)]}
-    for name in event.__slots__:
+    for name in FIELDS[type(event)]:
         data[name] = getattr(event, name)
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
 
@@ -190,7 +211,7 @@ _FLOAT_FIELDS = frozenset({"ts", "seconds"})
 _SPECS: dict[str, tuple[type[Event], tuple[tuple[str, frozenset[type], bool], ...]]] = {
     name: (
         cls,
-        tuple((f, frozenset(_FIELD_TYPES[f]), f in _FLOAT_FIELDS) for f in cls.__slots__),
+        tuple((f, frozenset(_FIELD_TYPES[f]), f in _FLOAT_FIELDS) for f in FIELDS[cls]),
     )
     for cls, name in EVENT_NAMES.items()
 }
@@ -234,18 +255,44 @@ def _decode_json(line: str | bytes) -> Event | None:
 _STR = r'"([^"\\\x00-\x1f]*)"'
 _INT = r"(0|[1-9][0-9]{0,17})"
 _NUM = r"((?:0|[1-9][0-9]{0,17})(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,3})?)"
-_HOT_LINE = re.compile(
-    rf'\{{"v":1,"event":"(received|started|done)","worker":{_STR},"ts":{_NUM},"tag":{_INT},'
-    rf'"msg_id":(?:null|{_STR})'
-    rf'(?:,"body":{_STR},"redelivered":(true|false)|,"seconds":{_NUM}|,"acked":(true|false))'
-    r"\}[ \t\n\r]*\Z"
+_HOT = (
+    r'\{"v":1,"event":"(?:(received)|(started)|done)",'
+    rf'"worker":{_STR},"ts":{_NUM},"tag":{_INT},'
+    r'"msg_id":(null|"[^"\\\x00-\x1f]*")'  # kept quoted: findall gives "" for a group that did not take part
+    # Each kind with its own keys only (a conditional on the kind's group), so every match is an event.
+    rf'(?(1),"body":{_STR},"redelivered":(true|false)|(?(2),"seconds":{_NUM}|,"acked":(true|false)))'
+    r"\}"
 )
+_HOT_LINE = re.compile(_HOT + r"[ \t\n\r]*\Z")
+_HOT_LINES = re.compile(rf"(?:{_HOT}|(.*))\n")
+"""A block of lines, one match per line: a hot event's groups, or else the whole line in the last group."""
 _HOT_SLOTS = (
-    Received.__slots__ == ("worker", "ts", "tag", "msg_id", "body", "redelivered")
-    and Started.__slots__ == ("worker", "ts", "tag", "msg_id", "seconds")
-    and Done.__slots__ == ("worker", "ts", "tag", "msg_id", "acked")
+    FIELDS[Received] == ("worker", "ts", "tag", "msg_id", "body", "redelivered")
+    and FIELDS[Started] == ("worker", "ts", "tag", "msg_id", "seconds")
+    and FIELDS[Done] == ("worker", "ts", "tag", "msg_id", "acked")
 )
 """False once a hot kind grows a field: the fast path then steps aside until it is updated."""
+
+
+def _hot_event(
+    received: str | None,
+    started: str | None,
+    worker: str,
+    ts: str,
+    tag: str,
+    msg_id: str,
+    body: str,
+    redelivered: str,
+    seconds: str,
+    acked: str,
+) -> Event:
+    """The event of a fast-path match (``match.groups`` or a ``findall`` row, which has "" for None)."""
+    msg = None if msg_id == "null" else msg_id[1:-1]
+    if received:
+        return Received(worker, float(ts), int(tag), msg, body, redelivered == "true")
+    if started:
+        return Started(worker, float(ts), int(tag), msg, float(seconds))
+    return Done(worker, float(ts), int(tag), msg, acked == "true")
 
 
 def decode(line: str | bytes) -> Event | None:
@@ -256,14 +303,59 @@ def decode(line: str | bytes) -> Event | None:
         match = None
     if match is None or not _HOT_SLOTS:
         return _decode_json(line)
-    kind, worker, ts, tag, msg_id, body, redelivered, seconds, acked = match.groups()
-    if kind == "done" and acked is not None:
-        return Done(worker, float(ts), int(tag), msg_id, acked == "true")
-    if kind == "started" and seconds is not None:
-        return Started(worker, float(ts), int(tag), msg_id, float(seconds))
-    if kind == "received" and redelivered is not None:
-        return Received(worker, float(ts), int(tag), msg_id, body, redelivered == "true")
-    return _decode_json(line)  # a kind with another kind's keys: let the general path refuse it
+    return _hot_event(*match.groups())
+
+
+def decode_lines(data: bytes) -> tuple[list[Event | bytes], bool]:
+    """The events in a block of lines, in order, and whether every line was one.
+
+    Gives what ``decode`` gives line by line, with a line that is no event kept as
+    its bytes and blank lines skipped, in one pass over the block instead of one
+    per line: the dashboard decodes up to 150,000 lines a second.
+    """
+    if not data:
+        return [], True
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    out: list[Event | bytes] = []
+    clean = True
+    if text is None or not _HOT_SLOTS:
+        lines = data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()
+        for line in lines:
+            clean &= _decode_into(out, line)
+        return out, clean
+    if not text.endswith("\n"):
+        text += "\n"
+    append = out.append
+    # _hot_event inlined: this loop runs for every line a worker writes.
+    for received, started, worker, ts, tag, msg_id, body, redelivered, seconds, acked, other in _HOT_LINES.findall(
+        text
+    ):
+        if not ts:  # every hot match has a timestamp, the other alternative none
+            clean &= _decode_into(out, other.encode())
+        elif received:
+            append(Received(worker, float(ts), int(tag), None if msg_id == "null" else msg_id[1:-1], body,
+                            redelivered == "true"))  # fmt: skip
+        elif started:
+            append(Started(worker, float(ts), int(tag), None if msg_id == "null" else msg_id[1:-1], float(seconds)))
+        else:
+            append(Done(worker, float(ts), int(tag), None if msg_id == "null" else msg_id[1:-1], acked == "true"))
+    return out, clean
+
+
+def _decode_into(out: list[Event | bytes], line: bytes) -> bool:
+    """Append the line's event, or the line itself when it is none and not blank; True for an event."""
+    event = decode(line)
+    if event is not None:
+        out.append(event)
+        return True
+    if line.strip():
+        out.append(line)
+    return False
 
 
 # Hot-path encoders: the worker writes three of these per task, so they avoid
