@@ -528,3 +528,32 @@ def test_selected_styles_only_the_card_itself() -> None:
     for selector in with_selected:
         for part in selector.split(","):
             assert re.fullmatch(r"\s*[\w-]*(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*\s*", part), part
+
+
+class _Feed:
+    """A backend with only an inbox: what the app folds, without workers or a broker."""
+
+    def __init__(self) -> None:
+        from tui.pool import Inbox
+
+        self.inbox = Inbox()
+
+
+def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
+    """A read of thousands of lines is cut at line ends: each fold step stays short, nothing is lost."""
+    from tui.app import FOLD_SLICE
+    from tui.pool import WorkerOutput
+
+    tasks = 1000
+    lines = [protocol.encode_started('"w1"', 1.0 + n, n, f"m-{n}", 0.0) for n in range(1, tasks + 1)]
+    feed = _Feed()
+    feed.inbox.put_many([WorkerOutput("w1", "".join(lines).encode())])
+    model = Model(queue="q")
+    app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
+    steps = []
+    while app._fold_slice():
+        steps.append(model.events - sum(steps))
+    assert sum(steps) == tasks and model.workers["w1"].current is not None
+    assert model.workers["w1"].current.tag == tasks, "the last line folded last"
+    assert max(steps) <= FOLD_SLICE and len(steps) == -(-tasks // FOLD_SLICE)
+    assert app.unfolded == 0 and feed.inbox.undecoded == 0

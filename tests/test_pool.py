@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import publish, wait_until
 from tui import observations as obs
-from tui.pool import Inbox, PoolClosed, WorkerPool
+from tui.pool import Inbox, PoolClosed, WorkerOutput, WorkerPool, head_lines, lines_in
 from tui.state import Model
 from workers import protocol
 from workers.settings import DispatchMode, url_parts
@@ -450,3 +450,19 @@ def test_a_backlog_nobody_decodes_stops_the_reading_until_it_is_decoded(monkeypa
         pool.shutdown(timeout=1.0)
     assert [s.tag for s in seen if isinstance(s, protocol.Started)] == list(range(1, 30001))
     assert inbox.undecoded == 0
+
+
+def test_head_lines_cuts_a_read_at_a_line_end_and_keeps_every_byte() -> None:
+    data = b"".join(f'{{"n":{n}}}\n'.encode() for n in range(10))
+    output = WorkerOutput("w1", data)
+    head, rest = head_lines(output, 3)
+    assert isinstance(head, WorkerOutput) and isinstance(rest, WorkerOutput)
+    assert (head.worker, rest.worker) == ("w1", "w1")
+    assert head.data == data[: data.index(b'{"n":3}')] and head.data + rest.data == data
+    assert (lines_in(head), lines_in(rest)) == (3, 7)
+    assert head_lines(output, 10) == (output, None)  # all of it: nothing left
+    assert head_lines(output, 50) == (output, None)
+    unfinished = WorkerOutput("w1", data + b'{"n":')  # a garbage tail without its newline stays with the rest
+    assert head_lines(unfinished, 10)[1] == WorkerOutput("w1", b'{"n":')
+    other = obs.WorkerExited("w1", 1.0, 0)
+    assert head_lines(other, 1) == (other, None)

@@ -24,7 +24,7 @@ from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
 from tui.ledger import MessageRecord
-from tui.pool import Arrival, lines_in
+from tui.pool import Arrival, head_lines, lines_in
 from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.session_log import SessionLog
@@ -158,8 +158,16 @@ class DispatchLab(LabActions):
         size = 0
         while self._backlog and size < FOLD_SLICE:
             item = self._backlog.popleft()
+            lines = lines_in(item)
+            if lines > FOLD_SLICE - size:
+                # One read can hold a thousand lines and more when the reader got little CPU: fold its
+                # head now and leave the rest, so that a key press never waits behind all of it.
+                item, rest = head_lines(item, FOLD_SLICE - size)
+                if rest is not None:
+                    self._backlog.appendleft(rest)
+                    lines = FOLD_SLICE - size
             taken.append(item)
-            size += lines_in(item)
+            size += lines
         for part, logged in self.backend.inbox.slices(taken, size + 1):
             if self.session_log is not None:
                 self.session_log.add(logged)
@@ -201,11 +209,10 @@ class DispatchLab(LabActions):
         while time.perf_counter() < deadline and self._fold_slice(refill=refill):
             await asyncio.sleep(self._pause_for_input())
 
-    def _take_arrivals(self) -> int:
-        """Move what arrived into the backlog; returns how many observations it holds at most."""
-        arrived = self.backend.inbox.take() if self.backend is not None else []
-        self._backlog.extend(arrived)
-        return sum(map(lines_in, arrived))
+    def _take_arrivals(self) -> None:
+        """Move what arrived into the backlog."""
+        if self.backend is not None:
+            self._backlog.extend(self.backend.inbox.take())
 
     def _pause_for_input(self) -> float:
         """A frame's pause after a key press, else none: what the key changed is drawn before more folding."""

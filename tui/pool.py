@@ -80,6 +80,20 @@ def lines_in(item: Arrival) -> int:
     return item.data.count(b"\n") if type(item) is WorkerOutput else 1
 
 
+def head_lines(item: Arrival, count: int) -> tuple[Arrival, Arrival | None]:
+    """A worker output's first ``count`` lines and the rest (None when no more is left); other arrivals whole."""
+    if type(item) is not WorkerOutput:
+        return item, None
+    data, cut = item.data, -1
+    for _ in range(count):
+        cut = data.find(b"\n", cut + 1)
+        if cut < 0:
+            return item, None
+    if cut + 1 >= len(data):
+        return item, None
+    return WorkerOutput(item.worker, data[: cut + 1]), WorkerOutput(item.worker, data[cut + 1 :])
+
+
 def complete_lines(pending: bytes, chunk: bytes, longest: int) -> tuple[bytes, bytes]:
     """Split what a pipe held so far into its complete lines and the unfinished rest.
 
