@@ -6,9 +6,9 @@ snapshots see exactly what the widget draws.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
-from rich.text import Text
+from rich.text import Span, Text
 
 from tui.state import Block, Model
 
@@ -31,7 +31,8 @@ def window(model: Model, now: float) -> tuple[float, float]:
 
 def lane(blocks: Iterable[Block], start: float, end: float, width: int, now: float) -> Text:
     """One worker's lane: a coloured run per task, labelled when it fits, dots while idle."""
-    cells: list[tuple[str, str]] = [("·", "dim")] * width
+    chars = ["·"] * width
+    styles = ["dim"] * width
     scale = width / (end - start) if end > start else 0.0
     for block in blocks:
         stop = block.end if block.end is not None else now
@@ -43,31 +44,40 @@ def lane(blocks: Iterable[Block], start: float, end: float, width: int, now: flo
         if block.redelivered:
             style = style.replace("on green", "on yellow")
         label = ("↻" if block.redelivered else "") + block.label
-        for offset, column in enumerate(range(first, last + 1)):
-            char = label[offset] if offset < len(label) and last - first + 1 > len(label) else " "
-            cells[column] = (char, style)
+        size = last - first + 1
+        if size > 0:
+            chars[first : last + 1] = label.ljust(size) if size > len(label) else " " * size
+            styles[first : last + 1] = [style] * size
         if block.outcome in ("killed", "exited"):
-            cells[last] = ("✗", "bold white on red")
-    text = Text()
-    for char, style in cells:
-        text.append(char, style)
-    return text
+            chars[last], styles[last] = "✗", "bold white on red"
+    return Text("".join(chars), spans=list(_runs(styles)))
+
+
+def _runs(styles: list[str]) -> Iterator[Span]:
+    """One span per run of cells in the same style: a span per cell costs every later step a span."""
+    run = 0
+    for column in range(1, len(styles) + 1):
+        if column == len(styles) or styles[column] != styles[run]:
+            yield Span(run, column, styles[run])
+            run = column
 
 
 def ruler(start: float, end: float, width: int, origin: float) -> Text:
     """Tick marks in seconds since ``origin`` (the session's first event)."""
     span = end - start
     step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600) if span / s <= width / 8)
-    text = Text(" " * width, "dim")
-    first_tick = (int((start - origin) / step) + 1) * step
-    tick = first_tick
+    chars = [" "] * width
+    labels: list[Span] = []
+    tick = (int((start - origin) / step) + 1) * step
     while origin + tick < end:
         column = int((origin + tick - start) / span * width)
         label = f"|{tick}s"
         if column + len(label) <= width:
-            text = text[:column] + Text(label, "dim") + text[column + len(label) :]
+            chars[column : column + len(label)] = label
+            # Dim on dim changes no cell; a span a label keeps the pieces the ruler was always drawn in.
+            labels.append(Span(column, column + len(label), "dim"))
         tick += step
-    return text
+    return Text("".join(chars), "dim", spans=labels)
 
 
 def render(model: Model, now: float, width: int, name_width: int = 4) -> Text:

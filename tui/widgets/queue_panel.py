@@ -2,24 +2,51 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+from rich.cells import cell_len, set_cell_size
 from rich.console import RenderableType
-from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.geometry import Size
+from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
 from tui.ledger import MessageRecord
 from tui.state import FROM_MANAGEMENT, Model
 
 
+class QueueFigures(Widget):
+    """The figures as a grid, laid out when drawn: for the width the widget has then."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.rows: tuple[Row, ...] = ()
+        """What the grid shows."""
+
+    def show(self, rows: tuple[Row, ...]) -> None:
+        """Draw these rows, unless they are drawn already."""
+        if rows == self.rows:
+            return
+        # A new row count changes the panel's layout; new values in the same rows do not.
+        layout = len(rows) != len(self.rows)
+        self.rows = rows
+        self.refresh(layout=layout)
+
+    def render(self) -> Text:
+        return figures(self.rows, self.size.width)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self.rows)  # a line a row at any width: no need to lay them out to know
+
+
 class QueuePanel(Vertical):
     """Ready, unacked, consumers, totals, balance and the done rate."""
 
     def compose(self) -> ComposeResult:
-        yield Static(id="queue-figures")
+        yield QueueFigures(id="queue-figures")
         yield Sparkline([0.0], id="rate", summary_function=max)
         yield Static(id="rate-label")
         yield Static(id="external")
@@ -27,7 +54,6 @@ class QueuePanel(Vertical):
 
     def on_mount(self) -> None:
         self._shown: dict[str, object] = {}
-        self._row_total = 0
 
     def _put(self, selector: str, key: object, build: Callable[[], RenderableType], *, layout: bool) -> None:
         """Update a part only when what it shows changed: each update costs a repaint, maybe a layout."""
@@ -39,11 +65,11 @@ class QueuePanel(Vertical):
     def show(self, model: Model, now: float, durable: bool) -> None:
         stale = model.stale(now)
         self.set_class(stale, "-stale")
-        self.border_title = f"queue {model.queue_name} ({'durable' if durable else 'transient'})"
-        rows = _rows(model, now, stale)
-        # A new row count changes the panel's layout; new values in the same rows do not.
-        layout, self._row_total = len(rows) != self._row_total, len(rows)
-        self._put("#queue-figures", rows, lambda: _table(rows), layout=layout)
+        title = f"queue {model.queue_name} ({'durable' if durable else 'transient'})"
+        if self._shown.get("title") != title:  # setting a title repaints the whole panel, even to the same title
+            self._shown["title"] = title
+            self.border_title = title
+        self.query_one(QueueFigures).show(_rows(model, now, stale))
         series = model.rate_series(now)
         sparkline = self.query_one("#rate", Sparkline)
         sparkline.display = any(series)
@@ -97,14 +123,60 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     return tuple(rows)
 
 
-def _table(rows: tuple[Row, ...]) -> Table:
-    table = Table.grid(padding=(0, 1), expand=True)
-    table.add_column(style="dim", min_width=11, no_wrap=True)
-    table.add_column(justify="right", min_width=6, no_wrap=True)
-    table.add_column(style="dim italic", no_wrap=True, overflow="ellipsis")
+def figures(rows: tuple[Row, ...], width: int) -> Text:
+    """The rows as a grid ``width`` cells wide, in the characters and styles rich's ``Table.grid(expand=True)`` drew.
+
+    The table measured and rendered every cell on every draw (7 ms a draw in a
+    flood); this is one pass over the rows. Labels (dim) and values (right-aligned)
+    are as wide as their widest cell, at least 11 and 6, with a space after each;
+    the sources (dim italic) take the rest, and spare cells go to the columns in
+    proportion to their widths, as the table shared them out. A source too long
+    for the width ends in an ellipsis at the edge, and the figures stay whole
+    (there the table cut a long figure, and its ellipsis fell past the edge).
+    """
+    if not rows:
+        return Text()
+    widths = [
+        max(11, max(cell_len(label) for label, _, _, _ in rows)) + 1,
+        max(6, max(cell_len(value) for _, value, _, _ in rows)) + 1,
+        max(1, max(cell_len(source) for _, _, _, source in rows)),
+    ]
+    spare = width - sum(widths)
+    if spare > 0:
+        widths = _widen(widths, spare)
+    label_width, value_width, source_width = widths[0], widths[1] - 1, max(0, width - widths[0] - widths[1])
+    lines: list[str] = []
+    spans: list[Span] = []
+    at = 0
     for label, value, style, source in rows:
-        table.add_row(label, Text(value, style), source)
-    return table
+        if cell_len(source) > source_width:
+            source = set_cell_size(source, source_width - 1) + "…" if source_width else ""
+        label_cell = set_cell_size(label, label_width)
+        value_cell = " " * (value_width - cell_len(value)) + value
+        line = f"{label_cell}{value_cell} {set_cell_size(source, source_width)}"
+        value_at = at + len(label_cell)
+        source_at = value_at + len(value_cell) + 1
+        if style == "dim":
+            # A dim figure joins its label: Textual draws each span as a piece of its own, the table drew one.
+            spans.append(Span(at, source_at - 1, style))
+        else:
+            spans += [Span(at, value_at, "dim"), Span(value_at, source_at - 1, style)]
+        spans.append(Span(source_at, at + len(line), "dim italic"))
+        lines.append(line)
+        at += len(line) + 1
+    return Text("\n".join(lines), spans=spans)
+
+
+def _widen(widths: list[int], spare: int) -> list[int]:
+    """Share ``spare`` cells out in proportion to the widths, rounding up, left to right (rich's ratio_distribute)."""
+    total = sum(widths)
+    widened = []
+    for column_width in widths:
+        share = math.ceil(column_width * spare / total)
+        widened.append(column_width + share)
+        spare -= share
+        total -= column_width
+    return widened
 
 
 def _n(value: int | None) -> str:

@@ -48,11 +48,15 @@ class WorkerCard(Widget, can_focus=True):
         super().__init__(id=f"card-{worker_name}", classes="worker-card")
         self.worker_name = worker_name
         self._last: tuple[object, ...] = ()
+        self._borders: tuple[str, str] = ("", "")
+        self._counts_part = Static(classes="counts")
+        self._task_part = Static(classes="task")
+        self._log_part = Static(classes="log")
 
     def compose(self) -> ComposeResult:
-        yield Static(classes="counts")
-        yield Static(classes="task")
-        yield Static(classes="log")
+        yield self._counts_part
+        yield self._task_part
+        yield self._log_part
 
     def on_click(self) -> None:
         self.post_message(self.Selected(self.worker_name))
@@ -74,12 +78,14 @@ class WorkerCard(Widget, can_focus=True):
         if key == self._last:
             return
         self._last = key
-        self.border_title = f"{worker.name} · pid {worker.pid or '-'} · {describe_status(worker, now)}"
-        self.set_class(worker.silent_for(now) is not None, "-unresponsive")
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
-        self.border_subtitle = mode
+        borders = (f"{worker.name} · pid {worker.pid or '-'} · {describe_status(worker, now)}", mode)
+        if borders != self._borders:  # setting a title repaints the whole card, even to the same title
+            self._borders = borders
+            self.border_title, self.border_subtitle = borders
+        self.set_class(silent is not None, "-unresponsive")
         status = "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
         # One atomic change, and none when the status is the same: each change restyles the card's subtree.
         self.update_classes({**dict.fromkeys(STATUS_CLASSES, False), status: True})
@@ -93,14 +99,13 @@ class WorkerCard(Widget, can_focus=True):
             counts.append(f" returned {worker.returned}", "dim")
         if worker.unacked_done:
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
-        # Fixed-size parts (see app.tcss): a new value needs a repaint, never a layout.
-        self.query_one(".counts", Static).update(counts, layout=False)
-        self.query_one(".task", Static).update(self._task_line(worker, now), layout=False)
+        _put(self._counts_part, counts)
+        _put(self._task_part, self._task_line(worker, now))
         lines = list(worker.stderr)[-3:] if worker.stderr and worker.status in ("exited", KILLED) else []
         log = Text("\n".join(list(worker.log)[-4:]))
         if lines:
             log.append("\n" + "\n".join(lines), "red")
-        self.query_one(".log", Static).update(log, layout=False)
+        _put(self._log_part, log)
 
     @staticmethod
     def _task_line(worker: WorkerState, now: float) -> Text:
@@ -124,6 +129,17 @@ class WorkerCard(Widget, can_focus=True):
         if waiting:
             text.append(f" +{waiting} waiting", "bold yellow")
         return text
+
+
+def _put(part: Static, text: Text) -> None:
+    """Show ``text`` in a part unless it shows it already: mostly only the task line moves from one draw to the next.
+
+    The parts are of fixed size (see app.tcss): a new text needs a repaint, never a layout.
+    """
+    shown = part.content
+    if isinstance(shown, Text) and (shown.plain, shown.style, shown.spans) == (text.plain, text.style, text.spans):
+        return
+    part.update(text, layout=False)
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,44 @@
+"""A worker card repaints only what changed: the snapshot's scene, headless, no broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
+from tui.app import DispatchLab
+from tui.backend import LabConfig
+from tui.widgets.worker_card import WorkerCard
+
+CONFIG = LabConfig(url="amqp://guest:guest@localhost:5672/%2F", queue="task_queue")
+
+Shown = tuple[object, object, object, str | None]
+"""The texts of a card's counts, task line and log, and its border title."""
+
+
+def test_half_a_second_later_only_the_task_line_is_new() -> None:
+    """w2 is 2.5 s into the 5 s #5: its progress moves, its counts, log and title stay (no repaint for them)."""
+
+    async def show_again() -> tuple[Shown, Shown]:
+        model = replay(session_snapshot().events, mode=CONFIG.mode)
+        app = DispatchLab(CONFIG, model, backend=None, clock=lambda: SNAPSHOT_NOW)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            card = app.query_one("#card-w2", WorkerCard)
+            parts = [card.query_one(f".{name}", Static) for name in ("counts", "task", "log")]
+
+            def shown() -> Shown:
+                counts, task, log = (part.content for part in parts)
+                return counts, task, log, card.border_title
+
+            before = shown()
+            card.show(model.workers["w2"], SNAPSHOT_NOW + 0.5)
+            return before, shown()
+
+    (counts, task, log, title), (counts_after, task_after, log_after, title_after) = asyncio.run(show_again())
+    assert isinstance(task, Text) and isinstance(task_after, Text)
+    assert "2.5/5.0s" in task.plain and "3.0/5.0s" in task_after.plain
+    assert counts_after is counts and log_after is log  # not even updated with an equal text
+    assert title_after == title == "w2 · pid 5102 · busy"
