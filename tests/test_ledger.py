@@ -40,9 +40,11 @@ def hold(ledger: Ledger, n: int, worker: str = "w2") -> None:
 
 def test_labels_number_our_tasks_and_name_everyone_elses() -> None:
     ledger = Ledger(prefix=PREFIX)
-    for msg_id in (mid(7), f"{PREFIX}-x", "zz-3", f"{PREFIX}7"):
+    # "²" is a digit to str.isdigit but no number to int(): someone else's id, not a crash.
+    for msg_id in (mid(7), f"{PREFIX}-x", "zz-3", f"{PREFIX}7", f"{PREFIX}-²", f"{PREFIX}-{PREFIX}-3"):
         ledger.published_task(msg_id, "b", T0)
-    assert [r.label() for r in ledger.records.values()] == ["#7", f"{PREFIX}-x", "zz-3", f"{PREFIX}7"]
+    labels = ["#7", f"{PREFIX}-x", "zz-3", f"{PREFIX}7", f"{PREFIX}-²", f"{PREFIX}-{PREFIX}-3"]
+    assert [r.label() for r in ledger.records.values()] == labels
     assert Ledger().records == {}
     unprefixed = Ledger()
     unprefixed.published_task(mid(1), "b", T0)

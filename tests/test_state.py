@@ -439,43 +439,51 @@ def test_non_finite_timestamps_do_not_crash() -> None:
     assert model.rate(T0) == 0.0
 
 
+def random_items(rng: random.Random, count: int = 120) -> list[obs.Observation]:
+    """Shuffled, duplicated and contradictory events: tags reused across messages, strangers, dead workers."""
+    workers = ["w1", "w2", "w3"]
+    ids: list[str | None] = [*(f"{PREFIX}-{n}" for n in range(1, 9)), "other-1", None]
+    items: list[obs.Observation] = []
+    ts = T0
+    for _ in range(count):
+        ts += rng.choice((0.0, 0.01, 0.5, 3.0))
+        w, tag, mid = rng.choice(workers), rng.randint(1, 6), rng.choice(ids)
+        kind = rng.randrange(14)
+        item: obs.Observation
+        if kind == 0:
+            item = obs.WorkerSpawned(w, ts, rng.randint(1, 99))
+        elif kind == 1:
+            item = protocol.Ready(w, ts, 1, "q", rng.choice((0, 1, 5)), rng.choice(("manual", "auto", "none")))
+        elif kind in (2, 3):
+            item = protocol.Received(w, ts, tag, mid, "x.", rng.random() < 0.3)
+        elif kind == 4:
+            item = protocol.Started(w, ts, tag, mid, rng.choice((0.0, 1.0)))
+        elif kind in (5, 6):
+            item = protocol.Done(w, ts, tag, mid, rng.random() < 0.8)
+        elif kind == 7:
+            item = protocol.Returned(w, ts, tag, mid, rng.choice(("mode-change", "stop", "connection-lost")))
+        elif kind == 8:
+            item = obs.WorkerExited(w, ts, rng.choice((0, 1, -9, -15)))
+        elif kind == 9:
+            item = protocol.Connection(w, ts, rng.choice(("lost", "reconnecting", "restored")), 1)
+        elif kind == 10 and mid is not None:
+            item = obs.Published(mid, ts, "x.")
+        elif kind == 11 and mid is not None:
+            item = obs.Confirmed(mid, ts)
+        elif kind == 12:
+            item = obs.QueueSample(ts, rng.randint(0, 5), 2, rng.choice((None, 0, 3)))
+        else:
+            item = obs.Purged(ts, rng.randint(0, 3))
+        items.append(item)
+    return items
+
+
 def test_random_sequences_keep_the_books_consistent() -> None:
     """Shuffled, duplicated and contradictory events: never a crash, and every count adds up."""
     rng = random.Random(20261129)
-    workers = ["w1", "w2", "w3"]
-    ids: list[str | None] = [*(f"{PREFIX}-{n}" for n in range(1, 9)), "other-1", None]
     for _ in range(40):
         model = Model(prefix=PREFIX, ledger_cap=6)
-        ts = T0
-        for _ in range(120):
-            ts += rng.choice((0.0, 0.01, 0.5, 3.0))
-            w, tag, mid = rng.choice(workers), rng.randint(1, 6), rng.choice(ids)
-            kind = rng.randrange(14)
-            item: obs.Observation
-            if kind == 0:
-                item = obs.WorkerSpawned(w, ts, rng.randint(1, 99))
-            elif kind == 1:
-                item = protocol.Ready(w, ts, 1, "q", rng.choice((0, 1, 5)), rng.choice(("manual", "auto", "none")))
-            elif kind in (2, 3):
-                item = protocol.Received(w, ts, tag, mid, "x.", rng.random() < 0.3)
-            elif kind == 4:
-                item = protocol.Started(w, ts, tag, mid, rng.choice((0.0, 1.0)))
-            elif kind in (5, 6):
-                item = protocol.Done(w, ts, tag, mid, rng.random() < 0.8)
-            elif kind == 7:
-                item = protocol.Returned(w, ts, tag, mid, rng.choice(("mode-change", "stop", "connection-lost")))
-            elif kind == 8:
-                item = obs.WorkerExited(w, ts, rng.choice((0, 1, -9, -15)))
-            elif kind == 9:
-                item = protocol.Connection(w, ts, rng.choice(("lost", "reconnecting", "restored")), 1)
-            elif kind == 10 and mid is not None:
-                item = obs.Published(mid, ts, "x.")
-            elif kind == 11 and mid is not None:
-                item = obs.Confirmed(mid, ts)
-            elif kind == 12:
-                item = obs.QueueSample(ts, rng.randint(0, 5), 2, rng.choice((None, 0, 3)))
-            else:
-                item = obs.Purged(ts, rng.randint(0, 3))
+        for item in random_items(rng):
             model.apply(item)
             ledger = model.ledger
             assert all(n >= 0 for n in ledger.state_counts.values()), ledger.state_counts
@@ -483,10 +491,66 @@ def test_random_sequences_keep_the_books_consistent() -> None:
             assert ledger.done_messages <= ledger.done_runs
             assert ledger.duplicates <= ledger.done_runs
             assert all(w.in_hand >= 0 and w.unacked >= 0 for w in model.workers.values())
-            model.balance(ts)
-            model.rate_series(ts)
+            model.balance(item.ts)
+            model.rate_series(item.ts)
             for record in ledger.recent(5):
                 record.lifeline()
+
+
+def everything(model: Model) -> str:
+    """The whole model as text: workers, lanes, logs, records, deliveries and every count."""
+    return repr(({k: v for k, v in vars(model).items() if k != "ledger"}, vars(model.ledger)))
+
+
+def test_apply_all_folds_as_apply_does_item_by_item() -> None:
+    """apply_all has a loop of its own for floods; a subclass that hooks apply still sees every item."""
+
+    class Recording(Model):
+        def __init__(self) -> None:
+            super().__init__(prefix=PREFIX, ledger_cap=6)
+            self.seen: list[obs.Observation] = []
+
+        def apply(self, item: obs.Observation) -> None:
+            self.seen.append(item)
+            super().apply(item)
+
+    rng = random.Random(20261130)
+    for _ in range(40):
+        items = random_items(rng)
+        one_by_one, batched, recording = (
+            Model(prefix=PREFIX, ledger_cap=6),
+            Model(prefix=PREFIX, ledger_cap=6),
+            Recording(),
+        )
+        for item in items:
+            one_by_one.apply(item)
+        batched.apply_all(iter(items))
+        recording.apply_all(items)
+        assert everything(batched) == everything(one_by_one)
+        assert recording.seen == items
+        assert one_by_one.events == len(items)
+
+
+def test_started_and_done_act_on_the_delivery_held_key_names() -> None:
+    """Both look up the common case (the tag held, for the same message) inline: the answer is held_key's."""
+    rng = random.Random(20261131)
+    for _ in range(60):
+        model = Model(prefix=PREFIX, ledger_cap=6)
+        for item in random_items(rng):
+            w = model.workers.get(getattr(item, "worker", ""))
+            if w is None or not isinstance(item, (protocol.Started, protocol.Done)):
+                model.apply(item)
+                continue
+            key = w.held_key(item.tag, item.msg_id)
+            named = None if key is None else w.held[key]
+            runs = named.done_count if named else 0
+            model.apply(item)
+            if isinstance(item, protocol.Started):
+                assert w.current is not None
+                assert w.current.label == (named.label() if named else f"tag {item.tag}")
+            else:
+                assert key not in w.held
+                assert named is None or named.done_count == runs + 1
 
 
 # ----- (j) staleness and where unacked comes from
