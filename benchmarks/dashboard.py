@@ -101,8 +101,8 @@ def _record_screen(screen: Screen) -> Callable[[], None]:
     """Wrap QueuePanel.show so each render records (time, done figure on screen); returns the undo."""
     original = QueuePanel.show
 
-    def show(self: QueuePanel, model: Model, now: float, durable: bool) -> None:
-        original(self, model, now, durable)
+    def show(self: QueuePanel, model: Model, now: float, durable: bool, *, details: bool = True) -> None:
+        original(self, model, now, durable, details=details)
         screen.shown.append((time.time(), model.ledger.done_messages))
 
     QueuePanel.show = show  # type: ignore[method-assign]
@@ -188,7 +188,7 @@ def dashboard_lag(bench: Bench) -> list[Figure]:
     final_lag: list[float] = []
 
     async def run() -> None:
-        async with app.run_test(size=(120, 36)) as pilot:
+        async with app.run_test(size=(120, 36)):
             deadline = time.monotonic() + 120 + tasks / 200
             while not (screen.shown and screen.shown[-1][1] >= tasks and _painted(displays, screen.shown[-1][0], 0)):
                 await asyncio.sleep(0.02)  # pilot.pause would force a screen update each time

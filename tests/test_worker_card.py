@@ -11,6 +11,7 @@ from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
 from tui.app import DispatchLab
 from tui.backend import LabConfig
 from tui.widgets.worker_card import WorkerCard
+from workers import protocol
 
 CONFIG = LabConfig(url="amqp://guest:guest@localhost:5672/%2F", queue="task_queue")
 
@@ -42,3 +43,41 @@ def test_half_a_second_later_only_the_task_line_is_new() -> None:
     assert "2.5/5.0s" in task.plain and "3.0/5.0s" in task_after.plain
     assert counts_after is counts and log_after is log  # not even updated with an equal text
     assert title_after == title == "w2 · pid 5102 · busy"
+
+
+def test_without_details_only_the_counts_move_and_the_next_full_show_draws_the_rest() -> None:
+    """Behind a flood the dashboard shows figures only: task and log lines wait for the next full show."""
+
+    async def flood() -> tuple[list[str], list[str], list[str]]:
+        model = replay(session_snapshot().events, mode=CONFIG.mode)
+        app = DispatchLab(CONFIG, model, backend=None, clock=lambda: SNAPSHOT_NOW)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            card = app.query_one("#card-w2", WorkerCard)
+            parts = [card.query_one(f".{name}", Static) for name in ("counts", "task", "log")]
+
+            def plain() -> list[str]:
+                return [part.content.plain if isinstance(part.content, Text) else "" for part in parts]
+
+            before = plain()
+            w2 = model.workers["w2"]
+            tag = 900
+            for n in range(3):  # three quick tasks finish: counts, task line and log all change
+                ts = SNAPSHOT_NOW + n * 0.01
+                model.apply_all(
+                    [
+                        protocol.Received("w2", ts, tag + n, f"x-{n}", "quick", False),
+                        protocol.Started("w2", ts, tag + n, f"x-{n}", 0.0),
+                        protocol.Done("w2", ts, tag + n, f"x-{n}", True),
+                    ]
+                )
+            card.show(w2, SNAPSHOT_NOW + 0.05, details=False)
+            light = plain()
+            card.show(w2, SNAPSHOT_NOW + 0.05)
+            return before, light, plain()
+
+    before, light, full = asyncio.run(flood())
+    assert light[0] != before[0], "the counts did not move"
+    assert light[1:] == before[1:], "task and log lines were drawn without details"
+    assert full[0] == light[0] and full[1:] != before[1:], "the full show after a light one drew nothing new"
+    assert full[2].endswith("[x] Done")

@@ -42,6 +42,8 @@ REFRESH_SECONDS = 1 / 8
 SWITCH_INTERVAL = 0.001
 FOLD_SLICE = 250
 """Observations decoded and folded between two chances for a key press: about 1 ms of CPU."""
+DETAIL_SECONDS = 1.0
+"""Behind a flood of events, the details are drawn this often; the figures on every tick."""
 FOLD_BUDGET = 0.03
 """Seconds a tick folds before it draws; it folds on between the parts it draws, and after them."""
 FRAME_SECONDS = 1 / 60
@@ -102,6 +104,7 @@ class DispatchLab(LabActions):
         self.compare_results: list[list[RunResult]] = []
         self._cards: dict[str, WorkerCard] = {}
         self._ticking = False
+        self._detailed = 0.0
         self._input_pending = False
         self._backlog: deque[Arrival] = deque()
         """Taken from the inbox, not yet folded, oldest first."""
@@ -194,9 +197,14 @@ class DispatchLab(LabActions):
         try:
             self._take_arrivals()
             await self._fold_until(began + FOLD_BUDGET, refill=False)
+            # Behind a flood, drawing the details (timeline, lifelines, the cards' task and log
+            # lines) took half the UI thread's time: then only the figures move on every tick.
+            details = not self._backlog or began - self._detailed >= DETAIL_SECONDS
+            if details:
+                self._detailed = began
             # Each part is drawn by the next screen update, one part a frame; in between, the
             # folding goes on a slice at a time (cards drawn later may show a little more).
-            for _ in self._render_parts():
+            for _ in self._render_parts(details=details):
                 frame = time.perf_counter() + FRAME_SECONDS
                 await self._fold_until(frame - FRAME_SECONDS / 4)
                 await asyncio.sleep(max(0.0, frame - time.perf_counter()))
@@ -238,16 +246,19 @@ class DispatchLab(LabActions):
         for _ in self._render_parts():
             pass
 
-    def _render_parts(self) -> Iterator[None]:
-        """Show the model; yields between parts (the queue figures, groups of cards, the timeline)."""
+    def _render_parts(self, *, details: bool = True) -> Iterator[None]:
+        """Show the model; yields between parts (the queue figures, groups of cards, the timeline).
+
+        With ``details=False`` the figures only: no timeline, lifelines, or the cards' task and log lines.
+        """
         now = self.clock()
         if not self._header.is_attached:
             return  # shutting down
         self._header.show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
-        self._queue_panel.show(self.model, now, self.config.durable)
+        self._queue_panel.show(self.model, now, self.config.durable, details=details)
         grid = self._grid
         workers = list(self.model.workers.items())
-        per_part = max(1, -(-len(workers) // CARD_PARTS))
+        per_part = max(1, -(-len(workers) // CARD_PARTS)) if details else max(1, len(workers))
         for index, (name, worker) in enumerate(workers):
             if index % per_part == 0:
                 yield
@@ -261,11 +272,12 @@ class DispatchLab(LabActions):
                     self.selected = name
             card.set_class(name == self.selected, "-selected")
             if card.is_mounted:
-                card.show(worker, now)
+                card.show(worker, now, details=details)
         grid.set_class(len(self._cards) > 4, "-many")
-        yield
-        if self.is_running:
-            self._timeline.show(self.model, now)
+        if details:
+            yield
+            if self.is_running:
+                self._timeline.show(self.model, now)
 
     def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:
         self.selected = message.name

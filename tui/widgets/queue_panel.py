@@ -62,7 +62,8 @@ class QueuePanel(Vertical):
         self._shown[selector] = key
         self.query_one(selector, Static).update(build(), layout=layout)
 
-    def show(self, model: Model, now: float, durable: bool) -> None:
+    def show(self, model: Model, now: float, durable: bool, *, details: bool = True) -> None:
+        """Show the figures; with ``details=False`` not the latest tasks' lifelines (drawn less often in a flood)."""
         stale = model.stale(now)
         self.set_class(stale, "-stale")
         title = f"queue {model.queue_name} ({'durable' if durable else 'transient'})"
@@ -82,6 +83,8 @@ class QueuePanel(Vertical):
             layout=False,
         )  # fmt: skip
         self._put("#external", model.queue.external, lambda: _external(model), layout=True)
+        if not details:
+            return
         recent = model.ledger.recent(RECENT)
         key = tuple((r.msg_id, r.state, len(r.deliveries)) for r in recent)
         self._put("#recent", key, lambda: _recent(recent), layout=False)

@@ -64,8 +64,12 @@ class WorkerCard(Widget, can_focus=True):
     def on_focus(self) -> None:
         self.post_message(self.Selected(self.worker_name))
 
-    def show(self, worker: WorkerState, now: float) -> None:
-        """Render the worker; skips the work when nothing visible changed."""
+    def show(self, worker: WorkerState, now: float, *, details: bool = True) -> None:
+        """Render the worker; skips the work when nothing visible changed.
+
+        With ``details=False`` only the title, status and counts: the task and log lines
+        wait for the next full show (the dashboard draws them less often in a flood).
+        """
         current = worker.current
         elapsed = round(now - current.started, 1) if current else 0.0
         silent = worker.silent_for(now)
@@ -77,7 +81,7 @@ class WorkerCard(Widget, can_focus=True):
         )  # fmt: skip
         if key == self._last:
             return
-        self._last = key
+        self._last = key if details else ()  # after a show without details the next full one draws all
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
@@ -100,6 +104,8 @@ class WorkerCard(Widget, can_focus=True):
         if worker.unacked_done:
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
         _put(self._counts_part, counts)
+        if not details:
+            return
         _put(self._task_part, self._task_line(worker, now))
         lines = list(worker.stderr)[-3:] if worker.stderr and worker.status in ("exited", KILLED) else []
         log = Text("\n".join(list(worker.log)[-4:]))
