@@ -42,6 +42,8 @@ REFRESH_SECONDS = 1 / 8
 SWITCH_INTERVAL = 0.001
 FOLD_SLICE = 250
 """Observations decoded and folded between two chances for a key press: about 1 ms of CPU."""
+INPUT_WAIT = 0.1
+"""Seconds the view loop waits at most, after a key press, for the screen to show what it changed."""
 DETAIL_SECONDS = 1.0
 """Behind a flood of events, the details are drawn this often; the figures on every tick."""
 FOLD_BUDGET = 0.03
@@ -105,7 +107,8 @@ class DispatchLab(LabActions):
         self._cards: dict[str, WorkerCard] = {}
         self._ticking = False
         self._detailed = 0.0
-        self._input_pending = False
+        self._input_shown: asyncio.Event | None = None
+        """Set once the screen shows what the last key press changed; None when nothing waits for it."""
         self._backlog: deque[Arrival] = deque()
         """Taken from the inbox, not yet folded, oldest first."""
 
@@ -205,6 +208,8 @@ class DispatchLab(LabActions):
             # Each part is drawn by the next screen update, one part a frame; in between, the
             # folding goes on a slice at a time (cards drawn later may show a little more).
             for _ in self._render_parts(details=details):
+                if self._input_shown is not None:
+                    await self._yield_to_input()  # no more changed widgets in front of a key's update
                 frame = time.perf_counter() + FRAME_SECONDS
                 await self._fold_until(frame - FRAME_SECONDS / 4)
                 await asyncio.sleep(max(0.0, frame - time.perf_counter()))
@@ -215,24 +220,35 @@ class DispatchLab(LabActions):
     async def _fold_until(self, deadline: float, *, refill: bool = True) -> None:
         """Fold slices until ``deadline`` (perf_counter) or until nothing is left, yielding between them."""
         while time.perf_counter() < deadline and self._fold_slice(refill=refill):
-            await asyncio.sleep(self._pause_for_input())
+            await self._yield_to_input()
 
     def _take_arrivals(self) -> None:
         """Move what arrived into the backlog."""
         if self.backend is not None:
             self._backlog.extend(self.backend.inbox.take())
 
-    def _pause_for_input(self) -> float:
-        """A frame's pause after a key press, else none: what the key changed is drawn before more folding."""
-        if self._input_pending:
-            self._input_pending = False
-            return FRAME_SECONDS
-        return 0.0
+    async def _yield_to_input(self) -> None:
+        """Let the loop run; after a key press, wait until the screen shows what the key changed.
+
+        Folding and drawing on at once put the key's screen update behind more work and
+        more changed widgets: 150-200 ms under a flood, where waiting for it takes a frame or two.
+        """
+        shown, self._input_shown = self._input_shown, None
+        if shown is None:
+            await asyncio.sleep(0)
+            return
+        try:
+            await asyncio.wait_for(shown.wait(), INPUT_WAIT)
+        except asyncio.TimeoutError:
+            pass  # the screen is slow to settle: fold on rather than stall
 
     async def on_event(self, event: events.Event) -> None:
-        if isinstance(event, events.Key):
-            self._input_pending = True
         await super().on_event(event)
+        if isinstance(event, events.Key):
+            # Priority bindings have run by now; a forwarded key is handled before the screen is idle.
+            shown = asyncio.Event()
+            self._input_shown = shown
+            self.call_after_refresh(shown.set)
 
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
