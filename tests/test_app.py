@@ -538,6 +538,12 @@ class _Feed:
 
         self.inbox = Inbox()
 
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
 
 def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     """A read of thousands of lines is cut at line ends: each fold step stays short, nothing is lost."""
@@ -557,3 +563,58 @@ def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     assert model.workers["w1"].current.tag == tasks, "the last line folded last"
     assert max(steps) <= FOLD_SLICE and len(steps) == -(-tasks // FOLD_SLICE)
     assert app.unfolded == 0 and feed.inbox.undecoded == 0
+
+
+def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
+    """While a backlog waits, the queue figures are drawn every BEHIND_DRAW_SECONDS at most, the timeline
+    every DETAIL_SECONDS at most; once the backlog is folded both show it all."""
+    from tui.app import BEHIND_DRAW_SECONDS, DETAIL_SECONDS
+    from tui.pool import WorkerOutput
+    from tui.widgets.queue_panel import QueuePanel
+    from tui.widgets.timeline_view import TimelineView
+
+    tasks = 40_000
+    reads = [  # as the reader would put them: complete lines, a few thousand at a time
+        "".join(
+            protocol.encode_inline_task('"w1"', 1_000.0 + n * 1e-4, n, f"m-{n}", "quick", False, True)
+            for n in range(first, first + 1000)
+        ).encode()
+        for first in range(1, tasks + 1, 1000)
+    ]
+    feed = _Feed()
+    model = Model(queue="q")
+    app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
+    draws: dict[str, list[tuple[float, bool]]] = {"figures": [], "timeline": []}
+    figures_show, timeline_show = QueuePanel.show, TimelineView.show
+
+    def on_figures(panel: QueuePanel, m: Model, now: float, durable: bool, *, details: bool = True) -> None:
+        draws["figures"].append((time.monotonic(), bool(app._backlog)))
+        figures_show(panel, m, now, durable, details=details)
+
+    def on_timeline(view: TimelineView, m: Model, now: float) -> None:
+        draws["timeline"].append((time.monotonic(), bool(app._backlog)))
+        timeline_show(view, m, now)
+
+    async def run() -> None:
+        async with app.run_test(size=(120, 36)):
+            await asyncio.sleep(0.3)
+            feed.inbox.put_many([WorkerOutput("w1", data) for data in reads])
+            deadline = time.monotonic() + 60
+            while app.unfolded or model.ledger.done_messages + model.workers["w1"].done < tasks:
+                await asyncio.sleep(0.05)
+                assert time.monotonic() < deadline, "the backlog was never folded"
+            await asyncio.sleep(0.5)
+
+    QueuePanel.show = on_figures  # type: ignore[method-assign]
+    TimelineView.show = on_timeline  # type: ignore[method-assign]
+    try:
+        asyncio.run(run())
+    finally:
+        QueuePanel.show, TimelineView.show = figures_show, timeline_show  # type: ignore[method-assign]
+    assert model.workers["w1"].done == tasks
+    behind = {part: [t for t, waiting in shown if waiting] for part, shown in draws.items()}
+    assert len(behind["figures"]) >= 2, "the figures stood still while the backlog was folded"
+    for part, least in (("figures", BEHIND_DRAW_SECONDS), ("timeline", DETAIL_SECONDS)):
+        gaps = [b - a for a, b in itertools.pairwise(behind[part])]
+        assert all(gap >= least * 0.9 for gap in gaps), (part, gaps)
+    assert draws["timeline"][-1][1] is False, "the timeline was not drawn once the backlog was folded"

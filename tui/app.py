@@ -44,8 +44,9 @@ FOLD_SLICE = 250
 """Observations decoded and folded between two chances for a key press: about 1 ms of CPU."""
 INPUT_WAIT = 0.1
 """Seconds the view loop waits at most, after a key press, for the screen to show what it changed."""
+BEHIND_DRAW_SECONDS = 0.25
 DETAIL_SECONDS = 1.0
-"""Behind a flood of events, the details are drawn this often; the figures on every tick."""
+"""Behind a flood of events, the figures are drawn every BEHIND_DRAW_SECONDS, the details this often."""
 FOLD_BUDGET = 0.03
 """Seconds a tick folds before it draws; it folds on between the parts it draws, and after them."""
 FRAME_SECONDS = 1 / 60
@@ -107,6 +108,7 @@ class DispatchLab(LabActions):
         self._cards: dict[str, WorkerCard] = {}
         self._ticking = False
         self._detailed = 0.0
+        self._drawn = 0.0
         self._input_shown: asyncio.Event | None = None
         """Set once the screen shows what the last key press changed; None when nothing waits for it."""
         self._backlog: deque[Arrival] = deque()
@@ -200,9 +202,14 @@ class DispatchLab(LabActions):
         try:
             self._take_arrivals()
             await self._fold_until(began + FOLD_BUDGET, refill=False)
-            # Behind a flood, drawing the details (timeline, lifelines, the cards' task and log
-            # lines) took half the UI thread's time: then only the figures move on every tick.
+            # Behind a flood, drawing took half the UI thread's time and put changed widgets in front
+            # of every key press: then the figures are drawn every BEHIND_DRAW_SECONDS and the details
+            # (timeline, lifelines, the cards' task and log lines) every DETAIL_SECONDS.
             details = not self._backlog or began - self._detailed >= DETAIL_SECONDS
+            if not details and began - self._drawn < BEHIND_DRAW_SECONDS:
+                await self._fold_until(began + REFRESH_SECONDS)
+                return
+            self._drawn = began
             if details:
                 self._detailed = began
             # Each part is drawn by the next screen update, one part a frame; in between, the
