@@ -1,4 +1,4 @@
-"""Provides DispatchLab, the Textual app: composition, bindings and the refresh timer."""
+"""Provides DispatchLab, the Textual app: composition, bindings and the view loop that folds and draws."""
 
 from __future__ import annotations
 
