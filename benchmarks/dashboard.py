@@ -25,7 +25,7 @@ from textual import events
 from benchmarks.figures import Bench, Figure, Target
 from tui import observations as obs
 from tui.app import DispatchLab
-from tui.backend import Backend, LabConfig
+from tui.backend import Backend, FeedBackend, LabConfig
 from tui.pool import Arrival, Inbox, WorkerOutput
 from tui.state import Model
 from tui.widgets.queue_panel import QueuePanel
@@ -379,24 +379,11 @@ def _rss_mib() -> float:
     return 0.0
 
 
-class _FeedBackend:
-    """Stands in for the backend: an inbox the benchmark fills, nothing to start or stop."""
-
-    def __init__(self) -> None:
-        self.inbox = Inbox()
-
-    def start(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
 def memory(bench: Bench) -> list[Figure]:
     """App RSS after N messages through the ledger (headless app, rendering as it goes) minus at start."""
     messages = _sizes(bench)[2]
     config = LabConfig(url="amqp://guest:guest@localhost/%2F", queue="bench-memory", workers=4)
-    feed = _FeedBackend()
+    feed = FeedBackend()
     model = Model(queue=config.queue, prefix="ab12")
     app = DispatchLab(config, model, feed)  # type: ignore[arg-type]
     figures: dict[str, float] = {}

@@ -25,7 +25,7 @@ from textual.widgets import Input, Static
 
 from tui import observations as obs
 from tui.app import DispatchLab
-from tui.backend import Backend, LabConfig
+from tui.backend import Backend, FeedBackend, LabConfig
 from tui.launch import preflight
 from tui.ledger import AFTER_CRASH, DONE, FIRST, LOST, MODE_CHANGE, MessageRecord
 from tui.state import Model
@@ -530,21 +530,6 @@ def test_selected_styles_only_the_card_itself() -> None:
             assert re.fullmatch(r"\s*[\w-]*(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*\s*", part), part
 
 
-class _Feed:
-    """A backend with only an inbox: what the app folds, without workers or a broker."""
-
-    def __init__(self) -> None:
-        from tui.pool import Inbox
-
-        self.inbox = Inbox()
-
-    def start(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
 def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     """A read of thousands of lines is cut at line ends: each fold step stays short, nothing is lost."""
     from tui.app import FOLD_SLICE
@@ -552,7 +537,7 @@ def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
 
     tasks = 1000
     lines = [protocol.encode_started('"w1"', 1.0 + n, n, f"m-{n}", 0.0) for n in range(1, tasks + 1)]
-    feed = _Feed()
+    feed = FeedBackend()
     feed.inbox.put_many([WorkerOutput("w1", "".join(lines).encode())])
     model = Model(queue="q")
     app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
@@ -581,7 +566,7 @@ def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
         ).encode()
         for first in range(1, tasks + 1, 1000)
     ]
-    feed = _Feed()
+    feed = FeedBackend()
     model = Model(queue="q")
     app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
     draws: dict[str, list[tuple[float, bool]]] = {"figures": [], "timeline": []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from rich.text import Text
+from textual.pilot import Pilot
 from textual.widgets import Static
 
 from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
@@ -19,6 +20,13 @@ Shown = tuple[object, object, object, str | None]
 """The texts of a card's counts, task line and log, and its border title."""
 
 
+async def _w2(app: DispatchLab, pilot: Pilot[None]) -> tuple[WorkerCard, list[Static]]:
+    """The snapshot scene's busy card, w2, and its counts, task and log parts, once drawn."""
+    await pilot.pause()
+    card = app.query_one("#card-w2", WorkerCard)
+    return card, [card.query_one(f".{name}", Static) for name in ("counts", "task", "log")]
+
+
 def test_half_a_second_later_only_the_task_line_is_new() -> None:
     """w2 is 2.5 s into the 5 s #5: its progress moves, its counts, log and title stay (no repaint for them)."""
 
@@ -26,9 +34,7 @@ def test_half_a_second_later_only_the_task_line_is_new() -> None:
         model = replay(session_snapshot().events, mode=CONFIG.mode)
         app = DispatchLab(CONFIG, model, backend=None, clock=lambda: SNAPSHOT_NOW)
         async with app.run_test(size=(120, 36)) as pilot:
-            await pilot.pause()
-            card = app.query_one("#card-w2", WorkerCard)
-            parts = [card.query_one(f".{name}", Static) for name in ("counts", "task", "log")]
+            card, parts = await _w2(app, pilot)
 
             def shown() -> Shown:
                 counts, task, log = (part.content for part in parts)
@@ -52,9 +58,7 @@ def test_without_details_only_the_counts_move_and_the_next_full_show_draws_the_r
         model = replay(session_snapshot().events, mode=CONFIG.mode)
         app = DispatchLab(CONFIG, model, backend=None, clock=lambda: SNAPSHOT_NOW)
         async with app.run_test(size=(120, 36)) as pilot:
-            await pilot.pause()
-            card = app.query_one("#card-w2", WorkerCard)
-            parts = [card.query_one(f".{name}", Static) for name in ("counts", "task", "log")]
+            card, parts = await _w2(app, pilot)
 
             def plain() -> list[str]:
                 return [part.content.plain if isinstance(part.content, Text) else "" for part in parts]

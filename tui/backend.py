@@ -137,3 +137,19 @@ class Backend:
 def _is_ours(connection_name: str, pids: set[str]) -> bool:
     match = _OUR_CONNECTION.match(connection_name)
     return bool(match and match["pid"] in pids) or connection_name.startswith("dispatch-lab monitor")
+
+
+class FeedBackend:
+    """Stands in for the backend with an inbox alone: what is put in it gets folded, nothing is started.
+
+    For benchmarks and tests that feed the dashboard recorded or made-up arrivals.
+    """
+
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+
+    def start(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
