@@ -531,8 +531,8 @@ def test_apply_all_folds_as_apply_does_item_by_item() -> None:
         assert one_by_one.events == len(items)
 
 
-def test_started_and_done_act_on_the_delivery_held_key_names() -> None:
-    """Both look up the common case (the tag held, for the same message) inline: the answer is held_key's."""
+def test_started_and_done_act_on_the_delivery_held_delivery_names() -> None:
+    """Both act on the delivery WorkerState.held_delivery names for their tag and message id."""
     rng = random.Random(20261131)
     for _ in range(60):
         model = Model(prefix=PREFIX, ledger_cap=6)
@@ -541,8 +541,8 @@ def test_started_and_done_act_on_the_delivery_held_key_names() -> None:
             if w is None or not isinstance(item, (protocol.Started, protocol.Done)):
                 model.apply(item)
                 continue
-            key = w.held_key(item.tag, item.msg_id)
-            named = None if key is None else w.held[key]
+            found = w.held_delivery(item.tag, item.msg_id)
+            key, named = (None, None) if found is None else found
             runs = named.done_count if named else 0
             model.apply(item)
             if isinstance(item, protocol.Started):

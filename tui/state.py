@@ -124,21 +124,22 @@ class WorkerState:
             return None
         return max(0.0, 2 * self.heartbeat - (now - self.last_seen))
 
-    def held_key(self, tag: int, msg_id: str | None) -> int | None:
-        """The key in ``held`` of the delivery an event with this tag and message id is about.
+    def held_delivery(self, tag: int, msg_id: str | None) -> tuple[int, MessageRecord] | None:
+        """The key in ``held`` and the record of the delivery an event with this tag and message id is about.
 
         Tags restart at 1 on each new channel, so after a reconnect an auto-ack task
         kept across the lost connection can share its tag with a new delivery; the
         older one was moved to a negative key when the newer arrived, and the
-        message id tells them apart.
+        message id tells them apart. The common answer (this tag, this message) comes
+        first: a flood asks for every task.
         """
         record = self.held.get(tag)
         if record is not None and (msg_id is None or record.msg_id == msg_id):
-            return tag
+            return tag, record
         for key, other in self.held.items():
             if key < 0 and other.msg_id == msg_id:
-                return key
-        return tag if record is not None else None
+                return key, other
+        return (tag, record) if record is not None else None
 
     @property
     def waiting(self) -> int:
@@ -255,7 +256,7 @@ class Model:
             w.redelivered += 1
         record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or "manual")
         held, tag = w.held, e.tag
-        if tag in held:  # the same tag on a new channel: see WorkerState.held_key
+        if tag in held:  # the same tag on a new channel: see WorkerState.held_delivery
             kept = held.pop(tag)
             held[min([0, *held]) - 1] = kept
         held[tag] = record
@@ -268,12 +269,8 @@ class Model:
         w = self._worker(e.worker)
         ts, tag = e.ts, e.tag
         w.last_seen = ts
-        record = w.held.get(tag)
-        if record is None or (e.msg_id is not None and record.msg_id != e.msg_id):
-            # Only then is held_key needed: its common answer (this tag, this message) is checked
-            # inline, as a flood asks it for every task.
-            key = w.held_key(tag, e.msg_id)
-            record = None if key is None else w.held.get(key)
+        found = w.held_delivery(tag, e.msg_id)
+        record = None if found is None else found[1]
         if record is None:
             body, label, redelivered = "", f"tag {tag}", False
         else:
@@ -294,14 +291,10 @@ class Model:
         ts, tag = e.ts, e.tag
         w.done += 1
         w.last_seen = ts
-        held = w.held
-        record = held.get(tag)
-        if record is not None and (e.msg_id is None or record.msg_id == e.msg_id):
-            del held[tag]  # held_key's common answer, checked inline as in _on_started
-        else:
-            key = w.held_key(tag, e.msg_id)
-            record = None if key is None else held.pop(key)
-        if record is not None:
+        found = w.held_delivery(tag, e.msg_id)
+        if found is not None:
+            key, record = found
+            del w.held[key]
             self.ledger.done(record, ts, e.acked)
             if not e.acked:
                 w.unacked_done[tag] = record
@@ -328,9 +321,10 @@ class Model:
     def _on_returned(self, e: protocol.Returned) -> None:
         w = self._worker(e.worker)
         w.returned += 1
-        key = w.held_key(e.tag, e.msg_id)
-        record = None if key is None else w.held.pop(key)
-        if record is not None:
+        found = w.held_delivery(e.tag, e.msg_id)
+        if found is not None:
+            key, record = found
+            del w.held[key]
             self.ledger.returned(record, e.ts, e.reason, e.worker)
         if w.current is not None and w.current.tag == e.tag:
             w.current = None
