@@ -206,23 +206,26 @@ class DispatchLab(LabActions):
             # of every key press: then the figures are drawn every BEHIND_DRAW_SECONDS and the details
             # (timeline, lifelines, the cards' task and log lines) every DETAIL_SECONDS.
             details = not self._backlog or began - self._detailed >= DETAIL_SECONDS
-            if not details and began - self._drawn < BEHIND_DRAW_SECONDS:
-                await self._fold_until(began + REFRESH_SECONDS)
-                return
-            self._drawn = began
-            if details:
-                self._detailed = began
-            # Each part is drawn by the next screen update, one part a frame; in between, the
-            # folding goes on a slice at a time (cards drawn later may show a little more).
-            for _ in self._render_parts(details=details):
-                if self._input_shown is not None:
-                    await self._yield_to_input()  # no more changed widgets in front of a key's update
-                frame = time.perf_counter() + FRAME_SECONDS
-                await self._fold_until(frame - FRAME_SECONDS / 4)
-                await asyncio.sleep(max(0.0, frame - time.perf_counter()))
+            if details or began - self._drawn >= BEHIND_DRAW_SECONDS:
+                self._drawn = began
+                if details:
+                    self._detailed = began
+                await self._draw(details)
             await self._fold_until(began + REFRESH_SECONDS)
         finally:
             self._ticking = False
+
+    async def _draw(self, details: bool) -> None:
+        """Draw the view a part a frame; in between, the folding goes on a slice at a time.
+
+        Each part is drawn by the next screen update (cards drawn later may show a little more).
+        """
+        for _ in self._render_parts(details=details):
+            if self._input_shown is not None:
+                await self._yield_to_input()  # no more changed widgets in front of a key's update
+            frame = time.perf_counter() + FRAME_SECONDS
+            await self._fold_until(frame - FRAME_SECONDS / 4)
+            await asyncio.sleep(max(0.0, frame - time.perf_counter()))
 
     async def _fold_until(self, deadline: float, *, refill: bool = True) -> None:
         """Fold slices until ``deadline`` (perf_counter) or until nothing is left, yielding between them."""
