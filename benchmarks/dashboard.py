@@ -113,28 +113,28 @@ def _record_screen(screen: Screen) -> Callable[[], None]:
     return undo
 
 
-def _record_displays(app: DispatchLab) -> list[tuple[float, float]]:
-    """Note (time.time(), perf_counter()) each time the app hands a screen update to its driver.
+def _record_displays(app: DispatchLab) -> list[float]:
+    """Note the time.time() of each screen update the app hands to its driver.
 
     That is when the screen shows what widgets changed before it: a value set on a
     widget is not on screen until the next update is drawn.
     """
-    displays: list[tuple[float, float]] = []
+    displays: list[float] = []
     original = app._display
 
     def display(screen: Any, renderable: Any) -> None:
         original(screen, renderable)
-        displays.append((time.time(), time.perf_counter()))
+        displays.append(time.time())
 
     app._display = display  # type: ignore[method-assign]
     return displays
 
 
-def _painted(displays: list[tuple[float, float]], after: float, clock: int) -> float | None:
-    """The first display, on ``clock`` (0 = time.time, 1 = perf_counter), that ended after ``after``."""
+def _painted(displays: list[float], after: float) -> float | None:
+    """The end of the first screen update that ended after ``after`` (time.time())."""
     for shown in displays:
-        if shown[clock] >= after:
-            return shown[clock]
+        if shown >= after:
+            return shown
     return None
 
 
@@ -190,11 +190,11 @@ def dashboard_lag(bench: Bench) -> list[Figure]:
     async def run() -> None:
         async with app.run_test(size=(120, 36)):
             deadline = time.monotonic() + 120 + tasks / 200
-            while not (screen.shown and screen.shown[-1][1] >= tasks and _painted(displays, screen.shown[-1][0], 0)):
+            while not (screen.shown and screen.shown[-1][1] >= tasks and _painted(displays, screen.shown[-1][0])):
                 await asyncio.sleep(0.02)  # pilot.pause would force a screen update each time
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the screen reached only {screen.shown[-1][1] if screen.shown else 0}")
-            painted = _painted(displays, screen.shown[-1][0], 0)
+            painted = _painted(displays, screen.shown[-1][0])
             assert painted is not None
             final_lag.append(painted - max(inbox.done_ts()))
 
@@ -206,7 +206,7 @@ def dashboard_lag(bench: Bench) -> list[Figure]:
     done = sorted(inbox.done_ts())
     # What the screen showed, and from when: each panel update counts from the screen update that drew it.
     painted_counts = sorted(
-        (painted, count) for at, count in screen.shown if (painted := _painted(displays, at, 0)) is not None
+        (painted, count) for at, count in screen.shown if (painted := _painted(displays, at)) is not None
     )
     ages, behind = _sampled_lag(done, painted_counts, final_lag[0])
     p95 = _p95(ages)
