@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import pytest
 
 from tests.helpers import publish, wait_until
 from tui import observations as obs
-from tui.pool import Inbox, PoolClosed, WorkerOutput, WorkerPool, head_lines, lines_in
+from tui.pool import WORKER_NICENESS, Inbox, PoolClosed, WorkerOutput, WorkerPool, head_lines, lines_in
 from tui.state import Model
 from workers import protocol
 from workers.settings import DispatchMode, url_parts
@@ -466,3 +467,24 @@ def test_head_lines_cuts_a_read_at_a_line_end_and_keeps_every_byte() -> None:
     assert head_lines(unfinished, 10)[1] == WorkerOutput("w1", b'{"n":')
     other = obs.WorkerExited("w1", 1.0, 0)
     assert head_lines(other, 1) == (other, None)
+
+
+def test_a_worker_runs_in_its_own_process_group_in_our_session_below_our_priority(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Terminal signals (Ctrl+C) go to the dashboard's group only; the niceness counts against the UI.
+
+    A session of its own would put the worker in its own autogroup on Linux, where
+    the scheduler shares the CPU between sessions and ignores the niceness.
+    """
+    fake_worker(monkeypatch, STUBBORN_SCRIPT, "polite")
+    pool, seen = make_pool("amqp://guest:guest@127.0.0.1:5672/%2F", "q")
+    try:
+        pool.spawn()
+        seen.wait(obs.WorkerGarbage)  # "up"
+        pid = pool.processes["w1"].process.pid
+        assert os.getpgid(pid) == pid != os.getpgid(0)
+        assert os.getsid(pid) == os.getsid(0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
+    finally:
+        pool.shutdown(timeout=1.0)
