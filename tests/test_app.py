@@ -15,9 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pika
+import pytest
 from rich.console import Console
 from textual import events
 from textual.pilot import Pilot
@@ -603,3 +604,73 @@ def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
         gaps = [b - a for a, b in itertools.pairwise(behind[part])]
         assert all(gap >= least * 0.9 for gap in gaps), (part, gaps)
     assert draws["timeline"][-1][1] is False, "the timeline was not drawn once the backlog was folded"
+
+
+def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a flood, a key's screen update waits for no fold slice and no further part of the view."""
+    from tui import app as app_module
+    from tui.pool import WorkerOutput
+
+    monkeypatch.setattr(app_module, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
+    tasks = 20_000
+    reads = [
+        "".join(
+            protocol.encode_inline_task(f'"w{n % 2 + 1}"', 1_000.0 + n * 1e-4, n, f"m-{n}", "quick", False, True)
+            for n in range(first, first + 1000)
+        ).encode()
+        for first in range(1, tasks + 1, 1000)
+    ]
+    feed = FeedBackend()
+    model = Model(queue="q")
+    app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
+    trace: list[str] = []
+    fold_slice, show_selection, display = app._fold_slice, app.show_selection, app._display
+    card_show = WorkerCard.show
+
+    def on_fold(*, refill: bool = True) -> bool:
+        folded = fold_slice(refill=refill)
+        if folded:
+            trace.append("fold")
+        return folded
+
+    def on_select() -> None:
+        trace.append("key")
+        show_selection()
+
+    def on_display(screen: Any, renderable: Any) -> None:
+        display(screen, renderable)
+        trace.append("screen")
+
+    def on_card(card: WorkerCard, worker: Any, now: float, *, details: bool = True) -> None:
+        trace.append("draw")
+        card_show(card, worker, now, details=details)
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE):
+            feed.inbox.put_many([WorkerOutput("w1", read) for read in reads[:2]])
+            while len(app._cards) < 2:
+                await asyncio.sleep(0.02)
+            feed.inbox.put_many([WorkerOutput("w1", read) for read in reads[2:]])
+            presses = 0
+            deadline = time.monotonic() + 60
+            while app.unfolded and presses < 10:
+                app.post_message(events.Key("ctrl+n", None))  # as the terminal driver posts it
+                presses += 1
+                await asyncio.sleep(0.15)
+                assert time.monotonic() < deadline
+
+    app._fold_slice = on_fold  # type: ignore[method-assign]
+    app.show_selection = on_select  # type: ignore[method-assign]
+    app._display = on_display  # type: ignore[method-assign]
+    WorkerCard.show = on_card  # type: ignore[method-assign]
+    try:
+        asyncio.run(run())
+    finally:
+        WorkerCard.show = card_show  # type: ignore[method-assign]
+    answered = [i for i, step in enumerate(trace) if step == "key" and "fold" in trace[i:]]
+    assert len(answered) >= 3, f"too few presses while the backlog was folded: {trace.count('key')}"
+    for i in answered:
+        until_shown = trace[i + 1 : trace.index("screen", i)]
+        assert "fold" not in until_shown and "draw" not in until_shown, trace[i : i + 8]

@@ -221,16 +221,19 @@ class DispatchLab(LabActions):
         Each part is drawn by the next screen update (cards drawn later may show a little more).
         """
         for _ in self._render_parts(details=details):
-            if self._input_shown is not None:
-                await self._yield_to_input()  # no more changed widgets in front of a key's update
             frame = time.perf_counter() + FRAME_SECONDS
             await self._fold_until(frame - FRAME_SECONDS / 4)
             await asyncio.sleep(max(0.0, frame - time.perf_counter()))
+            if self._input_shown is not None:
+                # A key came during the sleep: no next part's changed widgets in front of its update.
+                await self._yield_to_input()
 
     async def _fold_until(self, deadline: float, *, refill: bool = True) -> None:
         """Fold slices until ``deadline`` (perf_counter) or until nothing is left, yielding between them."""
-        while time.perf_counter() < deadline and self._fold_slice(refill=refill):
-            await self._yield_to_input()
+        while time.perf_counter() < deadline:
+            await self._yield_to_input()  # first: a key that came meanwhile waits for no slice
+            if not self._fold_slice(refill=refill):
+                return
 
     def _take_arrivals(self) -> None:
         """Move what arrived into the backlog."""
@@ -245,8 +248,10 @@ class DispatchLab(LabActions):
         """
         shown, self._input_shown = self._input_shown, None
         if shown is None:
-            await asyncio.sleep(0)
-            return
+            await asyncio.sleep(0)  # a key press waiting in the queue is handled here
+            shown, self._input_shown = self._input_shown, None
+            if shown is None:
+                return
         try:
             await asyncio.wait_for(shown.wait(), INPUT_WAIT)
         except asyncio.TimeoutError:
