@@ -484,7 +484,8 @@ def test_a_worker_runs_in_its_own_process_group_in_our_session_below_our_priorit
         seen.wait(obs.WorkerGarbage)  # "up"
         pid = pool.processes["w1"].process.pid
         assert os.getpgid(pid) == pid != os.getpgid(0)
-        assert os.getsid(pid) == os.getsid(0)
+        if sys.version_info >= (3, 11):  # 3.10 has no safe way to a group alone: a session of its own there
+            assert os.getsid(pid) == os.getsid(0)
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
     finally:
         pool.shutdown(timeout=1.0)

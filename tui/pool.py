@@ -57,7 +57,11 @@ def widen_pipe(stream: IO[bytes]) -> None:
 # own (start_new_session): Linux's autogroup scheduler shares the CPU equally between
 # sessions, niceness counts only inside one, and four busy workers in four sessions took
 # 55-80 % of the time the UI thread was ready to run (measured, /proc/<tid>/schedstat).
-_OWN_PROCESS_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+# Python 3.10 has no process_group and its preexec_fn is unsafe beside threads: there the
+# worker keeps a session of its own, as before.
+_OWN_PROCESS_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
+)
 
 
 def _yield_cpu_to_the_ui(pid: int) -> None:
