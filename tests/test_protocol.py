@@ -273,3 +273,93 @@ BAD_COMMANDS: list[str | bytes] = [
 @pytest.mark.parametrize("line", BAD_COMMANDS, ids=range(len(BAD_COMMANDS)))
 def test_bad_commands_decode_to_none(line: str | bytes) -> None:
     assert decode_command(line) is None
+
+
+# ----- the compact form: ``tasks`` lines
+
+
+def _compact_sample() -> tuple[str, list[Event]]:
+    items = [
+        protocol.item_received(TS, 1, "ab12-1", "First message.", False),
+        protocol.item_started(TS + 1, 1, "ab12-1", 2),
+        protocol.item_done(TS + 3, 1, "ab12-1", True),
+        protocol.item_worked(TS + 4, 2**40, None, 'quotes " and \\ and \n and ☃', True, False),
+    ]
+    events: list[Event] = [
+        Received("wörker", TS, 1, "ab12-1", "First message.", False),
+        Started("wörker", TS + 1, 1, "ab12-1", 2.0),
+        Done("wörker", TS + 3, 1, "ab12-1", True),
+        Received("wörker", TS + 4, 2**40, None, 'quotes " and \\ and \n and ☃', True),
+        Started("wörker", TS + 4, 2**40, None, 0.0),
+        Done("wörker", TS + 4, 2**40, None, False),
+    ]
+    return protocol.encode_tasks(json.dumps("wörker", ensure_ascii=False), items), events
+
+
+def test_a_tasks_line_gives_the_events_its_items_stand_for_in_order() -> None:
+    line, events = _compact_sample()
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert protocol.decode_all(line) == events
+    assert protocol.decode_all(line.encode()) == events
+    assert decode(line) is None, "not one event: readers of single events do not take it for one"
+    assert protocol.decode_all(encode(events[0])) == [events[0]]
+    # Mixed with v1 lines in one read, as a worker's pipe gives them: the same order.
+    ready = Ready("wörker", TS, 1, "q", 5, "manual")
+    block = encode(ready) + line + encode(events[2]) + line
+    decoded, clean = protocol.decode_lines(block.encode())
+    assert clean and decoded == [ready, *events, events[2], *events]
+
+
+BAD_ITEMS: list[object] = [
+    ["d", TS, 1, "a"],  # too short
+    ["d", TS, 1, "a", True, 1],  # too long
+    ["d", "1.0", 1, "a", True],
+    ["d", TS, "1", "a", True],
+    ["d", TS, True, "a", True],
+    ["d", TS, 1.0, "a", True],
+    ["d", TS, 1, 7, True],
+    ["d", TS, 1, "a", "true"],
+    ["d", TS, 1, "a", 1],
+    ["s", TS, 1, "a", "2"],
+    ["s", TS, 1, "a", None],
+    ["r", TS, 1, "a", None, False],
+    ["r", TS, 1, "a", "body", 0],
+    ["t", TS, 1, "a", "body", False, None],
+    ["t", TS, 1, "a", "body", False],
+    ["x", TS, 1, "a", True],
+    [],
+    "d",
+    {"d": 1},
+    ["d", 10**400, 1, "a", True],  # too big for a float
+]
+
+
+@pytest.mark.parametrize("bad", range(len(BAD_ITEMS)))
+def test_a_tasks_line_with_any_bad_item_is_refused_whole(bad: int) -> None:
+    good = ["d", TS, 1, "a", True]
+    items = json.dumps([good, BAD_ITEMS[bad], good])
+    line = f'{{"v":1,"event":"tasks","worker":"w1","ts":{TS},"items":{items}}}\n'
+    assert protocol.decode_all(line) is None
+    decoded, clean = protocol.decode_lines(line.encode())
+    assert not clean and decoded == [line.encode().rstrip(b"\n")]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"v":1,"event":"tasks","worker":"w1","ts":1.0,"items":{}}',
+        '{"v":1,"event":"tasks","worker":1,"ts":1.0,"items":[]}',
+        '{"v":1,"event":"tasks","worker":"w1","ts":"1","items":[]}',
+        '{"v":true,"event":"tasks","worker":"w1","ts":1.0,"items":[]}',
+        '{"v":2,"event":"tasks","worker":"w1","ts":1.0,"items":[]}',
+        '{"v":1,"event":"tasks","worker":"w1","ts":1.0,"items":[["d",1.0,1,"a",true]]',
+        '{"v":1,"event":"tasks","worker":"w1","ts":1.0,"items":[["d",NaN,1,"a",true]]}',
+        '{"v":1,"event":"tasks",' + "[" * 100_000,
+        b'{"v":1,"event":"tasks","worker":"w\xff","ts":1.0,"items":[]}',
+    ],
+)
+def test_a_malformed_tasks_line_is_no_event(line: str | bytes) -> None:
+    assert protocol.decode_all(line) is None
+    data = line if isinstance(line, bytes) else line.encode()
+    decoded, clean = protocol.decode_lines(data + b"\n")
+    assert not clean and all(isinstance(item, bytes) for item in decoded)

@@ -336,6 +336,11 @@ def decode_lines(data: bytes) -> tuple[list[Event | bytes], bool]:
         text
     ):
         if not ts:  # every hot match has a timestamp, the other alternative none
+            if other.startswith(_TASKS_PREFIX):
+                events = _decode_tasks(other)
+                if events is not None:
+                    out += events
+                    continue
             clean &= _decode_into(out, other.encode())
             continue
         msg = None if msg_id == "null" else msg_id[1:-1]
@@ -349,14 +354,123 @@ def decode_lines(data: bytes) -> tuple[list[Event | bytes], bool]:
 
 
 def _decode_into(out: list[Event | bytes], line: bytes) -> bool:
-    """Append the line's event, or the line itself when it is none and not blank; True for an event."""
-    event = decode(line)
-    if event is not None:
-        out.append(event)
+    """Append the line's events, or the line itself when it holds none and is not blank; True for events."""
+    events = decode_all(line)
+    if events is not None:
+        out += events
         return True
     if line.strip():
         out.append(line)
     return False
+
+
+def decode_all(line: str | bytes) -> list[Event] | None:
+    """The events in one line: one for a v1 event line, several for a ``tasks`` line; None for anything else."""
+    event = decode(line)
+    if event is not None:
+        return [event]
+    return _decode_tasks(line)
+
+
+# The compact form: workers started with --compact-events write the received, started and
+# done events of an I/O cycle as the items of one ``tasks`` line, in order (other kinds stay
+# v1 lines between them). The dashboard asks for it: json decodes the items in C, about a
+# third of what the regular expression above costs per event.
+TASKS = "tasks"
+TASKS_CAP = 200
+"""Items in one ``tasks`` line at most: a line stays within tens of kilobytes."""
+_TASKS_PREFIX = '{"v":1,"event":"tasks",'
+_encode_items = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+TaskItem = tuple[Any, ...]
+"""One item of a ``tasks`` line: its code and the event's fields after ``worker``, as below."""
+
+
+def item_received(ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool) -> TaskItem:
+    return ("r", ts, tag, msg_id, body, redelivered)
+
+
+def item_started(ts: float, tag: int, msg_id: str | None, seconds: float) -> TaskItem:
+    return ("s", ts, tag, msg_id, float(seconds))
+
+
+def item_done(ts: float, tag: int, msg_id: str | None, acked: bool) -> TaskItem:
+    return ("d", ts, tag, msg_id, acked)
+
+
+def item_worked(ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, acked: bool) -> TaskItem:
+    """A task received, started (0 s) and done at ``ts``: the three events in one item."""
+    return ("t", ts, tag, msg_id, body, redelivered, acked)
+
+
+def encode_tasks(worker_json: str, items: list[TaskItem]) -> str:
+    """One ``tasks`` line (with its newline) holding ``items`` in order; ``ts`` is the first item's."""
+    return f'{{"v":1,"event":"tasks","worker":{worker_json},"ts":{items[0][1]!r},"items":{_encode_items(items)}}}\n'
+
+
+def _decode_tasks(line: str | bytes) -> list[Event] | None:
+    """The events of a ``tasks`` line in order, or None when it is none or any item is malformed.
+
+    All or nothing: one writer wrote the line in one write, so a bad item means a bad line.
+    """
+    try:
+        if not isinstance(line, str):
+            line = line.decode("utf-8")
+        if not line.startswith(_TASKS_PREFIX):
+            return None
+        data = _json_decode(line)
+    except (ValueError, RecursionError):
+        return None
+    if type(data) is not dict or data.get("v") != VERSION or type(data.get("v")) is not int:
+        return None
+    worker, ts, items = data.get("worker"), data.get("ts"), data.get("items")
+    if type(worker) is not str or type(ts) not in _NUMBER or type(items) is not list:
+        return None
+    out: list[Event] = []
+    append = out.append
+    try:
+        for item in items:
+            if type(item) is not list or not item:
+                return None
+            code = item[0]
+            if code == "d":
+                _, at, tag, msg, acked = item
+                if type(acked) is not bool:
+                    return None
+            elif code == "s":
+                _, at, tag, msg, seconds = item
+                if type(seconds) not in _NUMBER:
+                    return None
+            elif code == "r" or code == "t":
+                if code == "r":
+                    _, at, tag, msg, body, redelivered = item
+                else:
+                    _, at, tag, msg, body, redelivered, acked = item
+                    if type(acked) is not bool:
+                        return None
+                if type(body) is not str or type(redelivered) is not bool:
+                    return None
+            else:
+                return None
+            if type(at) not in _NUMBER or type(tag) is not int or (msg is not None and type(msg) is not str):
+                return None
+            at = float(at)
+            if code == "d":
+                append(Done(worker, at, tag, msg, acked))
+            elif code == "s":
+                append(Started(worker, at, tag, msg, float(seconds)))
+            elif code == "r":
+                append(Received(worker, at, tag, msg, body, redelivered))
+            else:
+                append(Received(worker, at, tag, msg, body, redelivered))
+                append(Started(worker, at, tag, msg, 0.0))
+                append(Done(worker, at, tag, msg, acked))
+    except (ValueError, OverflowError):  # a list of the wrong length; an integer too big for a float
+        return None
+    return out
+
+
+_NUMBER = (float, int)
 
 
 # Hot-path encoders: the worker writes three of these per task, so they avoid
