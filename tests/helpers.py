@@ -115,11 +115,11 @@ class WorkerProc:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
             text = raw.decode("utf-8", "backslashreplace").rstrip("\n")
-            event = protocol.decode(raw) if self._events_mode else None
+            events = protocol.decode_all(raw) if self._events_mode else None  # a ``tasks`` line holds several
             with self._cond:
                 self._lines.append(text)
-                if event is not None:
-                    self._events.append(event)
+                if events is not None:
+                    self._events += events
                 elif self._events_mode:
                     self.bad_lines.append(text)
                 self._cond.notify_all()

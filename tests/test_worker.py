@@ -59,9 +59,16 @@ def assert_clean_output(*workers: WorkerProc) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_round_robin_prefetch_0(broker_url: str, queue_name: str, spawn_worker: WorkerFactory) -> None:
-    """The tutorial's run: with two idle consumers the broker hands out every other message."""
-    w1, w2 = start_in_order(lambda name: spawn_worker(queue_name, name, prefetch=0, seconds_per_dot=0.2), "w1", "w2")
+@pytest.mark.parametrize("form", ["v1", "compact"])
+def test_round_robin_prefetch_0(broker_url: str, queue_name: str, spawn_worker: WorkerFactory, form: str) -> None:
+    """The tutorial's run: with two idle consumers the broker hands out every other message.
+
+    The same in the compact form the dashboard asks for: ``tasks`` lines give the same events.
+    """
+    extra = ["--compact-events"] if form == "compact" else []
+    w1, w2 = start_in_order(
+        lambda name: spawn_worker(queue_name, name, prefetch=0, seconds_per_dot=0.2, extra_args=extra), "w1", "w2"
+    )
     ready = w1.of(Ready)[0]
     assert (ready.queue, ready.prefetch, ready.ack, ready.pid) == (queue_name, 0, "manual", w1.proc.pid)
 
@@ -78,6 +85,8 @@ def test_round_robin_prefetch_0(broker_url: str, queue_name: str, spawn_worker: 
     assert max_held(w1.events) >= 2, w1.describe()
     # Started says how long the work takes: dots x seconds-per-dot.
     assert [round(e.seconds, 6) for e in w1.of(Started)] == [0.2, 0.6, 1.0]
+    tasks_lines = [line for line in w1.lines + w2.lines if line.startswith('{"v":1,"event":"tasks",')]
+    assert bool(tasks_lines) == (form == "compact"), "the form asked for is the form written"
     assert w1.stop() == 0 and w2.stop() == 0
     assert_clean_output(w1, w2)
 
@@ -283,14 +292,21 @@ def test_three_minute_task_with_10s_heartbeat(broker_url: str, queue_name: str, 
 
 
 @pytest.mark.timeout(60)
-def test_live_mode_change_returns_waiting_tasks(broker_url: str, queue_name: str, spawn_worker: WorkerFactory) -> None:
-    """Prefetch 0 -> 1 on a running worker: its waiting backlog goes back and is shared."""
-    w1 = spawn_worker(queue_name, "w1", prefetch=0, seconds_per_dot=0.1)
+@pytest.mark.parametrize("form", ["v1", "compact"])
+def test_live_mode_change_returns_waiting_tasks(
+    broker_url: str, queue_name: str, spawn_worker: WorkerFactory, form: str
+) -> None:
+    """Prefetch 0 -> 1 on a running worker: its waiting backlog goes back and is shared.
+
+    In the compact form the returned and mode lines come between ``tasks`` lines, in order.
+    """
+    extra = ["--compact-events"] if form == "compact" else []
+    w1 = spawn_worker(queue_name, "w1", prefetch=0, seconds_per_dot=0.1, extra_args=extra)
     w1.ready()
     ids = publish(broker_url, queue_name, [f"task {i}......" for i in range(8)])
     w1.wait_event(Received, count=8)
     w1.wait_event(Started)
-    w2 = spawn_worker(queue_name, "w2", prefetch=1, seconds_per_dot=0.1)
+    w2 = spawn_worker(queue_name, "w2", prefetch=1, seconds_per_dot=0.1, extra_args=extra)
     w2.ready()
     assert w2.of(Received) == [], "w1 held the whole backlog"
 
@@ -321,6 +337,10 @@ def test_live_mode_change_returns_waiting_tasks(broker_url: str, queue_name: str
     assert max(series[mode_at:]) <= 2, w1.describe()
     assert w1.stop() == 0 and w2.stop() == 0
     assert_clean_output(w1, w2)
+    tasks_lines = [line for line in w1.lines + w2.lines if line.startswith('{"v":1,"event":"tasks",')]
+    assert bool(tasks_lines) == (form == "compact")
+    if form == "compact":
+        assert not any('"event":"received"' in line or '"event":"done"' in line for line in w1.lines + w2.lines)
 
 
 @pytest.mark.timeout(60)
@@ -398,7 +418,8 @@ class _RecordingStream:
         self.happened.append(("ack", tag))
 
 
-def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line() -> None:
+@pytest.mark.parametrize("compact", [False, True])
+def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line(compact: bool) -> None:
     """The prefetch-1 fast path: received/started/done written in one write, then the ack, at once."""
     from types import SimpleNamespace
 
@@ -406,13 +427,21 @@ def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line() -> Non
     from workers.worker import Worker
 
     seen = _RecordingStream()
-    worker = Worker("amqp://x", name="w1", mode=DispatchMode(1, "manual"), seconds_per_dot=0.0, events=seen)  # type: ignore[arg-type]
+    worker = Worker(
+        "amqp://x",
+        name="w1",
+        mode=DispatchMode(1, "manual"),
+        seconds_per_dot=0.0,
+        events=seen,
+        compact=compact,  # type: ignore[arg-type]
+    )
     props = SimpleNamespace(message_id="ab12-7")
     worker._on_message(seen, SimpleNamespace(delivery_tag=7, redelivered=False), props, b"quick")
     assert [kind for kind, _ in seen.happened] == ["write", "ack"]
     data = seen.happened[0][1]
     assert isinstance(data, bytes)
-    events = [protocol.decode(line) for line in data.splitlines()]
+    assert (data.count(b"\n"), data.startswith(b'{"v":1,"event":"tasks"')) == ((1, True) if compact else (3, False))
+    events = [e for line in data.splitlines() for e in protocol.decode_all(line) or [None]]
     assert [type(e).__name__ for e in events] == ["Received", "Started", "Done"]
     assert isinstance(events[2], Done) and events[2].acked and events[2].tag == 7
     assert seen.happened[1] == ("ack", 7)
@@ -421,3 +450,39 @@ def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line() -> Non
     worker._on_message(seen, SimpleNamespace(delivery_tag=8, redelivered=False), props, b"quick")
     assert [kind for kind, _ in seen.happened] == ["write", "ack"]
     assert [task.tag for task in worker._finished] == [8]
+
+
+def test_the_compact_writer_keeps_every_event_in_its_order_with_the_v1_lines_between() -> None:
+    """Items gather into one ``tasks`` line until a v1 line (here: returned, alive) or a flush closes it."""
+    import io
+
+    from workers.worker import EventWriter
+
+    def run(writer: EventWriter) -> list[protocol.Event]:
+        writer.received(1.0, 1, "m-1", "a.", False)
+        writer.received(1.1, 2, "m-2", "b", True)
+        writer.add(protocol.encode(Returned("w1", 1.2, 2, "m-2", "mode-change")))
+        writer.started(1.3, 1, "m-1", 1.0)
+        writer.done(1.4, 1, "m-1", True)
+        writer.flush()
+        writer.worked(1.5, 3, None, "c", False, False)
+        writer.add(protocol.encode(Alive("w1", 1.6, 60)))
+        writer.worked_now(1.7, 4, "m-4", "d", False, True)
+        return [e for line in stream.getvalue().splitlines() for e in protocol.decode_all(line) or [None]]
+
+    stream = io.BytesIO()
+    v1 = run(EventWriter(stream, "w1"))
+    v1_lines = stream.getvalue().count(b"\n")
+    stream = io.BytesIO()
+    compact = run(EventWriter(stream, "w1", compact=True))
+    kinds = [line.split(b'"event":"')[1].split(b'"')[0] for line in stream.getvalue().splitlines()]
+    assert kinds == [b"tasks", b"returned", b"tasks", b"tasks", b"alive", b"tasks"]
+    assert None not in v1 and compact == v1 and v1_lines == 12
+    # A long cycle is cut into lines of TASKS_CAP items.
+    stream = io.BytesIO()
+    writer = EventWriter(stream, "w1", compact=True)
+    for tag in range(1, protocol.TASKS_CAP + 6):
+        writer.done(2.0, tag, None, True)
+    writer.flush()
+    lines = stream.getvalue().splitlines()
+    assert [len(protocol.decode_all(line) or []) for line in lines] == [protocol.TASKS_CAP, 5]
