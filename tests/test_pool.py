@@ -469,6 +469,20 @@ def test_head_lines_cuts_a_read_at_a_line_end_and_keeps_every_byte() -> None:
     assert head_lines(other, 1) == (other, None)
 
 
+def test_tasks_lines_count_and_cut_by_their_items() -> None:
+    """A ``tasks`` line weighs what its items make, so a fold slice never takes hundreds of events as one line."""
+    done = [protocol.item_done(1.0, tag, f"m-{tag}", True) for tag in range(1, 101)]
+    tasks = protocol.encode_tasks('"w1"', done).encode()
+    v1 = protocol.encode(protocol.Alive("w1", 1.0, 60)).encode()
+    output = WorkerOutput("w1", tasks + v1 + tasks + v1)
+    assert lines_in(output) == 2 * 101 + 2
+    head, rest = head_lines(output, 150)  # the first line is 101 and the next 1: the cut comes after the third
+    assert isinstance(head, WorkerOutput) and isinstance(rest, WorkerOutput)
+    assert head.data == tasks + v1 + tasks and rest.data == v1
+    assert head_lines(output, 101) == (WorkerOutput("w1", tasks), WorkerOutput("w1", v1 + tasks + v1))
+    assert head_lines(output, 1)[0] == WorkerOutput("w1", tasks), "at least one whole line"
+
+
 def test_a_worker_runs_in_its_own_process_group_in_our_session_below_our_priority(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -290,3 +290,26 @@ def test_worker_output_is_logged_as_it_came_unless_it_holds_garbage(tmp_path: Pa
     assert secret not in text
     assert list(read(tmp_path / "events.jsonl")) == events
     assert log.written == 4
+
+
+def test_tasks_lines_are_logged_as_they_came_and_read_back_as_their_events(tmp_path: Path) -> None:
+    """The compact form the dashboard asks its workers for stays compact in the log; replay expands it."""
+    from tui.pool import Inbox, WorkerOutput
+
+    items = [
+        protocol.item_received(T0, 1, f"{PREFIX}-1", "a.", False),
+        protocol.item_started(T0 + 0.1, 1, f"{PREFIX}-1", 1.0),
+        protocol.item_done(T0 + 1.1, 1, f"{PREFIX}-1", True),
+        protocol.item_worked(T0 + 2, 2, f"{PREFIX}-2", "b", True, True),
+    ]
+    alive = protocol.Alive("w1", T0 + 3, 60)
+    output = WorkerOutput("w1", (protocol.encode_tasks('"w1"', items) + protocol.encode(alive)).encode())
+    [(events, logged)] = list(Inbox().slices([output]))
+    assert len(events) == 7 and events[-1] == alive and logged == [output]
+    log = SessionLog(tmp_path / "events.jsonl")
+    log.start()
+    log.add(logged)
+    log.close()
+    assert (tmp_path / "events.jsonl").read_bytes() == output.data
+    assert list(read(tmp_path / "events.jsonl")) == events
+    assert log.written == 4 + 2, "a log counts the items of a tasks line"

@@ -91,20 +91,36 @@ def _as_text(line: bytes) -> str:
     return line.decode("utf-8", "backslashreplace").rstrip()
 
 
+_ITEM = b'["'
+"""How each item of a ``tasks`` line begins (protocol.encode_tasks), and nothing else in a v1 event line."""
+
+
 def lines_in(item: Arrival) -> int:
-    """How many observations an arrival makes at most: a worker's output holds a line per event."""
-    return item.data.count(b"\n") if type(item) is WorkerOutput else 1
+    """About how many observations an arrival makes: a line per event, an item per event in ``tasks`` lines.
+
+    A ``tasks`` line of 200 items is a hundred times the work of a v1 line: counted as a
+    line, one fold slice could take all of it. (A body holding ``["`` counts one more.)
+    """
+    if type(item) is not WorkerOutput:
+        return 1
+    data = item.data
+    return data.count(b"\n") + data.count(_ITEM)
 
 
 def head_lines(item: Arrival, count: int) -> tuple[Arrival, Arrival | None]:
-    """A worker output's first ``count`` lines and the rest (None when no more is left); other arrivals whole."""
+    """A worker output's first lines worth ``count`` observations (lines_in; at least one line) and the rest.
+
+    The rest is None when no more is left; other arrivals come whole.
+    """
     if type(item) is not WorkerOutput:
         return item, None
-    data, cut = item.data, -1
-    for _ in range(count):
-        cut = data.find(b"\n", cut + 1)
+    data, cut, weight = item.data, -1, 0
+    while weight < count:
+        start = cut + 1
+        cut = data.find(b"\n", start)
         if cut < 0:
             return item, None
+        weight += 1 + data.count(_ITEM, start, cut)
     if cut + 1 >= len(data):
         return item, None
     return WorkerOutput(item.worker, data[: cut + 1]), WorkerOutput(item.worker, data[cut + 1 :])
@@ -397,7 +413,7 @@ class WorkerPool:
 
     def _argv(self, name: str) -> list[str]:
         argv = [
-            self.python, "-u", "-m", "workers.worker", "--events", "--wait-for-broker",
+            self.python, "-u", "-m", "workers.worker", "--events", "--compact-events", "--wait-for-broker",
             "--name", name,
             "--queue", self.queue,
             "--prefetch", str(self.mode.prefetch),

@@ -114,6 +114,8 @@ def read(path: Path) -> Iterator[obs.Observation]:
             item = decode(line)
             if item is not None:
                 yield item
+            elif (events := protocol.decode_all(line)) is not None:
+                yield from events  # a ``tasks`` line, kept as the worker wrote it
 
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
