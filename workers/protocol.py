@@ -3,6 +3,9 @@
 Stdlib only. Every event line carries ``v``, ``event``, ``worker`` and ``ts``;
 the keys of each kind are listed in DESIGN.md and may grow but never be renamed.
 ``decode`` never raises: a line that is not a valid event gives ``None``.
+Workers asked for the compact form write the received, started and done events
+as the items of ``tasks`` lines (``encode_tasks``); ``decode_all`` and
+``decode_lines`` read both forms.
 """
 
 from __future__ import annotations
