@@ -36,6 +36,7 @@ from tui.ledger import (
     UNACKED_DONE,
 )
 from tui.state import BUSY, DERIVED, EXITED, FROM_MANAGEMENT, IDLE, KILLED, RECONNECTING, STALE_AFTER, Model
+from tui.widgets.queue_panel import _rows as queue_rows
 from workers import protocol
 from workers.settings import DispatchMode
 
@@ -606,6 +607,27 @@ def test_unacked_prefers_a_fresh_management_figure() -> None:
     model.apply(obs.QueueSample(now + 20, ready=0, consumers=2, unacked=None))  # the API stopped answering
     assert model.unacked(now + 20) == (5, DERIVED)
     assert model.queue.mgmt_unacked == 4
+
+
+def test_tasks_published_from_another_terminal_balance_once_done() -> None:
+    """new_task in another terminal (the tutorial's way): the dashboard learns of them at delivery."""
+    r = Recorder()
+    r.connected()
+    r.sample(ready=0, consumers=0)
+    r.spawn("w1", 10, prefetch=0)
+    r.publish("a.")
+    r.receive("w1", 1)
+    for tag, msg_id in ((50, "e9f0-1"), (51, "e9f0-2"), (52, None)):
+        r.add(protocol.Received("w1", r.now, tag, msg_id, "theirs.", False))
+    for tag in (1, 50, 51, 52):
+        r.add(protocol.Done("w1", r.now, tag, None, True))
+    r.after(SETTLE)
+    r.sample(ready=0, consumers=1, unacked=0)
+    model = replay(r.events)
+    assert (model.ledger.foreign, model.from_elsewhere) == (3, 3)
+    assert model.balance(r.now) == (4, 4, True), "1 of ours and 3 from elsewhere, all done"
+    row = next(row for row in queue_rows(model, r.now, False) if row[0] == "published")
+    assert row[1:] == ("1", "bold", "confirmed 1, 3 from elsewhere")
 
 
 def test_baseline_counts_what_was_queued_before_we_came() -> None:

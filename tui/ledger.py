@@ -126,6 +126,8 @@ class Ledger:
         """Of ``lost``: vanished in transit to a dead auto-ack worker, never reported by anyone."""
         self.purged = 0
         self.evicted = 0
+        self.foreign = 0
+        """Messages first seen at their delivery: published by someone else, or queued before we came."""
         self.lost_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self.duplicate_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self._anonymous = 0
@@ -201,6 +203,7 @@ class Ledger:
         if record is None:  # seen for the first time at its delivery: someone else's message
             record = self.records[msg_id] = MessageRecord(msg_id, body, self._seq(msg_id), None, state=READY)
             self.state_counts[READY] += 1
+            self.foreign += 1
         state = record.state
         if state == PUBLISHING:
             # The delivery beat the confirm to us: the broker has it, so it was confirmed.

@@ -463,6 +463,16 @@ class Model:
 
     # ----- figures for the widgets
 
+    @property
+    def from_elsewhere(self) -> int:
+        """Messages this dashboard did not publish: queued before it came, or published by someone else.
+
+        The two overlap (a message queued before we came is first seen at its
+        delivery), and a message published elsewhere is known only once delivered:
+        the larger of the two counts is the most that is known.
+        """
+        return max(self.baseline, self.ledger.foreign)
+
     def live_workers(self) -> list[WorkerState]:
         return [w for w in self.workers.values() if w.alive]
 
@@ -498,16 +508,19 @@ class Model:
         return [float(counts.get(s, 0)) for s in range(end - seconds, end)]
 
     def balance(self, now: float) -> tuple[int, int, bool | None]:
-        """(published + already queued) vs (done + ready + unacked + lost + purged).
+        """(published + from elsewhere) vs (done + ready + unacked + lost + purged).
 
         The sides come from independent sources: published is the publisher's
         confirmed record, done and lost the workers' events, ready the broker's
-        passive declare, unacked the management API or the workers. The check only
-        means something when the queue is quiet (nothing in progress, fresh
-        figures): then the third item is True or False, else None.
+        passive declare, unacked the management API or the workers. From elsewhere
+        is what was queued before we came or, once more than that reached our
+        workers, every message they were the first to show us (``new_task`` run
+        in another terminal, the tutorial's way). The check only means something
+        when the queue is quiet (nothing in progress, fresh figures): then the
+        third item is True or False, else None.
         """
         ledger = self.ledger
-        published = ledger.confirmed + self.baseline
+        published = ledger.confirmed + self.from_elsewhere
         ready = self.queue.ready or 0
         unacked, _ = self.unacked(now)
         rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged
