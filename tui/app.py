@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rich.console import RenderableType
 from textual import events, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -111,6 +112,8 @@ class DispatchLab(LabActions):
         self._drawn = 0.0
         self._input_shown: asyncio.Event | None = None
         """Set once the screen shows what the last key press changed; None when nothing waits for it."""
+        self._paint_waiters: list[asyncio.Event] = []
+        """Key presses' events to set at the next screen update."""
         self._backlog: deque[Arrival] = deque()
         """Taken from the inbox, not yet folded, oldest first."""
 
@@ -263,7 +266,21 @@ class DispatchLab(LabActions):
             # Priority bindings have run by now; a forwarded key is handled before the screen is idle.
             shown = asyncio.Event()
             self._input_shown = shown
-            self.call_after_refresh(shown.set)
+            self._paint_waiters.append(shown)
+
+    def _display(self, screen: Screen[Any], renderable: RenderableType | None) -> None:
+        """Textual's hand-over of each screen update to the terminal: what a key changed is on screen now.
+
+        ``call_after_refresh`` was not enough: when the screen went idle before a restyled
+        card had asked it for a repaint, its callback ran before the update that showed the
+        card (a test caught it 1 time in 5). Should Textual rename this hook, the view loop
+        only waits INPUT_WAIT after each key.
+        """
+        super()._display(screen, renderable)
+        if self._paint_waiters:
+            for shown in self._paint_waiters:
+                shown.set()
+            self._paint_waiters.clear()
 
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
