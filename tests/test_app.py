@@ -551,6 +551,25 @@ def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     assert app.unfolded == 0 and feed.inbox.undecoded == 0
 
 
+def flood(tasks: int, *, workers: int) -> list[bytes]:
+    """Worker output of ``tasks`` 0-second tasks (v1 lines), as the reader puts it: a thousand tasks a read."""
+    return [
+        "".join(
+            protocol.encode_inline_task(f'"w{n % workers + 1}"', 1_000.0 + n * 1e-4, n, f"m-{n}", "quick", False, True)
+            for n in range(first, first + 1000)
+        ).encode()
+        for first in range(1, tasks + 1, 1000)
+    ]
+
+
+def fed_app() -> tuple[DispatchLab, Model, FeedBackend]:
+    """The app on a feed: what is put in its inbox is what its workers wrote."""
+    feed = FeedBackend()
+    model = Model(queue="q")
+    app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
+    return app, model, feed
+
+
 def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
     """While a backlog waits, the queue figures are drawn every BEHIND_DRAW_SECONDS at most, the timeline
     every DETAIL_SECONDS at most; once the backlog is folded both show it all."""
@@ -560,16 +579,8 @@ def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
     from tui.widgets.timeline_view import TimelineView
 
     tasks = 40_000
-    reads = [  # as the reader would put them: complete lines, a few thousand at a time
-        "".join(
-            protocol.encode_inline_task('"w1"', 1_000.0 + n * 1e-4, n, f"m-{n}", "quick", False, True)
-            for n in range(first, first + 1000)
-        ).encode()
-        for first in range(1, tasks + 1, 1000)
-    ]
-    feed = FeedBackend()
-    model = Model(queue="q")
-    app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
+    reads = flood(tasks, workers=1)
+    app, model, feed = fed_app()
     draws: dict[str, list[tuple[float, bool]]] = {"figures": [], "timeline": []}
     figures_show, timeline_show = QueuePanel.show, TimelineView.show
 
@@ -615,16 +626,8 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
 
     monkeypatch.setattr(app_module, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
     tasks = 20_000
-    reads = [
-        "".join(
-            protocol.encode_inline_task(f'"w{n % 2 + 1}"', 1_000.0 + n * 1e-4, n, f"m-{n}", "quick", False, True)
-            for n in range(first, first + 1000)
-        ).encode()
-        for first in range(1, tasks + 1, 1000)
-    ]
-    feed = FeedBackend()
-    model = Model(queue="q")
-    app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
+    reads = flood(tasks, workers=2)
+    app, _, feed = fed_app()
     trace: list[str] = []
     fold_slice, show_selection, display = app._fold_slice, app.show_selection, app._display
     card_show = WorkerCard.show
