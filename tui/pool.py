@@ -55,8 +55,8 @@ def widen_pipe(stream: IO[bytes]) -> None:
 # Ctrl+C in the dashboard's terminal is ours, not the workers': the terminal signals its
 # foreground process group, so each worker gets a group of its own. Not a session of its
 # own (start_new_session): Linux's autogroup scheduler shares the CPU equally between
-# sessions, niceness counts only inside one, and four busy workers in four sessions took
-# 55-80 % of the time the UI thread was ready to run (measured, /proc/<tid>/schedstat).
+# sessions, niceness counts only inside one: with four busy workers in four sessions the
+# UI thread waited for a core 40-80 % of a drain (measured, /proc/<pid>/task/<tid>/schedstat).
 # Python 3.10 has no process_group and its preexec_fn is unsafe beside threads: there the
 # worker keeps a session of its own, as before.
 _OWN_PROCESS_GROUP: dict[str, Any] = (
