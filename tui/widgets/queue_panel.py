@@ -109,9 +109,9 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
         rows.append(("held now", str(model.derived_unacked()), "bold", "live, from worker events"))
     others = "passive declare" if q.consumers is None else f"{ours} ours + {max(0, q.consumers - ours)} other"
     rows.append(("consumers", _n(q.consumers), "bold", others))
-    elsewhere = model.from_elsewhere
-    others_too = f", {elsewhere} from elsewhere" if elsewhere else ""
-    rows.append(("published", str(ledger.published), "bold", f"confirmed {ledger.confirmed}{others_too}"))
+    rows.append(("published", str(ledger.published), "bold", f"confirmed {ledger.confirmed}"))
+    if model.from_elsewhere:  # new_task in another terminal, or what was queued before we came
+        rows.append(("from others", str(model.from_elsewhere), "bold", "first seen at delivery"))
     rows.append(("done", str(ledger.done_messages), "bold", f"runs {ledger.done_runs}, duplicates {ledger.duplicates}"))
     rows.append(("redelivered", str(ledger.redeliveries), "bold", "flagged by the broker"))
     rows.append(("lost", str(ledger.lost), "bold red" if ledger.lost else "bold", "auto ack, worker died"))
