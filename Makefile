@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	# Byte-compiled as a regular install would be: workers start faster where .pyc cannot be written later.
+	$(VENV)/bin/python -m compileall -q workers tui
 	touch $(STAMP)
 
 dashboard: $(STAMP)

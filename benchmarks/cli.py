@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ import secrets
 import signal
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import pika
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
     machine = Machine(os.cpu_count(), control.broker_version, platform.python_version(), pika.__version__)
     bench = Bench(params, url, env, control, lambda text: log(text, style="dim"))
     log(f"{machine.cpu_count} cores, {machine.broker}; queue {queue}; {params.describe()}")
+    log(_byte_compile(), style="dim")
     figures: list[Figure] = []
     try:
         for function in FIGURES:
@@ -87,6 +90,21 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
     else:
         Console(width=max(140, Console().width)).print(table(figures, params, machine, elapsed))
     return 0
+
+
+def _byte_compile() -> str:
+    """Compile our packages to .pyc, as installing them does, so both sides start from bytecode.
+
+    Run from a source checkout, each worker would otherwise compile ``workers/`` from
+    source at every start wherever .pyc files cannot be written (this machine sets
+    PYTHONDONTWRITEBYTECODE=1), where pika, the bare consumer's only import, was
+    compiled when it was installed: 1.22-1.38 against 1.03-1.15 for start-up, measured.
+    """
+    root = Path(__file__).resolve().parent.parent
+    results = [compileall.compile_dir(root / name, quiet=2) for name in ("workers", "tui", "benchmarks")]
+    if all(results):
+        return "byte-compiled workers/, tui/ and benchmarks/ (both sides start from .pyc, as when installed)"
+    return "could not byte-compile workers/, tui/ or benchmarks/: start-up then includes compiling them"
 
 
 def _delete_queue(control: Control, url: str, queue: str) -> None:
