@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Sequence
 
 import pika
 
-from workers.broker import connect, probe_queue
+from workers.broker import ConsumerInfo, ManagementApi, connect
+from workers.monitor import QueueMonitor
 
 TASK_BODY = b"Hello World!"
 """The tutorial's default task: no dots, so zero seconds of work."""
@@ -77,43 +78,47 @@ def _text(value: object) -> str:
 
 
 class Monitor:
-    """The dashboard's queue poll: a passive declare on its own connection, ``hz`` times a second."""
+    """The dashboard's own queue monitor (``workers.monitor.QueueMonitor``), ``hz`` samples a second.
+
+    As the dashboard runs it: passive declares on one channel of its own connection,
+    and the management API polled beside it when it answers. Until the fourth round
+    this was a stand-in that opened and closed a channel for every probe: three
+    round trips where the dashboard makes one.
+    """
 
     def __init__(self, url: str, queue: str, hz: float) -> None:
-        self.url = url
-        self.queue = queue
-        self.period = 1.0 / hz
         self.probes = 0
         self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="monitor", daemon=True)
+        api = ManagementApi(url)
+        self.management = api if api.queue(queue) is not None else None
+        self._monitor = QueueMonitor(url, queue, self, interval=1.0 / hz, management=self.management)
 
     def __enter__(self) -> Monitor:
-        self._thread.start()
+        self._monitor.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5.0)
+        self._monitor.stop(timeout=5.0)
 
-    def _run(self) -> None:
-        try:
-            connection = connect(self.url, name="dispatch-lab bench monitor")
-        except Exception as exc:
-            self.error = str(exc)
-            return
-        try:
-            due = time.monotonic()
-            while not self._stop.is_set():
-                probe_queue(connection, self.queue)
-                self.probes += 1
-                due += self.period
-                # sleep() keeps the connection serviced (heartbeats) while it waits.
-                connection.sleep(max(0.0, due - time.monotonic()))
-        except Exception as exc:
-            self.error = str(exc)
-        finally:
-            try:
-                connection.close()
-            except Exception:
-                pass
+    # ----- the monitor's listener (called on its threads)
+
+    def queue_sampled(
+        self, ts: float, ready: int, consumers: int, unacked: int | None, external: Sequence[ConsumerInfo] | None
+    ) -> None:
+        self.probes += 1
+
+    def broker_status(self, ts: float, state: str, attempt: int, message: str) -> None:
+        if state != "connected" or message:
+            self.error = f"{state}: {message}" if message else state
+
+    def queue_purged(self, ts: float, count: int) -> None:
+        pass
+
+    def task_published(self, ts: float, msg_id: str, body: str) -> None:
+        pass
+
+    def task_confirmed(self, ts: float, msg_id: str) -> None:
+        pass
+
+    def task_failed(self, ts: float, msg_id: str, message: str) -> None:
+        pass
