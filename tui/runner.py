@@ -207,15 +207,6 @@ class _MonitorReport:
     def queue_purged(self, ts: float, count: int) -> None:
         self.inbox.put(obs.Purged(ts, count))
 
-    def task_published(self, ts: float, msg_id: str, body: str) -> None:
-        """The run publishes on its own."""
-
-    def task_confirmed(self, ts: float, msg_id: str) -> None:
-        """The run publishes on its own."""
-
-    def task_failed(self, ts: float, msg_id: str, message: str) -> None:
-        """The run publishes on its own."""
-
 
 class ScenarioRun:
     """One scenario under one dispatch mode, on its own temporary queue."""

@@ -21,8 +21,8 @@ from workers.new_task import Publisher
 BACKOFF = (0.5, 1.0, 2.0, 3.0, 5.0)
 
 
-class MonitorListener(Protocol):
-    """Receives what the monitor and publisher learn; called from their threads."""
+class QueueListener(Protocol):
+    """Receives what the queue monitor learns; called from its threads."""
 
     def queue_sampled(
         self,
@@ -36,6 +36,10 @@ class MonitorListener(Protocol):
     def broker_status(self, ts: float, state: str, attempt: int, message: str) -> None: ...
 
     def queue_purged(self, ts: float, count: int) -> None: ...
+
+
+class MonitorListener(QueueListener, Protocol):
+    """Receives what the monitor and the publisher learn; called from their threads."""
 
     def task_published(self, ts: float, msg_id: str, body: str) -> None: ...
 
@@ -56,7 +60,7 @@ class QueueMonitor:
         self,
         url: str,
         queue_name: str,
-        listener: MonitorListener,
+        listener: QueueListener,
         *,
         interval: float = 0.25,
         management: ManagementApi | None = None,
