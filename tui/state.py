@@ -141,6 +141,14 @@ class WorkerState:
                 return key, other
         return (tag, record) if record is not None else None
 
+    def release(self, tag: int, msg_id: str | None) -> MessageRecord | None:
+        """Take the delivery ``held_delivery`` names out of ``held`` (done or given back); its record, if any."""
+        found = self.held_delivery(tag, msg_id)
+        if found is None:
+            return None
+        del self.held[found[0]]
+        return found[1]
+
     @property
     def waiting(self) -> int:
         """Deliveries held behind the current task (the prefetch window at work)."""
@@ -291,10 +299,8 @@ class Model:
         ts, tag = e.ts, e.tag
         w.done += 1
         w.last_seen = ts
-        found = w.held_delivery(tag, e.msg_id)
-        if found is not None:
-            key, record = found
-            del w.held[key]
+        record = w.release(tag, e.msg_id)
+        if record is not None:
             self.ledger.done(record, ts, e.acked)
             if not e.acked:
                 w.unacked_done[tag] = record
@@ -321,10 +327,8 @@ class Model:
     def _on_returned(self, e: protocol.Returned) -> None:
         w = self._worker(e.worker)
         w.returned += 1
-        found = w.held_delivery(e.tag, e.msg_id)
-        if found is not None:
-            key, record = found
-            del w.held[key]
+        record = w.release(e.tag, e.msg_id)
+        if record is not None:
             self.ledger.returned(record, e.ts, e.reason, e.worker)
         if w.current is not None and w.current.tag == e.tag:
             w.current = None
