@@ -58,8 +58,11 @@ def encode(item: Arrival) -> str:
 def decode(line: str | bytes) -> obs.Observation | None:
     """The observation in one line, or None."""
     event = protocol.decode(line)
-    if event is not None:
-        return event
+    return event if event is not None else _observation(line)
+
+
+def _observation(line: str | bytes) -> obs.Observation | None:
+    """The dashboard's own observation (not a worker event) in one line, or None."""
     try:
         data = json.loads(line)
     except ValueError:
@@ -111,11 +114,11 @@ def read(path: Path) -> Iterator[obs.Observation]:
     """The observations in a saved log, in order; bad lines are skipped."""
     with path.open("rb") as stream:
         for line in stream:
-            item = decode(line)
-            if item is not None:
+            events = protocol.decode_all(line)  # a ``tasks`` line, kept as the worker wrote it, holds several
+            if events is not None:
+                yield from events
+            elif (item := _observation(line)) is not None:
                 yield item
-            elif (events := protocol.decode_all(line)) is not None:
-                yield from events  # a ``tasks`` line, kept as the worker wrote it
 
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024

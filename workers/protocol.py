@@ -369,10 +369,11 @@ def _decode_into(out: list[Event | bytes], line: bytes) -> bool:
 
 def decode_all(line: str | bytes) -> list[Event] | None:
     """The events in one line: one for a v1 event line, several for a ``tasks`` line; None for anything else."""
+    events = _decode_tasks(line)  # its prefix tells a tasks line at once: no line is parsed twice
+    if events is not None:
+        return events
     event = decode(line)
-    if event is not None:
-        return [event]
-    return _decode_tasks(line)
+    return None if event is None else [event]
 
 
 # The compact form: workers started with --compact-events write the received, started and
@@ -383,6 +384,7 @@ TASKS = "tasks"
 TASKS_CAP = 200
 """Items in one ``tasks`` line at most: a line stays within tens of kilobytes."""
 _TASKS_PREFIX = '{"v":1,"event":"tasks",'
+_TASKS_PREFIX_BYTES = _TASKS_PREFIX.encode()
 _encode_items = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
 TaskItem = tuple[Any, ...]
@@ -416,13 +418,12 @@ def _decode_tasks(line: str | bytes) -> list[Event] | None:
 
     All or nothing: one writer wrote the line in one write, so a bad item means a bad line.
     """
+    # Any other line is told by its first bytes, before the cost of decoding it.
+    if not (line.startswith(_TASKS_PREFIX) if isinstance(line, str) else line.startswith(_TASKS_PREFIX_BYTES)):
+        return None
     try:
-        if not isinstance(line, str):
-            line = line.decode("utf-8")
-        if not line.startswith(_TASKS_PREFIX):
-            return None
-        data = _json_decode(line)
-    except (ValueError, RecursionError):
+        data = _json_decode(line if isinstance(line, str) else line.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
     if type(data) is not dict or data.get("v") != VERSION or type(data.get("v")) is not int:
         return None
@@ -438,36 +439,35 @@ def _decode_tasks(line: str | bytes) -> list[Event] | None:
             code = item[0]
             if code == "d":
                 _, at, tag, msg, acked = item
-                if type(acked) is not bool:
-                    return None
+                fits = type(acked) is bool
             elif code == "s":
                 _, at, tag, msg, seconds = item
-                if type(seconds) not in _NUMBER:
-                    return None
-            elif code == "r" or code == "t":
-                if code == "r":
-                    _, at, tag, msg, body, redelivered = item
-                else:
-                    _, at, tag, msg, body, redelivered, acked = item
-                    if type(acked) is not bool:
-                        return None
-                if type(body) is not str or type(redelivered) is not bool:
-                    return None
+                fits = type(seconds) in _NUMBER
+            elif code == "r":
+                _, at, tag, msg, body, redelivered = item
+                fits = type(body) is str and type(redelivered) is bool
+            elif code == "t":
+                _, at, tag, msg, body, redelivered, acked = item
+                fits = type(body) is str and type(redelivered) is bool and type(acked) is bool
             else:
                 return None
-            if type(at) not in _NUMBER or type(tag) is not int or (msg is not None and type(msg) is not str):
+            if (
+                not fits
+                or type(at) not in _NUMBER
+                or type(tag) is not int
+                or (msg is not None and type(msg) is not str)
+            ):
                 return None
             at = float(at)
             if code == "d":
                 append(Done(worker, at, tag, msg, acked))
             elif code == "s":
                 append(Started(worker, at, tag, msg, float(seconds)))
-            elif code == "r":
-                append(Received(worker, at, tag, msg, body, redelivered))
             else:
                 append(Received(worker, at, tag, msg, body, redelivered))
-                append(Started(worker, at, tag, msg, 0.0))
-                append(Done(worker, at, tag, msg, acked))
+                if code == "t":
+                    append(Started(worker, at, tag, msg, 0.0))
+                    append(Done(worker, at, tag, msg, acked))
     except (ValueError, OverflowError):  # a list of the wrong length; an integer too big for a float
         return None
     return out
