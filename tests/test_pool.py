@@ -503,3 +503,46 @@ def test_a_worker_runs_in_its_own_process_group_in_our_session_below_our_priorit
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
     finally:
         pool.shutdown(timeout=1.0)
+
+
+# ----- long runs leak nothing
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc/self/fd")
+def test_fifty_killed_and_replaced_workers_leave_no_descriptor_or_zombie(
+    broker_url: str, queue_name: str, pools: PoolFactory
+) -> None:
+    """Each killed worker's three pipes close once its output is read, and it is reaped (2 fds a kill leaked)."""
+    pool, seen = pools(broker_url, queue_name)
+    cycles, at_once = 50, 2
+
+    def kill_when_ready(names: list[str]) -> None:
+        for name in names:
+            assert pool.processes[name].consuming.wait(20), f"{name} never got ready"
+            assert pool.kill(name)
+
+    # A first cycle starts the reader thread, its selector and wake pipe: descriptors kept for good.
+    kill_when_ready([pool.spawn()])
+    seen.wait(obs.WorkerExited, count=1)
+    before = open_descriptors()
+    began = time.monotonic()
+    for _ in range(cycles // at_once):  # two at a time: a worker's start-up is mostly waiting on the broker
+        kill_when_ready([pool.spawn() for _ in range(at_once)])
+    exits = seen.wait(obs.WorkerExited, count=cycles + 1, timeout=30)
+    took = time.monotonic() - began
+    assert all(e.code == -9 for e in exits), [e.code for e in exits]
+    assert len(seen.of(protocol.Ready)) == cycles + 1, "each was killed once consuming"
+    try:
+        after = wait_until(lambda: (n := open_descriptors()) <= before + 2 and n, 10, "the descriptors back")
+    except AssertionError:
+        raise AssertionError(f"{open_descriptors() - before} descriptors more after {cycles} kills") from None
+    print(f"\n{cycles} kill-and-replace cycles in {took:.1f} s; descriptors {before} -> {after}")
+    processes = list(pool.processes.values())
+    assert len(processes) == cycles + 1
+    assert all(w.process.returncode == -9 for w in processes), "every worker reaped"
+    assert not [w.name for w in processes if Path(f"/proc/{w.process.pid}").exists()], "no zombie left"

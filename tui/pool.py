@@ -486,7 +486,10 @@ class WorkerPool:
     def _finish(self, worker: WorkerProcess) -> None:
         """Its output ended: report the exit once the process is reaped and its last stderr lines are in."""
         worker.consuming.set()  # it will never consume: nobody waits for it any longer
-        code = worker.process.wait()
+        code = worker.process.wait()  # reaped: no zombie, whatever the way it ended
+        # Its three pipes are closed now: stdout by the reader, stderr by its thread, stdin here.
+        # Left open, a dead worker's stdin and stderr were two descriptors kept for good, per kill.
+        worker.close_stdin()
         for thread in worker.threads:
             thread.join(timeout=1.0)  # its last stderr lines belong before the exit
         self.inbox.put(obs.WorkerExited(worker.name, time.time(), code))
@@ -496,10 +499,14 @@ class WorkerPool:
         return scrub(_as_text(line), self.url)
 
     def _read_stderr(self, worker: WorkerProcess, stream: IO[bytes]) -> None:
-        for line in stream:
-            text = self._masked(line)
-            if text:
-                self.inbox.put(obs.WorkerStderr(worker.name, time.time(), text[:300]))
+        """Its stderr lines as text into the inbox; the pipe is closed at its end (the text is kept, not the pipe)."""
+        try:
+            for line in stream:
+                text = self._masked(line)
+                if text:
+                    self.inbox.put(obs.WorkerStderr(worker.name, time.time(), text[:300]))
+        finally:
+            stream.close()
 
     def get(self, name: str) -> WorkerProcess | None:
         return self.processes.get(name)
