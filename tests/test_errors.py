@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from urllib.parse import quote
 
 import pika
@@ -11,6 +15,7 @@ import pytest
 from tests.conftest import WorkerFactory
 from tests.helpers import CliResult, publish_raw, run_module, wait_figures
 from workers import protocol
+from workers.broker import ManagementApi
 from workers.protocol import Done, Received
 from workers.settings import url_parts
 
@@ -94,6 +99,53 @@ def test_unknown_vhost(program: str, broker_url: str, queue_name: str) -> None:
     secret = parts.password if parts.password != parts.user else f":{parts.password}@"
     sentence = assert_one_sentence(result, f"no virtual host {vhost!r}", secret)
     assert "add_vhost" in sentence
+    assert_events_agree(program, result, sentence)
+
+
+def management_call(api: ManagementApi, broker_url: str, method: str, path: str, body: object = None) -> None:
+    """One write to the management API with the test broker's credentials."""
+    parts = url_parts(broker_url)
+    token = base64.b64encode(f"{parts.user}:{parts.password}".encode()).decode()
+    request = urllib.request.Request(
+        f"{api.base}/api{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+@pytest.fixture
+def user_without_permissions(broker_url: str, management: ManagementApi | None) -> Iterator[str]:
+    """A broker user who may log in but has no permissions on any virtual host; deleted after. Yields its URL."""
+    if management is None:
+        pytest.skip("needs the management API to create a user")
+    name = f"dlab_noperm_{uuid.uuid4().hex[:8]}"
+    password = f"Np{uuid.uuid4().hex[:12]}"
+    management_call(management, broker_url, "PUT", f"/users/{name}", {"password": password, "tags": ""})
+    parts = url_parts(broker_url)
+    try:
+        yield f"amqp://{name}:{password}@{parts.host}:{parts.port}/{quote(parts.vhost, safe='')}"
+    finally:
+        management_call(management, broker_url, "DELETE", f"/users/{name}")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("program", [*PROGRAMS, "dashboard"])
+def test_user_without_permissions_is_told_to_grant_them(
+    program: str, user_without_permissions: str, queue_name: str
+) -> None:
+    """The virtual host exists: the fix is set_permissions, not add_vhost (which the message said)."""
+    url = user_without_permissions
+    parts = url_parts(url)
+    if program == "dashboard":
+        result = run_module("tui.cli", ["--broker", "url", "--queue", queue_name], url, timeout=30)
+    else:
+        result = run_program(program, queue_name, url)
+    sentence = assert_one_sentence(result, "no permissions on virtual host", parts.password)
+    assert f'rabbitmqctl set_permissions -p {parts.vhost} {parts.user} ".*" ".*" ".*"' in sentence, sentence
+    assert "add_vhost" not in sentence, sentence
     assert_events_agree(program, result, sentence)
 
 

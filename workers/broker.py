@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shlex
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -53,9 +54,23 @@ def describe_connect_error(exc: BaseException, url: str) -> str:
             "wrong user name or password (check --url or AMQP_URL)."
         )
     if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        # The broker's reason tells the two apart: "access to vhost '/' refused for user 'u1'"
+        # (it exists, the user has no permissions there) or "vhost v1 not found".
+        grant = f'rabbitmqctl set_permissions -p {shlex.quote(parts.vhost)} {shlex.quote(parts.user)} ".*" ".*" ".*"'
+        reason = str(exc)
+        if "refused for user" in reason:
+            return (
+                f"The broker at {where} let user {parts.user!r} log in but gives it no permissions on "
+                f"virtual host {parts.vhost!r}: grant them with `{grant}`."
+            )
+        if "not found" in reason:
+            return (
+                f"The broker at {where} has no virtual host {parts.vhost!r}: "
+                "create it (rabbitmqctl add_vhost) or fix the URL's path."
+            )
         return (
-            f"The broker at {where} has no virtual host {parts.vhost!r} that user "
-            f"{parts.user!r} may use: create it (rabbitmqctl add_vhost) or fix the URL's path."
+            f"The broker at {where} has no virtual host {parts.vhost!r} that user {parts.user!r} may use: "
+            f"create it (rabbitmqctl add_vhost), grant permissions (`{grant}`) or fix the URL's path."
         )
     if isinstance(exc, socket.gaierror):
         return f"Cannot resolve the broker host {parts.host!r}: check --url or AMQP_URL."
