@@ -22,7 +22,7 @@ from benchmarks.control import Control
 from benchmarks.figures import FIGURES, PROFILES, Bench, Figure
 from benchmarks.report import Machine, as_json, table
 from workers.broker import BrokerError
-from workers.settings import resolve_url, warn_password_in_argv
+from workers.settings import url_or_exit
 
 
 def build_parser(prog: str = "benchmarks/run.py") -> argparse.ArgumentParser:
@@ -50,10 +50,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
     args = build_parser(prog).parse_args(argv)
-    warn_password_in_argv(args.url)
+    url = url_or_exit(args.url, prog)
     profile = "smoke" if args.smoke else "quick" if args.quick else "full"
     params = PROFILES[profile]
-    url = resolve_url(args.url)
     env = {**os.environ, "AMQP_URL": url}  # children get the URL here, never in argv
     log = Console(stderr=True, highlight=False).print
     queue = f"dispatch-lab-bench-{os.getpid()}-{secrets.token_hex(2)}"

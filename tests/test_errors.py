@@ -241,3 +241,44 @@ def test_bad_arguments_are_usage_errors(module: str, args: list[str], message: s
     assert "Traceback" not in result.output
     assert message in result.stderr.strip().splitlines()[-1], result.stderr
     assert "neverUsedPW" not in result.output
+
+
+# ----- a URL whose password holds raw special characters
+
+RAW_PASSWORD = "p@ss:w/rd%"
+RAW_URL = f"amqp://u1:{RAW_PASSWORD}@127.0.0.1/"
+"""The "/" ends the host part early: urllib read host "ss", port "w", and pika's traceback said so."""
+
+URL_READERS = {
+    "dashboard": ["--broker", "url"],
+    "worker": ["worker"],
+    "new-task": ["new-task", "Hello."],
+    "compare": ["compare"],
+    "bench": ["bench", "--smoke"],
+}
+
+
+def pieces(secret: str, shortest: int = 3) -> set[str]:
+    """Every run of ``shortest`` or more characters of ``secret``."""
+    return {secret[i:j] for i in range(len(secret)) for j in range(i + shortest, len(secret) + 1)}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given", ["--url", "AMQP_URL"])
+@pytest.mark.parametrize("program", list(URL_READERS))
+def test_raw_special_characters_in_the_password_are_one_line_without_a_piece_of_it(
+    program: str, given: str, queue_name: str
+) -> None:
+    args = URL_READERS[program] + ([] if program == "bench" else ["--queue", queue_name])  # bench has no --queue
+    if given == "--url":
+        result = run_module("tui.cli", [*args, "--url", RAW_URL], None, timeout=30)
+    else:
+        result = run_module("tui.cli", args, RAW_URL, timeout=30)
+    assert result.code == 2, result
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {lines}"
+    assert f"The broker URL in {given} cannot be read" in lines[0] and "percent-encoded" in lines[0], lines[0]
+    assert "/ as %2F" in lines[0] and lines[0].endswith("."), lines[0]
+    leaked = sorted(p for p in pieces(RAW_PASSWORD) | {"ss:w", "rd%"} if p in result.output)
+    assert not leaked, f"pieces of the password in the output: {leaked}\n{result.output}"

@@ -15,6 +15,7 @@ from workers.settings import (
     check_ack,
     check_prefetch,
     check_seconds_per_dot,
+    check_url,
     mask_url,
     resolve_url,
     scrub,
@@ -182,3 +183,63 @@ def test_password_in_argv_warns(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_password_in_argv_no_warning(capsys: pytest.CaptureFixture[str], flag: str | None) -> None:
     warn_password_in_argv(flag)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        DEFAULT_URL,
+        "amqp://localhost",
+        "amqps://u:p@h/vh",
+        "amqp://u:p@ss@h/",  # a raw "@" in the password: the host is after the last one, as pika reads it
+        "amqp://u:p:a:ss@h/",
+        "amqp://u:p%40ss%2Fw%3F%23@h:1/%2F",
+        "amqp://u:p@[::1]:5673/v",
+        "amqp://h/?heartbeat=5",
+    ],
+)
+def test_check_url_accepts_what_pika_reads_as_meant(url: str) -> None:
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("amqp://u1:p@ss:w/rd%@host/", "p@ss:w/rd%"),  # the issue's: host "ss", port "w" to urllib
+        ("amqp://u1:sec/ret@host/", "sec/ret"),
+        ("amqp://u1:123/456@host/", "123/456"),  # host "u1", port 123: it would have connected there
+        ("amqp://u1:pa#ss@host/", "pa#ss"),
+        ("amqp://u1:pa?ss@host/", "pa?ss"),
+        ("amqp://u1:pa[ss@host/", "pa[ss"),
+        ("amqp://u1:pass@host:99999/", None),
+        ("amqp://u1:pass@host:port/", None),
+    ],
+)
+def test_check_url_refuses_a_url_cut_short_without_quoting_it(url: str, secret: str | None) -> None:
+    with pytest.raises(SettingsError) as info:
+        check_url(url, "AMQP_URL")
+    message = str(info.value)
+    assert message.startswith("The broker URL in AMQP_URL cannot be read: its port must be a number"), message
+    assert "percent-encoded (/ as %2F" in message and message.endswith(".") and "\n" not in message
+    if secret:
+        runs = {secret[i:j] for i in range(len(secret)) for j in range(i + 3, len(secret) + 1)}
+        assert not [run for run in runs if run in message], message
+
+
+@pytest.mark.parametrize("url", ["localhost:5672", "http://h/", "guest:guest@localhost", "h"])
+def test_check_url_wants_an_amqp_scheme(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"^The broker URL in --url must begin with amqp:// or amqps://\.$"):
+        check_url(url, "--url")
+
+
+def test_check_url_names_a_query_option_pika_refuses() -> None:
+    with pytest.raises(SettingsError, match=r"has an option pika cannot use: Unknown URL parameter: 'nosuch'\.$"):
+        check_url("amqp://u:pw@h/?nosuch=1")
+
+
+def test_resolve_url_checks_the_url_it_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(URL_ENV, "amqp://u:a/b@h/")
+    with pytest.raises(SettingsError, match="in AMQP_URL"):
+        resolve_url(None)
+    with pytest.raises(SettingsError, match="in --url"):
+        resolve_url("amqp://u:a/b@h/")

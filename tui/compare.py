@@ -20,7 +20,7 @@ from tui.runner import RunResult, ScenarioRun
 from tui.scenarios import ScenarioError, find
 from tui.session_log import SessionLog
 from workers.broker import BrokerError
-from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, mask_url, resolve_url
+from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, mask_url, url_or_exit
 from workers.worker import ack_arg, positive_float
 
 
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> int:
     except ScenarioError as exc:
         errors.print(f"dispatch-lab compare: {exc}")
         return 2
-    url = resolve_url(args.url)
+    url = url_or_exit(args.url, "dispatch-lab compare")
     results: list[RunResult] = []
     try:
         for prefetch in args.modes:

@@ -29,9 +29,8 @@ from workers.settings import (
     DispatchMode,
     add_connection_args,
     mask_url,
-    resolve_url,
     url_is_default,
-    warn_password_in_argv,
+    url_or_exit,
 )
 from workers.worker import ack_arg, positive_float, prefetch_arg
 
@@ -75,12 +74,12 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         workers = most
     if args.heartbeat is not None and not 0 <= args.heartbeat <= 3600:
         parser.error(f"--heartbeat must be between 0 and 3600 seconds, not {args.heartbeat}")
-    warn_password_in_argv(args.url)
+    url = url_or_exit(args.url, parser.prog)
     private = args.broker == "private" or (
         args.broker == "auto" and url_is_default(args.url) and not port_open("127.0.0.1", 5672, 1.0)
     )
     return LabConfig(
-        url=resolve_url(args.url),
+        url=url,
         queue=args.queue,
         workers=workers,
         mode=DispatchMode(args.prefetch, args.ack),

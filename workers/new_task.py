@@ -13,7 +13,7 @@ import pika
 import pika.exceptions
 
 from workers.broker import BrokerError, connect, declare_task_queue, explain_channel_error
-from workers.settings import add_connection_args, resolve_url, warn_password_in_argv
+from workers.settings import add_connection_args, url_or_exit
 
 
 def new_session_prefix() -> str:
@@ -129,9 +129,9 @@ def main(argv: list[str] | None = None, prog: str = "new_task") -> int:
     if not 1 <= args.count <= 10_000_000:
         print(f"{prog}: --count must be between 1 and 10000000, not {args.count}.", file=sys.stderr)
         return 2
-    warn_password_in_argv(args.url)
+    url = url_or_exit(args.url, prog)
     message = " ".join(args.words) or "Hello World!"
-    publisher = Publisher(resolve_url(args.url), args.queue, durable=not args.transient, persistent=not args.no_persist)
+    publisher = Publisher(url, args.queue, durable=not args.transient, persistent=not args.no_persist)
     sent = 0
     try:
         publisher.open()

@@ -25,10 +25,48 @@ class SettingsError(ValueError):
 
 
 def resolve_url(flag: str | None) -> str:
-    """The broker URL: the --url flag, then AMQP_URL, then the tutorial's localhost."""
+    """The broker URL: the --url flag, then AMQP_URL, then the tutorial's localhost.
+
+    SettingsError when the chosen URL cannot be read (check_url).
+    """
     if flag:
-        return flag
-    return os.environ.get(URL_ENV) or DEFAULT_URL
+        return check_url(flag, "--url")
+    chosen = os.environ.get(URL_ENV)
+    return check_url(chosen, URL_ENV) if chosen else DEFAULT_URL
+
+
+_ENCODE_HINT = (
+    "its port must be a number, and special characters in its user name, password and virtual host "
+    "must be percent-encoded (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A, % as %25)"
+)
+
+
+def check_url(url: str, source: str = "the broker URL") -> str:
+    """The URL when pika reads it as its writer meant, else SettingsError; ``source`` names where it came from.
+
+    The sentence never quotes the URL: a password holding ``/``, ``?`` or ``#`` ends
+    the host part early, and every piece after that (the "port", the "path") is
+    a piece of the password. pika's own error for ``amqp://u1:p@ss:w/rd%@host/``
+    was "Port could not be cast to integer value as 'w'".
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when the "port" is no number (or out of range)
+    except ValueError:
+        raise SettingsError(f"The broker URL in {source} cannot be read: {_ENCODE_HINT}.") from None
+    if parts.scheme not in ("amqp", "amqps"):
+        raise SettingsError(f"The broker URL in {source} must begin with amqp:// or amqps://.")
+    if "@" in url[url.index(parts.netloc) + len(parts.netloc) :]:
+        # An "@" after the host: the user name or password held "/", "?" or "#", which ended the host early.
+        raise SettingsError(f"The broker URL in {source} cannot be read: {_ENCODE_HINT}.")
+    import pika  # here, not at the top: the model (tui/state) imports this module and stays stdlib-only
+
+    try:
+        pika.URLParameters(url)  # its query options (heartbeat=…, ssl_options=…)
+    except (ValueError, TypeError, SyntaxError, OSError) as exc:
+        reason = scrub(" ".join(str(exc).split()), url)
+        raise SettingsError(f"The broker URL in {source} has an option pika cannot use: {reason}.") from None
+    return url
 
 
 def url_is_default(flag: str | None) -> bool:
@@ -131,6 +169,20 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     """--url and --queue, shared by every program that talks to the broker."""
     parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost:5672)")
     parser.add_argument("--queue", default=DEFAULT_QUEUE, help="work queue (default: %(default)s)")
+
+
+def url_or_exit(flag: str | None, prog: str) -> str:
+    """resolve_url for a program's main: a URL that cannot be read is one line on stderr and exit 2, as argparse does.
+
+    A password given in --url earns a note (warn_password_in_argv).
+    """
+    try:
+        url = resolve_url(flag)
+    except SettingsError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    warn_password_in_argv(flag)
+    return url
 
 
 def warn_password_in_argv(flag: str | None) -> None:

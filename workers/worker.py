@@ -37,9 +37,8 @@ from workers.settings import (
     check_ack,
     check_prefetch,
     check_seconds_per_dot,
-    resolve_url,
     scrub,
-    warn_password_in_argv,
+    url_or_exit,
 )
 
 T = TypeVar("T")
@@ -778,7 +777,7 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "worker") -> int:
     args = build_parser(prog).parse_args(argv)
-    warn_password_in_argv(args.url)
+    url = url_or_exit(args.url, prog)
     events: BinaryIO | None = sys.stdout.buffer if args.events else None
     # The stdin thread gets its own reader: a daemon thread blocked in sys.stdin.buffer holds
     # that object's lock, and interpreter shutdown then aborts ("could not acquire lock for
@@ -787,7 +786,7 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
     if args.events:
         commands = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - lives as long as we do
     worker = Worker(
-        resolve_url(args.url),
+        url,
         queue_name=args.queue,
         name=args.name or f"w{os.getpid()}",
         mode=DispatchMode(args.prefetch, args.ack),
