@@ -13,7 +13,7 @@ import pika
 import pytest
 
 from tests.conftest import WorkerFactory
-from tests.helpers import CliResult, publish_raw, run_module, wait_figures
+from tests.helpers import CliResult, delete_queue, publish_raw, run_module, wait_figures
 from workers import protocol
 from workers.broker import ManagementApi
 from workers.protocol import Done, Received
@@ -282,3 +282,44 @@ def test_raw_special_characters_in_the_password_are_one_line_without_a_piece_of_
     assert "/ as %2F" in lines[0] and lines[0].endswith("."), lines[0]
     leaked = sorted(p for p in pieces(RAW_PASSWORD) | {"ss:w", "rd%"} if p in result.output)
     assert not leaked, f"pieces of the password in the output: {leaked}\n{result.output}"
+
+
+# ----- queue names the broker cannot take
+
+QUEUE_READERS = {
+    "dashboard": ["--broker", "url"],
+    "worker": ["worker"],
+    "new-task": ["new-task", "Hello."],
+    "compare": ["compare"],
+}
+BAD_QUEUES = {
+    "256 bytes": ("é" * 128, "--queue must be at most 255 bytes in UTF-8 (the broker's limit), not 256."),
+    "empty": ("", "--queue must not be empty: the broker would make up a different name for each program"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad", list(BAD_QUEUES))
+@pytest.mark.parametrize("program", list(QUEUE_READERS))
+def test_queue_names_the_broker_cannot_take_are_usage_errors(program: str, bad: str, broker_url: str) -> None:
+    """Checked as the arguments are read: 128 characters are 256 bytes (pika's ShortStringTooLong traceback before)."""
+    name, message = BAD_QUEUES[bad]
+    result = run_module("tui.cli", [*QUEUE_READERS[program], "--queue", name], broker_url, timeout=30)
+    assert result.code == 2, result
+    assert "Traceback" not in result.output, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dispatch-lab{'' if program == 'dashboard' else ' ' + program}: error: argument --queue: ")
+    assert message in last, last
+
+
+@pytest.mark.timeout(60)
+def test_a_queue_name_of_255_bytes_is_taken(broker_url: str) -> None:
+    head = f"test-{uuid.uuid4().hex[:12]}-"
+    name = head + "é" * ((255 - len(head)) // 2) + "x" * ((255 - len(head)) % 2)
+    assert len(name.encode()) == 255
+    try:
+        result = run_module("tui.cli", ["new-task", "--queue", name, "Hello."], broker_url, timeout=30)
+        assert result.code == 0 and "Traceback" not in result.output, result
+        wait_figures(broker_url, name, lambda f: f.ready == 1, 10, "the task in the queue")
+    finally:
+        delete_queue(broker_url, name)

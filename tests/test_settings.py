@@ -14,6 +14,7 @@ from workers.settings import (
     SettingsError,
     check_ack,
     check_prefetch,
+    check_queue,
     check_seconds_per_dot,
     check_url,
     mask_url,
@@ -243,3 +244,23 @@ def test_resolve_url_checks_the_url_it_chose(monkeypatch: pytest.MonkeyPatch) ->
         resolve_url(None)
     with pytest.raises(SettingsError, match="in --url"):
         resolve_url("amqp://u:a/b@h/")
+
+
+@pytest.mark.parametrize("name", ["task_queue", "x", "é" * 127 + "x", "q" * 255, "[/] odd name"])
+def test_check_queue_takes_up_to_255_bytes(name: str) -> None:
+    assert check_queue(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("é" * 128, "--queue must be at most 255 bytes in UTF-8 (the broker's limit), not 256."),  # 128 characters
+        ("q" * 300, "--queue must be at most 255 bytes in UTF-8 (the broker's limit), not 300."),
+        ("", "--queue must not be empty: the broker would make up a different name for each program that declares it."),
+        ("bad\udcff", "--queue must be text in UTF-8."),  # argv bytes that were not UTF-8
+    ],
+)
+def test_check_queue_refuses_what_the_broker_cannot_take(name: str, message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        check_queue(name)
+    assert str(info.value) == message

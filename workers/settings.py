@@ -17,6 +17,8 @@ URL_ENV = "AMQP_URL"
 AckMode = Literal["manual", "auto", "none"]
 ACK_MODES: tuple[AckMode, ...] = ("manual", "auto", "none")
 MAX_PREFETCH = 65535
+MAX_QUEUE_BYTES = 255
+"""AMQP 0-9-1 sends a queue name as a short string: 255 bytes at most, in UTF-8."""
 MAX_WORKERS = 64
 
 
@@ -165,10 +167,37 @@ def check_seconds_per_dot(value: float) -> float:
     return value
 
 
+def check_queue(name: str) -> str:
+    """A name for the work queue: not empty, at most MAX_QUEUE_BYTES in UTF-8; else SettingsError.
+
+    Empty is refused too: the broker would make up a new name for each program
+    that declares it, so no two would meet on one queue.
+    """
+    if not name:
+        raise SettingsError(
+            "--queue must not be empty: the broker would make up a different name for each program that declares it."
+        )
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes that were not UTF-8 in argv
+        raise SettingsError("--queue must be text in UTF-8.") from None
+    if size > MAX_QUEUE_BYTES:
+        limit = MAX_QUEUE_BYTES
+        raise SettingsError(f"--queue must be at most {limit} bytes in UTF-8 (the broker's limit), not {size}.")
+    return name
+
+
+def _queue_arg(text: str) -> str:
+    try:
+        return check_queue(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """--url and --queue, shared by every program that talks to the broker."""
+    """--url and --queue, shared by every program that talks to the broker; --queue is checked as it is read."""
     parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost:5672)")
-    parser.add_argument("--queue", default=DEFAULT_QUEUE, help="work queue (default: %(default)s)")
+    parser.add_argument("--queue", type=_queue_arg, default=DEFAULT_QUEUE, help="work queue (default: %(default)s)")
 
 
 def url_or_exit(flag: str | None, prog: str) -> str:
