@@ -11,6 +11,7 @@ issue 5 the dashboard and the pool add.
 from __future__ import annotations
 
 import asyncio
+import errno
 import html
 import io
 import os
@@ -27,6 +28,8 @@ from urllib.parse import quote
 import pika
 import pytest
 from rich.console import Console
+from textual.message import Message
+from textual.notifications import Notification, Notify
 from textual.widgets import Static
 
 from tests.conftest import WorkerFactory
@@ -35,9 +38,10 @@ from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
 from tui import observations as obs
 from tui.app import DispatchLab
 from tui.backend import Backend, LabConfig
-from tui.launch import parse_config
+from tui.launch import parse_config, replay_main
 from tui.ledger import DONE
 from tui.pool import Inbox, WorkerPool
+from tui.session_log import SessionLog
 from tui.state import EXITED, Model
 from tui.widgets.worker_card import WorkerCard
 from workers import protocol
@@ -415,3 +419,92 @@ def test_terminal_starts_at_60x15() -> None:
     text = screen_text(asyncio.run(small()))
     # Under 100 columns the cards take the width (the queue panel steps aside): they must be readable.
     assert len(text.splitlines()) == 15 and "w1 · pid" in text and "received" in text and "Quit" in text, text
+
+
+# ----- saving where nothing can be written
+
+
+async def press_ctrl_s(app: DispatchLab, count: int = 1) -> tuple[list[Notification], str]:
+    """Ctrl+S in an 80x24 dashboard; the first ``count`` notifications it raised (5 s at most), and the screen."""
+    raised: list[Notification] = []
+
+    def hook(message: Message) -> None:
+        if isinstance(message, Notify):
+            raised.append(message.notification)
+
+    async with app.run_test(size=(80, 24), notifications=True, message_hook=hook) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        deadline = time.monotonic() + 5
+        while len(raised) < count and time.monotonic() < deadline:
+            await pilot.pause(0.05)
+        await pilot.pause()
+        assert app.is_running, "the dashboard runs on"
+        return raised, screen_text(app.export_screenshot())
+
+
+def saving_app(runs_dir: Path | None = None) -> DispatchLab:
+    model = replay(session_snapshot().events)
+    config = LabConfig(url="amqp://guest:***@localhost/%2F", runs_dir=runs_dir)
+    return DispatchLab(config, model, None, clock=lambda: SNAPSHOT_NOW)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs a folder nobody may write (/sys)")
+def test_ctrl_s_where_the_current_folder_cannot_be_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cd /sys`` and Ctrl+S: a PermissionError traceback and exit 1 before; now a toast that says why."""
+    monkeypatch.chdir("/sys")
+    app = saving_app()
+    [toast], screen = asyncio.run(press_ctrl_s(app))
+    assert toast.severity == "error" and not toast.markup, toast
+    assert toast.message.startswith("Not saved: cannot write /sys/runs: "), toast.message
+    assert "--runs-dir DIR" in toast.message and "Errno" not in toast.message, toast.message
+    assert "Not saved" in screen, screen
+    assert app.return_code in (None, 0)
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_s_into_a_runs_dir_that_cannot_be_a_folder_says_the_path_as_text(tmp_path: Path) -> None:
+    blocker = tmp_path / "[red]saves[b]"
+    blocker.write_text("a file, not a folder")
+    [toast], _ = asyncio.run(press_ctrl_s(saving_app(blocker / "runs")))
+    assert toast.severity == "error" and not toast.markup, "a path is text, never markup"
+    assert f"cannot write {blocker / 'runs'}" in toast.message and "Not a directory" in toast.message, toast.message
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_s_whose_files_fail_on_their_thread_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screenshot is written on the UI thread, the ledger and events on a thread worker: either may fail."""
+
+    def disk_full(records: object, path: Path) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr("tui.app.write_ledger_csv", disk_full)
+    [toast], _ = asyncio.run(press_ctrl_s(saving_app(tmp_path / "runs")))
+    [folder] = (tmp_path / "runs").iterdir()
+    assert (folder / "screen.svg").is_file()
+    assert toast.severity == "error" and not toast.markup, toast
+    assert toast.message.startswith(f"Not saved: cannot write {folder / 'ledger.csv'}: No space left on device.")
+
+
+@pytest.mark.timeout(30)
+def test_runs_dir_chooses_where_ctrl_s_saves(tmp_path: Path) -> None:
+    config = parse_config(["--broker", "url", "--runs-dir", str(tmp_path / "saves")], Console(file=io.StringIO()))
+    assert config.runs_dir == tmp_path / "saves"
+    assert parse_config(["--broker", "url"], Console(file=io.StringIO())).runs_dir is None, "runs/ here by default"
+    [toast], _ = asyncio.run(press_ctrl_s(saving_app(config.runs_dir)))
+    [folder] = (tmp_path / "saves").iterdir()
+    assert sorted(f.name for f in folder.iterdir()) == ["ledger.csv", "screen.svg"]
+    assert toast.severity == "information" and not toast.markup, toast
+    assert toast.message.endswith(f"a screenshot to {folder}"), toast.message
+
+
+def test_replay_takes_runs_dir_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SessionLog(tmp_path / "events.jsonl")
+    log.start()
+    log.add(session_snapshot().events)
+    log.close()
+    built: list[DispatchLab] = []
+    monkeypatch.setattr(DispatchLab, "run", lambda self, *args, **kwargs: built.append(self))
+    assert replay_main([str(tmp_path), "--runs-dir", str(tmp_path / "saves")]) == 0
+    assert [app.config.runs_dir for app in built] == [tmp_path / "saves"]

@@ -356,23 +356,45 @@ class DispatchLab(LabActions):
         self.push_screen(MessagesScreen(self.model, self.clock))
 
     def action_save(self) -> None:
-        """Save a screenshot, the ledger and the event log into runs/session-…/ (files written off the UI thread)."""
-        folder = session_folder()
-        self.save_screenshot(filename="screen.svg", path=str(folder))
+        """Save a screenshot, the ledger and the event log into runs/session-…/ (files written off the UI thread).
+
+        runs/ is in the current folder unless --runs-dir says otherwise. A folder that cannot be
+        written (``cd /sys``) is a toast that says why; the dashboard runs on.
+        """
+        try:
+            folder = session_folder(self.config.runs_dir)
+            self.save_screenshot(filename="screen.svg", path=str(folder))
+        except OSError as exc:
+            self._save_failed(exc)
+            return
         # A copy taken here, between two folds: the thread then reads records nobody adds to or drops.
         self._save_files(folder, list(self.model.ledger.records.values()))
 
     @work(thread=True, group="save", exit_on_error=False)
     def _save_files(self, folder: Path, records: list[MessageRecord]) -> None:
-        rows = write_ledger_csv(records, folder / "ledger.csv")
-        cut = ""
-        if self.session_log is not None:
-            self.session_log.flush()
-            shutil.copyfile(self.session_log.path, folder / "events.jsonl")
-            if self.session_log.dropped:
-                cut = f" (the event log hit its size cap: the last {self.session_log.dropped:,} events are not in it)"
+        try:
+            rows = write_ledger_csv(records, folder / "ledger.csv")
+            if self.session_log is not None:
+                self.session_log.flush()
+                shutil.copyfile(self.session_log.path, folder / "events.jsonl")
+        except OSError as exc:  # a full disk, a folder removed meanwhile: say so, as for the screenshot
+            self.call_from_thread(self._save_failed, exc)
+            return
+        dropped = self.session_log.dropped if self.session_log is not None else 0
+        cut = f" (the event log hit its size cap: the last {dropped:,} events are not in it)" if dropped else ""
         self.call_from_thread(
-            self.notify, f"Saved {rows} ledger rows, events and a screenshot to {folder}{cut}", timeout=8
+            self.notify, f"Saved {rows} ledger rows, events and a screenshot to {folder}{cut}", timeout=8, markup=False
+        )
+
+    def _save_failed(self, exc: OSError) -> None:
+        """Say which path could not be written and the system's reason, as text (a path may hold brackets)."""
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        self.notify(
+            f"Not saved: cannot write{where}: {reason}. Start with --runs-dir DIR to save elsewhere.",
+            severity="error",
+            timeout=10,
+            markup=False,
         )
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tui import observations as obs
 from tui.pool import Inbox, WorkerPool
@@ -38,6 +39,8 @@ class LabConfig:
     heartbeat: int | None = None
     management_url: str | None = None
     private_broker: bool = False
+    runs_dir: Path | None = None
+    """Where Ctrl+S saves sessions; None: runs/ in the current folder."""
 
 
 class Backend:

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
     parser.add_argument("--heartbeat", type=int, default=None, metavar="S", help="workers' heartbeat")
     parser.add_argument("--management-url", default=None, help="management API (default: host:15672)")
+    add_runs_dir_arg(parser)
     parser.add_argument(
         "--broker",
         choices=("auto", "private", "url"),
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "private: always a private node (F10 restarts it); url: only the URL's broker",
     )
     return parser
+
+
+def add_runs_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, metavar="DIR", help="where Ctrl+S saves (default: runs/ here)"
+    )
 
 
 def parse_config(argv: list[str], console: Console) -> LabConfig:
@@ -89,6 +96,7 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         heartbeat=args.heartbeat,
         management_url=args.management_url,
         private_broker=private,
+        runs_dir=args.runs_dir,
     )
 
 
@@ -199,6 +207,7 @@ def replay_main(argv: list[str]) -> int:
     """Reopen a saved session (events.jsonl, or the folder holding it) read-only, without a broker."""
     parser = argparse.ArgumentParser(prog="dispatch-lab replay", description=replay_main.__doc__)
     parser.add_argument("file", type=Path, help="events.jsonl from Ctrl+S or compare --out, or its folder")
+    add_runs_dir_arg(parser)
     args = parser.parse_args(argv)
     path: Path = args.file / "events.jsonl" if args.file.is_dir() else args.file
     if not path.is_file():
@@ -213,7 +222,13 @@ def replay_main(argv: list[str]) -> int:
     end = max(getattr(item, "ts", 0.0) for item in items)
     from tui.app import DispatchLab
 
-    config = LabConfig(url=model.broker or "replay", queue=model.queue_name, durable=model.durable, mode=model.mode)
+    config = LabConfig(
+        url=model.broker or "replay",
+        queue=model.queue_name,
+        durable=model.durable,
+        mode=model.mode,
+        runs_dir=args.runs_dir,
+    )
     DispatchLab(config, model, None, clock=lambda: end, title=f"replay of {path}").run()
     return 0
 
