@@ -18,6 +18,8 @@ import os
 import re
 import signal
 import stat
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +35,7 @@ from textual.notifications import Notification, Notify
 from textual.widgets import Static
 
 from tests.conftest import WorkerFactory
-from tests.helpers import CliResult, publish_raw, run_module, wait_figures, wait_until
+from tests.helpers import ROOT, SPAWNED, CliResult, child_env, publish_raw, run_module, wait_figures, wait_until
 from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
 from tui import observations as obs
 from tui.app import DispatchLab
@@ -506,5 +508,87 @@ def test_replay_takes_runs_dir_too(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     log.close()
     built: list[DispatchLab] = []
     monkeypatch.setattr(DispatchLab, "run", lambda self, *args, **kwargs: built.append(self))
+    monkeypatch.setattr("tui.launch.full_screen_refusal", lambda *args: None)  # pytest holds the terminal
     assert replay_main([str(tmp_path), "--runs-dir", str(tmp_path / "saves")]) == 0
     assert [app.config.runs_dir for app in built] == [tmp_path / "saves"]
+
+
+# ----- not a terminal
+
+
+def refused_without_a_terminal(lines: list[str], prog: str, which: str) -> None:
+    assert len(lines) == 1, f"expected one line, got {lines}"
+    assert lines[0].startswith(f"{prog}: "), lines[0]
+    assert f"needs a terminal ({which})" in lines[0], lines[0]
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_with_nothing_a_terminal_refuses_in_one_line(broker_url: str, queue_name: str) -> None:
+    """``dispatch-lab < /dev/null > out.txt``: the full-screen UI went into the file for as long as it ran."""
+    result = dashboard(["--queue", queue_name], broker_url, timeout=20)
+    assert result.code == 2 and result.stdout == "" and "Traceback" not in result.output, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    refused_without_a_terminal(
+        lines, "dispatch-lab", "standard input, standard output and standard error are not terminals"
+    )
+    for instead in ("`dispatch-lab compare`", "`dispatch-lab worker`", "`dispatch-lab new-task`"):
+        assert instead in lines[0], lines[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_dashboard_piped_into_cat_refuses_in_one_line(broker_url: str, queue_name: str) -> None:
+    """``dispatch-lab | cat``: keys and screen on a terminal, standard output a pipe; the screen came out garbled."""
+    terminal, side = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "tui.cli", "--broker", "url", "--queue", queue_name],
+            cwd=ROOT,
+            env=child_env(broker_url),
+            stdin=side,
+            stdout=subprocess.PIPE,
+            stderr=side,
+        )
+        SPAWNED.append(proc)
+        os.close(side)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the dashboard opened on a pipe") from None
+        assert proc.stdout is not None and proc.stdout.read() == b""
+        proc.stdout.close()
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: the other side is closed and everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(terminal)
+    assert code == 2, shown
+    # On a terminal the broker check shows a spinner first, erased again: the refusal is what stays.
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())
+    lines = [line for line in text.splitlines() if line.strip() and "Connecting to" not in line]
+    assert "Traceback" not in text, text
+    refused_without_a_terminal(lines, "dispatch-lab", "standard output is not one")
+    assert "`dispatch-lab compare`" in lines[0], lines[0]
+
+
+@pytest.mark.timeout(60)
+def test_replay_without_a_terminal_refuses_in_one_line(tmp_path: Path) -> None:
+    log = SessionLog(tmp_path / "events.jsonl")
+    log.start()
+    log.add(session_snapshot().events)
+    log.close()
+    result = run_module("tui.cli", ["replay", str(tmp_path)], None, timeout=20)
+    assert result.code == 2 and result.stdout == "" and "Traceback" not in result.output, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    refused_without_a_terminal(
+        lines, "dispatch-lab replay", "standard input, standard output and standard error are not terminals"
+    )
+    assert "events.jsonl" in lines[0], lines[0]

@@ -83,6 +83,7 @@ def opened_by_replay_main(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> D
         built.append(self)
 
     monkeypatch.setattr(DispatchLab, "run", catch)
+    monkeypatch.setattr("tui.launch.full_screen_refusal", lambda *args: None)  # pytest holds the terminal
     assert replay_main(argv) == 0
     assert len(built) == 1
     return built[0]

@@ -124,9 +124,46 @@ def start_private_node(config: LabConfig, console: Console) -> tuple[LabConfig, 
     return replace(config, url=node.url, management_url=node.management_url), node
 
 
+_STREAMS = (("standard input", 0), ("standard output", 1), ("standard error", 2))
+DASHBOARD_ELSEWHERE = (
+    "without one, run `dispatch-lab compare` (scenarios as a table or --json), "
+    "`dispatch-lab worker` or `dispatch-lab new-task`."
+)
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:  # closed
+        return False
+
+
+def full_screen_refusal(prog: str, what: str, elsewhere: str) -> str | None:
+    """One line saying why the full-screen UI cannot open here, or None when it can.
+
+    Textual reads keys from standard input and draws on standard error, and with
+    standard output redirected (``| cat``, ``> out.txt``) the screen came out garbled,
+    or was written into the file for as long as the dashboard ran.
+    """
+    missing = [name for name, fd in _STREAMS if not _is_terminal(fd)]
+    if not missing:
+        return None
+    if len(missing) == 1:
+        which = f"{missing[0]} is not one"
+    else:
+        which = f"{', '.join(missing[:-1])} and {missing[-1]} are not terminals"
+    return f"{prog}: {what} needs a terminal ({which}); {elsewhere}"
+
+
 def main(argv: list[str]) -> int:
     console = Console(stderr=True)
     config = parse_config(argv, console)
+    # The broker is checked before the terminal (a second, and a wrong URL needs fixing either way),
+    # but no private node boots (about 10 s) for a screen that cannot open.
+    refusal = full_screen_refusal("dispatch-lab", "the dashboard", DASHBOARD_ELSEWHERE)
+    if refusal is not None and config.private_broker:
+        print(refusal, file=sys.stderr)
+        return 2
     node: LocalNode | None = None
     try:
         if config.private_broker:
@@ -142,6 +179,9 @@ def main(argv: list[str]) -> int:
         if node is not None:
             node.destroy()
         return 130
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
     from tui.app import DispatchLab
 
     backend = Backend(config, management=management)
@@ -217,6 +257,14 @@ def replay_main(argv: list[str]) -> int:
     items = list(read_log(path))
     if not items:
         print(f"dispatch-lab replay: {path} holds no events", file=sys.stderr)
+        return 2
+    refusal = full_screen_refusal(
+        "dispatch-lab replay",
+        "a replay",
+        "without one, read its events.jsonl (JSON lines), or the ledger.csv saved beside it.",
+    )
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
         return 2
     model.apply_all(items)
     end = max(getattr(item, "ts", 0.0) for item in items)
