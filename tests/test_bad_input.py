@@ -536,6 +536,21 @@ def test_dashboard_with_nothing_a_terminal_refuses_in_one_line(broker_url: str, 
 
 
 @pytest.mark.timeout(60)
+def test_no_private_node_boots_for_a_screen_that_cannot_open(queue_name: str) -> None:
+    """Booting one takes 10-15 s here; the refusal comes first, before any broker is touched."""
+    began = time.monotonic()
+    result = run_module("tui.cli", ["--broker", "private", "--queue", queue_name], None, timeout=20)
+    took = time.monotonic() - began
+    assert result.code == 2 and "Traceback" not in result.output, result
+    assert "Private RabbitMQ node" not in result.output and "private RabbitMQ node" not in result.output, result
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    refused_without_a_terminal(
+        lines, "dispatch-lab", "standard input, standard output and standard error are not terminals"
+    )
+    assert took < 5, f"{took:.1f} s: a node was started"
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_dashboard_piped_into_cat_refuses_in_one_line(broker_url: str, queue_name: str) -> None:
     """``dispatch-lab | cat``: keys and screen on a terminal, standard output a pipe; the screen came out garbled."""

@@ -181,6 +181,8 @@ def main(argv: list[str]) -> int:
         return 130
     if refusal is not None:
         print(refusal, file=sys.stderr)
+        if node is not None:
+            node.destroy()
         return 2
     from tui.app import DispatchLab
 
