@@ -264,3 +264,16 @@ def test_check_queue_refuses_what_the_broker_cannot_take(name: str, message: str
     with pytest.raises(SettingsError) as info:
         check_queue(name)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("url", ["amqp://u1:p\tQz9@host/", "amqp://u1:pa\tss/Qz9@host/", "amqp://h/v\nh"])
+def test_check_url_refuses_control_characters_urllib_would_drop(url: str) -> None:
+    """urllib drops tabs and line breaks: "p<tab>Qz9" would have logged in as "pQz9" (and crashed the check)."""
+    with pytest.raises(SettingsError) as info:
+        check_url(url, "--url")
+    message = str(info.value)
+    assert message.startswith("The broker URL in --url holds a control character") and "Qz9" not in message
+
+
+def test_check_url_takes_surrounding_whitespace_as_urllib_does() -> None:
+    assert check_url("amqp://h/\n") == "amqp://h/\n"

@@ -51,6 +51,12 @@ def check_url(url: str, source: str = "the broker URL") -> str:
     a piece of the password. pika's own error for ``amqp://u1:p@ss:w/rd%@host/``
     was "Port could not be cast to integer value as 'w'".
     """
+    if any(ord(char) < 32 or char == "\x7f" for char in url.strip()):
+        # urllib drops tabs and line breaks inside a URL: a password "p<tab>w" would log in as "pw".
+        raise SettingsError(
+            f"The broker URL in {source} holds a control character (a tab or a line break): "
+            "remove it, or percent-encode it (a tab as %09)."
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError when the "port" is no number (or out of range)
@@ -58,7 +64,7 @@ def check_url(url: str, source: str = "the broker URL") -> str:
         raise SettingsError(f"The broker URL in {source} cannot be read: {_ENCODE_HINT}.") from None
     if parts.scheme not in ("amqp", "amqps"):
         raise SettingsError(f"The broker URL in {source} must begin with amqp:// or amqps://.")
-    if "@" in url[url.index(parts.netloc) + len(parts.netloc) :]:
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
         # An "@" after the host: the user name or password held "/", "?" or "#", which ended the host early.
         raise SettingsError(f"The broker URL in {source} cannot be read: {_ENCODE_HINT}.")
     import pika  # here, not at the top: the model (tui/state) imports this module and stays stdlib-only
