@@ -100,7 +100,9 @@ class Backend:
         if external is not None:
             ours = {str(pid) for pid in self.pool.pids()}
             others = tuple(
-                obs.ExternalConsumer(c.connection_name, c.prefetch, c.ack_required, c.unacked)
+                obs.ExternalConsumer(
+                    c.connection_name, c.prefetch, c.ack_required, c.unacked, c.channel, c.delivered, c.acked
+                )
                 for c in external
                 if not _is_ours(c.connection_name, ours)
             )

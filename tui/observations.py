@@ -91,6 +91,12 @@ class ExternalConsumer:
     prefetch: int
     ack_required: bool
     unacked: int
+    channel: str = ""
+    """The broker's name for the consumer's channel; the counts below are per channel."""
+    delivered: int | None = None
+    """Deliveries (and gets) on that channel so far, from its message_stats (None before the first)."""
+    acked: int | None = None
+    """Acks on that channel so far, from its message_stats."""
 
 
 @dataclass(frozen=True, slots=True)

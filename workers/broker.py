@@ -150,6 +150,11 @@ class ConsumerInfo:
     prefetch: int
     ack_required: bool
     unacked: int
+    delivered: int | None = None
+    """The channel's ``message_stats.deliver_get``: every delivery (and get) it has had; None before its
+    first stats (the broker emits them every 5 s). A channel's totals: all the queues it consumes from."""
+    acked: int | None = None
+    """The channel's ``message_stats.ack``: deliveries it acknowledged."""
 
 
 class ManagementApi:
@@ -189,11 +194,16 @@ class ManagementApi:
         vhost = quote(self.vhost, safe="")
         try:
             consumers = self._get(f"/api/consumers/{vhost}")
-            channels = self._get(f"/api/vhosts/{vhost}/channels?columns=name,messages_unacknowledged")
+            channels = self._get(
+                f"/api/vhosts/{vhost}/channels"
+                "?columns=name,messages_unacknowledged,message_stats.deliver_get,message_stats.ack"
+            )
             connections = self._get(f"/api/vhosts/{vhost}/connections?columns=name,user_provided_name")
         except (OSError, ValueError):  # URLError is an OSError
             return None
         unacked = {c.get("name"): int(c.get("messages_unacknowledged") or 0) for c in channels}
+        # An idle channel's message_stats is an empty list, not an object.
+        stats = {c.get("name"): c.get("message_stats") for c in channels if isinstance(c.get("message_stats"), dict)}
         named = {c.get("name"): c.get("user_provided_name") for c in connections}
         found: list[ConsumerInfo] = []
         for item in consumers:
@@ -201,6 +211,7 @@ class ManagementApi:
                 continue
             details = item.get("channel_details") or {}
             connection = details.get("connection_name") or "?"
+            counts = stats.get(details.get("name")) or {}
             found.append(
                 ConsumerInfo(
                     connection_name=str(named.get(connection) or connection),
@@ -208,6 +219,8 @@ class ManagementApi:
                     prefetch=int(item.get("prefetch_count") or 0),
                     ack_required=bool(item.get("ack_required")),
                     unacked=unacked.get(details.get("name"), 0),
+                    delivered=_count(counts, "deliver_get"),
+                    acked=_count(counts, "ack"),
                 )
             )
         return found
@@ -215,3 +228,8 @@ class ManagementApi:
     def describe(self) -> str:
         """Where the API is, for the UI (no credentials)."""
         return mask_url(self.base)
+
+
+def _count(stats: dict[str, Any], key: str) -> int | None:
+    value = stats.get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
