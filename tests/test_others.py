@@ -7,10 +7,10 @@ of samples and events that must never turn a task in motion into one "taken".
 
 from __future__ import annotations
 
-from tests.recordings import Recorder, replay
+from tests.recordings import T0, Recorder, replay
 from tui import observations as obs
 from tui.ledger import DONE, FROM_OTHERS, HELD, READY, TAKEN
-from tui.state import FROM_MANAGEMENT, Model
+from tui.state import DERIVED_IGNORED, FROM_MANAGEMENT, Model
 from tui.widgets.queue_panel import _rows as queue_rows
 from workers import protocol
 
@@ -255,3 +255,20 @@ def test_a_task_given_back_by_the_other_consumer_comes_to_ours() -> None:
     assert record.state == DONE and record.deliveries[0].why == FROM_OTHERS
     assert (model.ledger.taken, model.ledger.taken_ever) == (0, 1)
     assert model.balance(r.now) == (3, 3, True)
+
+
+def test_an_api_for_another_broker_is_ignored_and_says_why() -> None:
+    model = Model()
+    model.apply(obs.BrokerStatus(T0, "connected"))
+    refusal = "ignoring the management API at http://127.0.0.1:15672: it serves cluster 'rabbit@vm' (node …)"
+    model.apply(obs.ManagementChecked(T0, "http://127.0.0.1:15672", refusal))
+    # A sample that raced the refusal still carries the other broker's figures: they are not used.
+    model.apply(obs.QueueSample(T0 + 0.1, 0, 0, 3, (theirs(9, 9),)))
+    assert model.unacked(T0 + 0.2) == (0, DERIVED_IGNORED)
+    assert model.queue.external is None and not model.others.management
+    rows = {row[0]: row[1:] for row in queue_rows(model, T0 + 0.2, False)}
+    assert rows["unacked"] == ("0", "bold", "derived; mgmt API ignored")
+    assert len(DERIVED_IGNORED) <= 25, "fits the panel's source column at 120 columns"
+    model.apply(obs.ManagementChecked(T0 + 1, "http://127.0.0.1:15672"))
+    model.apply(obs.QueueSample(T0 + 1.1, 0, 0, 3, ()))
+    assert model.unacked(T0 + 1.2) == (3, FROM_MANAGEMENT)

@@ -63,6 +63,8 @@ SAMPLES: list[obs.Observation] = [
     obs.QueueSample(T0 + 1.5, 0, 1, 4, (EXTERNAL,)),
     obs.QueueSample(T0 + 1.6, 0, 1, None, ()),
     obs.QueueSample(T0 + 1.7, 0, 2, 1, (COUNTED, EXTERNAL)),
+    obs.ManagementChecked(T0, "http://127.0.0.1:15672", "ignoring the management API at http://127.0.0.1:15672: …"),
+    obs.ManagementChecked(T0, "http://127.0.0.1:41234"),
     obs.BrokerStatus(T0, "connected"),
     obs.BrokerStatus(T0 + 9, "reconnecting", 2, "Connection refused."),
     obs.Purged(T0 + 10, 12),

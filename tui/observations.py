@@ -115,6 +115,18 @@ class QueueSample:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagementChecked:
+    """Whether the management API describes the broker the AMQP link reached.
+
+    ``refusal`` is empty when it does, else the sentence saying why its figures are ignored.
+    """
+
+    ts: float
+    api: str
+    refusal: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerStatus:
     """The dashboard's own link to the broker: ``connected``, ``lost`` or ``reconnecting``."""
 
@@ -175,6 +187,7 @@ Observation = (
     | Confirmed
     | PublishFailed
     | QueueSample
+    | ManagementChecked
     | BrokerStatus
     | Purged
     | ModeRequested

@@ -37,6 +37,8 @@ TAKEN_SETTLE = 1.5
 the missing ones count as taken by another consumer: a delivery to one of ours is reported well within that."""
 REPORT_MARGIN = 0.5
 """Seconds past a shortfall's start by which each worker of ours must have spoken (a delivery's way to it)."""
+DERIVED_IGNORED = "derived; mgmt API ignored"
+"""The unacked source when the management API answers for another broker (the reason is shown below)."""
 
 LOG_LINES = 6
 LANE_BLOCKS = 400
@@ -173,6 +175,8 @@ class QueueView:
     mgmt_unacked: int | None = None
     mgmt_sampled: float | None = None
     external: tuple[obs.ExternalConsumer, ...] | None = None
+    mgmt_refused: str = ""
+    """Why the management API's figures are ignored (it answers for another broker), or empty."""
 
 
 class Model:
@@ -432,9 +436,9 @@ class Model:
             held_by_others = sum(c.unacked for c in e.external) if e.external else 0
             self.baseline = e.ready + max(0, (e.unacked or 0) - held_by_others)
         q.ready, q.consumers, q.sampled = e.ready, e.consumers, e.ts
-        if e.unacked is not None:
+        if e.unacked is not None and not q.mgmt_refused:
             q.mgmt_unacked, q.mgmt_sampled = e.unacked, e.ts
-        if e.external is not None:
+        if e.external is not None and not q.mgmt_refused:
             q.external = e.external
             self.others.listed(e.ts, e.external, e.unacked)
         self.others.declared(e.ts, e.consumers, sum(1 for w in self.workers.values() if w.alive))
@@ -480,6 +484,13 @@ class Model:
             if w.alive and (w.status in (STARTING, RECONNECTING) or w.last_seen < after):
                 return False
         return True
+
+    def _on_management_checked(self, e: obs.ManagementChecked) -> None:
+        self.queue.mgmt_refused = e.refusal
+        if e.refusal:
+            # Whatever it said before came from another broker.
+            q = self.queue
+            q.mgmt_unacked = q.mgmt_sampled = q.external = None
 
     def _still(self, now: float) -> bool:
         """Nothing moved for a while and every live worker is idle, holds nothing and answers.
@@ -545,7 +556,7 @@ class Model:
         q = self.queue
         if q.mgmt_unacked is not None and q.mgmt_sampled is not None and now - q.mgmt_sampled < 15:
             return q.mgmt_unacked, FROM_MANAGEMENT
-        return self.derived_unacked(), DERIVED
+        return self.derived_unacked(), DERIVED_IGNORED if q.mgmt_refused else DERIVED
 
     def counted_by_api(self, now: float) -> bool:
         """The management API answers for this broker and its figures are fresh."""
@@ -645,6 +656,7 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     obs.Confirmed: Model._on_confirmed,
     obs.PublishFailed: Model._on_publish_failed,
     obs.QueueSample: Model._on_sample,
+    obs.ManagementChecked: Model._on_management_checked,
     obs.BrokerStatus: Model._on_broker,
     obs.Purged: Model._on_purged,
     obs.ModeRequested: Model._on_mode_requested,

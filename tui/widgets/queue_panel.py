@@ -82,7 +82,8 @@ class QueuePanel(Vertical):
             lambda: Text.assemble(("done/s ", "dim"), (rate, "bold"), (" (last 30 s above)", "dim")),
             layout=False,
         )  # fmt: skip
-        self._put("#external", model.queue.external, lambda: _external(model), layout=True)
+        external_key = (model.queue.external, model.queue.mgmt_refused)
+        self._put("#external", external_key, lambda: _external(model), layout=True)
         if not details:
             return
         recent = model.ledger.recent(RECENT)
@@ -110,7 +111,7 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     others = "passive declare" if q.consumers is None else f"{ours} ours + {max(0, q.consumers - ours)} other"
     rows.append(("consumers", _n(q.consumers), "bold", others))
     theirs = model.others
-    if theirs.management and theirs.channels:
+    if theirs.management and theirs.channels and not q.mgmt_refused:
         # Their channels' message stats: what consumers we do not run took and acked since we came.
         rows.append(("others took", str(theirs.took), "bold", f"acked {theirs.acked}, mgmt ~5 s old"))
     rows.append(("published", str(ledger.published), "bold", f"confirmed {ledger.confirmed}"))
@@ -202,6 +203,9 @@ def _n(value: int | None) -> str:
 
 def _external(model: Model) -> Text:
     external = model.queue.external
+    refused = model.queue.mgmt_refused
+    if refused:
+        return Text(refused[0].upper() + refused[1:] + "\n", "dim")
     if not external:
         return Text("")
     text = Text("other consumers (management API):\n", "dim")
