@@ -68,6 +68,7 @@ def test_a_task_worker_py_took_becomes_taken_once_the_shortfall_settles() -> Non
     model = replay(r.events)
     # The queue hands out its oldest first: #2 was taken, #3 waits.
     assert states(model) == {1: HELD, 2: TAKEN, 3: READY}
+    assert model.missing_from_queue(r.now) == 0
     record = model.ledger.records["ab12-2"]
     assert record.lifeline() == "#2 -> taken by another consumer (inferred)"
     assert (model.ledger.taken, model.ledger.taken_ever) == (1, 1)
@@ -188,6 +189,8 @@ def test_with_the_management_api_its_delivery_count_bounds_the_inference() -> No
     tick(r, 3.0, ready=0, consumers=2, unacked=1, external=(theirs(5, 5),))
     model = replay(r.events)
     assert states(model)[2] == READY, "the API has not counted the delivery yet: wait for it"
+    assert model.missing_from_queue(r.now) == 1
+    assert ("", "", "dim", "1 of ours gone: checking") in queue_rows(model, r.now, False)
     tick(r, 0.5, ready=0, consumers=2, unacked=2, external=(theirs(6, 5, unacked=1),))
     model = replay(r.events)
     assert states(model)[2] == TAKEN

@@ -616,6 +616,11 @@ class Model:
         )
         return published, rhs, (published == rhs) if quiet else None
 
+    def missing_from_queue(self, now: float) -> int:
+        """Ready tasks of ours the broker's queue has not held for a while, not yet inferred taken (being checked)."""
+        missing = self._missing
+        return missing[1] if missing is not None and now - missing[0] >= TAKEN_SETTLE else 0
+
     def uncounted_others(self, now: float) -> int:
         """Consumers we do not run, attached now, whose takings nothing counts: the balance cannot close.
 

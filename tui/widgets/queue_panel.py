@@ -105,6 +105,9 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     ours = model.our_consumers()
     age = "" if q.sampled is None else f", {now - q.sampled:.0f}s old" if stale else ""
     rows: list[Row] = [("ready", _n(q.ready), "bold", f"passive declare{age}")]
+    missing = model.missing_from_queue(now)
+    if missing:  # ours, gone from the queue, at none of our workers: taken by others? (waits for the figures)
+        rows.append(("", "", "dim", f"{missing} of ours gone: checking"))
     rows.append(("unacked", str(unacked), "bold", unacked_source))
     if unacked_source == FROM_MANAGEMENT:
         rows.append(("held now", str(model.derived_unacked()), "bold", "live, from worker events"))
