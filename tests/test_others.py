@@ -7,8 +7,11 @@ of samples and events that must never turn a task in motion into one "taken".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.recordings import T0, Recorder, replay
 from tui import observations as obs
+from tui import session_log
 from tui.ledger import DONE, FROM_OTHERS, HELD, READY, TAKEN
 from tui.state import DERIVED_IGNORED, FROM_MANAGEMENT, Model
 from tui.widgets.queue_panel import _rows as queue_rows
@@ -275,3 +278,26 @@ def test_an_api_for_another_broker_is_ignored_and_says_why() -> None:
     model.apply(obs.ManagementChecked(T0 + 1, "http://127.0.0.1:15672"))
     model.apply(obs.QueueSample(T0 + 1.1, 0, 0, 3, ()))
     assert model.unacked(T0 + 1.2) == (3, FROM_MANAGEMENT)
+
+
+def test_what_others_held_when_we_came_is_not_in_the_baseline() -> None:
+    model = Model()
+    model.apply(obs.BrokerStatus(T0, "connected"))
+    # Two waiting, three unacked: one of them at worker.py (its channel listed twice: two consumers on it).
+    model.apply(obs.QueueSample(T0, 2, 2, 3, (theirs(4, 3, unacked=1), theirs(4, 3, unacked=1))))
+    assert model.baseline == 4
+    assert model.others.unacked == 1
+
+
+def test_a_saved_session_replays_to_the_same_inference(tmp_path: Path) -> None:
+    """``dispatch-lab replay`` folds the log it saved: the same tasks come out taken, at the same points."""
+    r = beside_worker_py()
+    r.add(obs.ManagementChecked(r.now, "http://127.0.0.1:15672"))
+    tick(r, 0.25, ready=1, consumers=2, unacked=1, external=(theirs(0, 0),))
+    tick(r, 2.0, ready=1, consumers=2, unacked=2, external=(theirs(1, 0, unacked=1),))
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(session_log.encode(item) for item in r.events), encoding="utf-8")
+    again = replay(list(session_log.read(path)))
+    assert states(again) == {1: HELD, 2: TAKEN, 3: READY}
+    assert states(again) == states(replay(r.events))
+    assert again.others == replay(r.events).others

@@ -430,17 +430,18 @@ class Model:
 
     def _on_sample(self, e: obs.QueueSample) -> None:
         q = self.queue
-        if q.sampled is None:
-            # What was already in the queue when we came: part of the balance. What other consumers
-            # held then is theirs to account for, when the API says how much that was.
-            held_by_others = sum(c.unacked for c in e.external) if e.external else 0
-            self.baseline = e.ready + max(0, (e.unacked or 0) - held_by_others)
+        first = q.sampled is None
         q.ready, q.consumers, q.sampled = e.ready, e.consumers, e.ts
         if e.unacked is not None and not q.mgmt_refused:
             q.mgmt_unacked, q.mgmt_sampled = e.unacked, e.ts
         if e.external is not None and not q.mgmt_refused:
             q.external = e.external
             self.others.listed(e.ts, e.external, e.unacked)
+        if first:
+            # What was already in the queue when we came: part of the balance. What other consumers
+            # held then is theirs to account for, when the API says how much that was.
+            unacked = 0 if q.mgmt_unacked is None else q.mgmt_unacked - self.others.unacked
+            self.baseline = e.ready + max(0, unacked)
         self.others.declared(e.ts, e.consumers, sum(1 for w in self.workers.values() if w.alive))
         if e.ready == 0 and self.last_auto_death is not None and self.ledger.count(READY) and self._still(e.ts):
             self.ledger.vanished(self.last_auto_death)
