@@ -275,6 +275,12 @@ def test_an_api_for_another_broker_is_ignored_and_says_why() -> None:
     rows = {row[0]: row[1:] for row in queue_rows(model, T0 + 0.2, False)}
     assert rows["unacked"] == ("0", "bold", "derived; mgmt API ignored")
     assert len(DERIVED_IGNORED) <= 25, "fits the panel's source column at 120 columns"
+    # worker.py attaches: the API that could count what it takes is ignored, and the panel says so.
+    for n in range(4):
+        model.apply(obs.QueueSample(T0 + 0.2 + n * 0.25, 0, 1, None, None))
+    rows = queue_rows(model, T0 + 1, False)
+    assert ("balance", "…", "dim", "can't close: 1 other") in rows
+    assert ("", "", "dim", "API ignored; can't count") in rows
     model.apply(obs.ManagementChecked(T0 + 1, "http://127.0.0.1:15672"))
     model.apply(obs.QueueSample(T0 + 1.1, 0, 0, 3, ()))
     assert model.unacked(T0 + 1.2) == (3, FROM_MANAGEMENT)

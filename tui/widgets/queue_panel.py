@@ -135,7 +135,7 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     if uncounted:
         # The passive declare counts them, nothing counts what they hold: say so rather than "moving".
         rows.append(("balance", verdict[0], verdict[1], f"can't close: {uncounted} other"))
-        rows.append(("", "", "dim", "no mgmt API to count it"))
+        rows.append(("", "", "dim", "API ignored; can't count" if q.mgmt_refused else "no mgmt API to count it"))
     else:
         rows.append(("balance", verdict[0], verdict[1], f"{word}: {published} in {relation} {accounted} out"))
     if stale:
