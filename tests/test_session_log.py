@@ -37,6 +37,7 @@ from workers import protocol
 from workers.settings import DispatchMode
 
 EXTERNAL = obs.ExternalConsumer("10.0.0.7:51234 -> 10.0.0.2:5672", 5, True, 2)
+COUNTED = obs.ExternalConsumer("worker.py", 1, True, 1, "10.0.0.7:51240 -> 10.0.0.2:5672 (1)", 12, 11)
 SAMPLES: list[obs.Observation] = [
     protocol.Ready("w1", T0, 4101, "task_queue", 0, "manual"),
     protocol.Received("w1", T0 + 0.1, 1, "ab12-1", "Héllo wörld…", False),
@@ -61,6 +62,9 @@ SAMPLES: list[obs.Observation] = [
     obs.QueueSample(T0 + 1, 3, 2),
     obs.QueueSample(T0 + 1.5, 0, 1, 4, (EXTERNAL,)),
     obs.QueueSample(T0 + 1.6, 0, 1, None, ()),
+    obs.QueueSample(T0 + 1.7, 0, 2, 1, (COUNTED, EXTERNAL)),
+    obs.ManagementChecked(T0, "http://127.0.0.1:15672", "ignoring the management API at http://127.0.0.1:15672: …"),
+    obs.ManagementChecked(T0, "http://127.0.0.1:41234"),
     obs.BrokerStatus(T0, "connected"),
     obs.BrokerStatus(T0 + 9, "reconnecting", 2, "Connection refused."),
     obs.Purged(T0 + 10, 12),
@@ -313,3 +317,16 @@ def test_tasks_lines_are_logged_as_they_came_and_read_back_as_their_events(tmp_p
     assert (tmp_path / "events.jsonl").read_bytes() == output.data
     assert list(read(tmp_path / "events.jsonl")) == events
     assert log.written == 4 + 2, "a log counts the items of a tasks line"
+
+
+def test_a_log_written_before_channel_counts_still_reads() -> None:
+    """Logs saved before consumers carried their channel's counts decode with those unknown."""
+    line = (
+        '{"obs":"QueueSample","ts":1.0,"ready":0,"consumers":2,"unacked":1,"external":'
+        '[{"connection":"worker.py","prefetch":1,"ack_required":true,"unacked":1}]}\n'
+    )
+    sample = decode(line)
+    assert isinstance(sample, obs.QueueSample) and sample.external is not None
+    assert sample.external[0] == obs.ExternalConsumer("worker.py", 1, True, 1, "", None, None)
+    bad = line.replace('"unacked":1}', '"unacked":1,"delivered":"many"}')
+    assert decode(bad) is not None and decode(bad).external == ()  # type: ignore[union-attr]

@@ -71,6 +71,8 @@ class Backend:
         )
         self._started = False
         self._shutdown_lock = threading.Lock()
+        self._refusal: str | None = None
+        """The management API's refusal as last reported to the model."""
 
     def start(self) -> None:
         self.monitor.start()
@@ -99,11 +101,18 @@ class Backend:
         unacked: int | None,
         external: Sequence[ConsumerInfo] | None,
     ) -> None:
+        api = self.management
+        if api is not None and api.refusal != self._refusal:
+            # Said once per change, before the first sample that goes without the API's figures.
+            self._refusal = api.refusal
+            self.inbox.put(obs.ManagementChecked(ts, api.describe(), api.refusal or ""))
         others: tuple[obs.ExternalConsumer, ...] | None = None
         if external is not None:
             ours = {str(pid) for pid in self.pool.pids()}
             others = tuple(
-                obs.ExternalConsumer(c.connection_name, c.prefetch, c.ack_required, c.unacked)
+                obs.ExternalConsumer(
+                    c.connection_name, c.prefetch, c.ack_required, c.unacked, c.channel, c.delivered, c.acked
+                )
                 for c in external
                 if not _is_ours(c.connection_name, ours)
             )

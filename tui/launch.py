@@ -31,6 +31,7 @@ from workers.settings import (
     mask_url,
     url_is_default,
     url_or_exit,
+    url_parts,
 )
 from workers.worker import ack_arg, positive_float, prefetch_arg
 
@@ -49,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transient", action="store_true", help="a non-durable queue (lost on restart)")
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
     parser.add_argument("--heartbeat", type=int, default=None, metavar="S", help="workers' heartbeat")
-    parser.add_argument("--management-url", default=None, help="management API (default: host:15672)")
+    parser.add_argument(
+        "--management-url",
+        default=None,
+        help="management API (default: a private node's own, else host:15672; used only if it is the same broker)",
+    )
     add_runs_dir_arg(parser)
     parser.add_argument(
         "--broker",
@@ -94,7 +99,7 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         durable=not args.transient,
         persistent=not args.no_persist,
         heartbeat=args.heartbeat,
-        management_url=args.management_url,
+        management_url=args.management_url or default_management_url(url),
         private_broker=private,
         runs_dir=args.runs_dir,
     )
@@ -110,8 +115,35 @@ def preflight(config: LabConfig, console: Console) -> ManagementApi | None:
             if connection.is_open:
                 connection.close()
         api = ManagementApi(config.url, base=config.management_url)
-        reachable = api.queue(config.queue) is not None
+        # Answering is enough here: the queue monitor checks that it is this broker's API before using it.
+        reachable = api.overview() is not None
     return api if reachable else None
+
+
+def default_management_url(url: str) -> str | None:
+    """The management API of the broker ``url`` reaches, when we can tell; None means ``host:15672``.
+
+    A private node (``dispatch-lab broker`` in another terminal) listens on loopback
+    ports of its own, and ``host:15672`` is then some other broker's API: its
+    config file, in the temp dir it was made in, names its management port.
+    """
+    parts = url_parts(url)
+    if parts.host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    for config in Path(tempfile.gettempdir()).glob("dlab-node-*/rabbitmq.conf"):
+        try:
+            settings = dict(
+                (key.strip(), value.strip())
+                for key, sep, value in (line.partition("=") for line in config.read_text().splitlines())
+                if sep
+            )
+        except OSError:
+            continue
+        listener = settings.get("listeners.tcp.1", "")
+        port = settings.get("management.tcp.port", "")
+        if listener.rpartition(":")[2] == str(parts.port) and port.isdecimal():
+            return f"http://{settings.get('management.tcp.ip', '127.0.0.1')}:{port}"
+    return None
 
 
 def start_private_node(config: LabConfig, console: Console) -> tuple[LabConfig, LocalNode]:

@@ -21,6 +21,9 @@ REDELIVERED = "redelivered"
 SUPERSEDED = "gone"
 """A delivery's outcome while we know only that the broker handed the message to someone else."""
 
+FROM_OTHERS = "back from another consumer"
+"""Why a message inferred taken by another consumer reached one of ours after all (that consumer gave it back)."""
+
 RETURN_REASONS = {
     "mode-change": MODE_CHANGE,
     "stop": AFTER_STOP,
@@ -36,7 +39,9 @@ DONE = "done"
 LOST = "lost"
 PURGED = "purged"
 FAILED = "publish failed"
-TERMINAL = frozenset({DONE, LOST, PURGED, FAILED})
+TAKEN = "taken by another consumer (inferred)"
+"""Gone from the queue to a consumer this dashboard does not run: our workers never reported it."""
+TERMINAL = frozenset({DONE, LOST, PURGED, FAILED, TAKEN})
 
 DEFAULT_CAP = 50_000
 
@@ -99,6 +104,8 @@ class MessageRecord:
                 parts.append(f"{outcome} -> requeued")
         if not self.deliveries:
             parts.append(self.state)
+        elif self.state == TAKEN and parts[-1].endswith("requeued"):
+            parts.append(self.state)  # given back by ours, then taken by someone else's consumer
         elif self.state in (PURGED, LOST) and parts[-1].endswith("requeued"):
             parts.append(self.state)  # back in the queue, then purged (or gone with a transient queue)
         return " -> ".join(parts)
@@ -128,6 +135,10 @@ class Ledger:
         self.evicted = 0
         self.foreign = 0
         """Messages first seen at their delivery: published by someone else, or queued before we came."""
+        self.taken = 0
+        """Messages inferred taken by consumers we do not run (TAKEN now; a counter, so eviction changes nothing)."""
+        self.taken_ever = 0
+        """Every such inference, including those whose message later came to one of ours."""
         self.lost_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self.duplicate_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self._anonymous = 0
@@ -211,6 +222,8 @@ class Ledger:
             self.confirmed += 1
         elif state == PURGED:
             self.purged -= 1  # it was not in the purge after all
+        elif state == TAKEN:
+            self.taken -= 1  # the other consumer gave it back (it closed its channel, or nacked it)
         deliveries = record.deliveries
         if state == HELD and deliveries and deliveries[-1].outcome is None:
             # Handed out again before the previous holder's exit or return reached us: each
@@ -329,6 +342,26 @@ class Ledger:
             self.lost_ids.append(record.msg_id)
             self._move(record, LOST)
         return len(gone)
+
+    def taken_by_others(self, count: int, before: float) -> int:
+        """Mark up to ``count`` ready messages as taken by another consumer; returns how many were marked.
+
+        The caller saw the broker's queue hold ``count`` fewer than our ready ones
+        while none of our workers reported them. The queue hands out its oldest
+        first, so the oldest we know as ready (by first sight; a requeued message
+        keeps its place) that were ready before ``before`` are the ones taken.
+        """
+        marked = 0
+        for record in self.records.values():
+            if marked >= count:
+                break
+            if record.state == READY and _ready_since(record) <= before:
+                record.next_why = FROM_OTHERS
+                self._move(record, TAKEN)
+                marked += 1
+        self.taken += marked
+        self.taken_ever += marked
+        return marked
 
     def broker_restarted(self) -> None:
         """Messages back in the queue after a restart get redelivered for that reason."""

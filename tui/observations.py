@@ -91,6 +91,12 @@ class ExternalConsumer:
     prefetch: int
     ack_required: bool
     unacked: int
+    channel: str = ""
+    """The broker's name for the consumer's channel; the counts below are per channel."""
+    delivered: int | None = None
+    """Deliveries (and gets) on that channel so far, from its message_stats (None before the first)."""
+    acked: int | None = None
+    """Acks on that channel so far, from its message_stats."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,18 @@ class QueueSample:
     consumers: int
     unacked: int | None = None
     external: tuple[ExternalConsumer, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementChecked:
+    """Whether the management API describes the broker the AMQP link reached.
+
+    ``refusal`` is empty when it does, else the sentence saying why its figures are ignored.
+    """
+
+    ts: float
+    api: str
+    refusal: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +187,7 @@ Observation = (
     | Confirmed
     | PublishFailed
     | QueueSample
+    | ManagementChecked
     | BrokerStatus
     | Purged
     | ModeRequested

@@ -31,6 +31,7 @@ _OBSERVATIONS: dict[str, type[Any]] = {
         obs.Confirmed,
         obs.PublishFailed,
         obs.QueueSample,
+        obs.ManagementChecked,
         obs.BrokerStatus,
         obs.Purged,
         obs.ModeRequested,

@@ -15,6 +15,7 @@ from typing import Any
 
 from tui import observations as obs
 from tui.ledger import AFTER_LOST_LINK, DONE, HELD, LOST, PURGED, READY, UNACKED_DONE, Ledger, MessageRecord
+from tui.others import OtherConsumers
 from workers import protocol
 from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 
@@ -23,12 +24,21 @@ STALE_AFTER = 2.0
 FROM_MANAGEMENT = "management API, ~5 s behind"
 DERIVED = "derived: worker events"
 """Where the unacked figure came from, as the queue panel says it."""
+ATTACHED_SLACK = 2.0
+"""Seconds before a shortfall began in which other consumers seen attached may have taken it."""
 UNRESPONSIVE_AFTER = 3.0
 """Seconds without an event (workers say ``alive`` every second) before a worker counts as hung."""
 MGMT_LAG = 7.0
 """Seconds the management API's message stats trail reality (its collection interval is 5 s)."""
 VANISH_QUIET = 1.5
 """Seconds of stillness before ready tasks missing from an empty queue count as lost unseen."""
+TAKEN_SETTLE = 1.5
+"""Seconds the broker's queue must hold fewer than our ready tasks, with nothing moving at our end, before
+the missing ones count as taken by another consumer: a delivery to one of ours is reported well within that."""
+REPORT_MARGIN = 0.5
+"""Seconds past a shortfall's start by which each worker of ours must have spoken (a delivery's way to it)."""
+DERIVED_IGNORED = "derived; mgmt API ignored"
+"""The unacked source when the management API answers for another broker (the reason is shown below)."""
 
 LOG_LINES = 6
 LANE_BLOCKS = 400
@@ -165,6 +175,8 @@ class QueueView:
     mgmt_unacked: int | None = None
     mgmt_sampled: float | None = None
     external: tuple[obs.ExternalConsumer, ...] | None = None
+    mgmt_refused: str = ""
+    """Why the management API's figures are ignored (it answers for another broker), or empty."""
 
 
 class Model:
@@ -200,6 +212,10 @@ class Model:
         """When a task last moved (delivered, finished, given back, lost with its worker)."""
         self.last_auto_death: float | None = None
         """When a worker in auto ack last died: what the broker had written to its socket is gone."""
+        self.others = OtherConsumers()
+        """Consumers on our queue that this dashboard does not run, and what they took."""
+        self._missing: tuple[float, int] | None = None
+        """Since when the broker's queue has held fewer than our ready tasks, and the least it was short by."""
 
     # ----- folding
 
@@ -414,16 +430,68 @@ class Model:
 
     def _on_sample(self, e: obs.QueueSample) -> None:
         q = self.queue
-        if q.sampled is None:
-            # What was already in the queue when we came: part of the balance.
-            self.baseline = e.ready + (e.unacked or 0)
+        first = q.sampled is None
         q.ready, q.consumers, q.sampled = e.ready, e.consumers, e.ts
-        if e.unacked is not None:
+        if e.unacked is not None and not q.mgmt_refused:
             q.mgmt_unacked, q.mgmt_sampled = e.unacked, e.ts
-        if e.external is not None:
+        if e.external is not None and not q.mgmt_refused:
             q.external = e.external
+            self.others.listed(e.ts, e.external, e.unacked)
+        if first:
+            # What was already in the queue when we came: part of the balance. What other consumers
+            # held then is theirs to account for, when the API says how much that was.
+            unacked = 0 if q.mgmt_unacked is None else q.mgmt_unacked - self.others.unacked
+            self.baseline = e.ready + max(0, unacked)
+        self.others.declared(e.ts, e.consumers, sum(1 for w in self.workers.values() if w.alive))
         if e.ready == 0 and self.last_auto_death is not None and self.ledger.count(READY) and self._still(e.ts):
             self.ledger.vanished(self.last_auto_death)
+        self._infer_taken(e)
+
+    def _infer_taken(self, e: obs.QueueSample) -> None:
+        """Mark as taken by another consumer the ready tasks the queue no longer has and none of ours reported.
+
+        Only when the shortfall has lasted TAKEN_SETTLE at a quiet moment of ours
+        (the events of a delivery to one of ours can reach us after the sample that
+        no longer counts it; a task confirmed a moment ago may not be counted yet),
+        every live worker of ours answers (a hung one may hold deliveries it never
+        reported), others were attached meanwhile, and, when the management API
+        counts their deliveries, no more than it counted.
+        """
+        ledger = self.ledger
+        short = ledger.count(READY) - e.ready
+        if short <= 0 or self.broker_state != "connected":
+            self._missing = None
+            return
+        since, least = self._missing or (e.ts, short)
+        self._missing = since, min(least, short)
+        if not self.others.seen_since(since - ATTACHED_SLACK):
+            return
+        if e.ts - since < TAKEN_SETTLE or e.ts - self.last_activity < TAKEN_SETTLE or not self._reported(since):
+            return
+        cap = self.others.take_cap(e.ts, ledger.taken_ever)
+        count = least if cap is None else min(least, cap)
+        if count > 0 and ledger.taken_by_others(count, since):
+            self._missing = None
+
+    def _reported(self, since: float) -> bool:
+        """Every live worker of ours is consuming and has spoken since ``since`` (and a margin).
+
+        A worker reports a delivery before its next ``alive`` (both from its
+        connection's loop, about every second), so none then holds a delivery made
+        before ``since`` that it did not report. A hung one (SIGSTOP) says nothing.
+        """
+        after = since + REPORT_MARGIN
+        for w in self.workers.values():
+            if w.alive and (w.status in (STARTING, RECONNECTING) or w.last_seen < after):
+                return False
+        return True
+
+    def _on_management_checked(self, e: obs.ManagementChecked) -> None:
+        self.queue.mgmt_refused = e.refusal
+        if e.refusal:
+            # Whatever it said before came from another broker.
+            q = self.queue
+            q.mgmt_unacked = q.mgmt_sampled = q.external = None
 
     def _still(self, now: float) -> bool:
         """Nothing moved for a while and every live worker is idle, holds nothing and answers.
@@ -489,7 +557,11 @@ class Model:
         q = self.queue
         if q.mgmt_unacked is not None and q.mgmt_sampled is not None and now - q.mgmt_sampled < 15:
             return q.mgmt_unacked, FROM_MANAGEMENT
-        return self.derived_unacked(), DERIVED
+        return self.derived_unacked(), DERIVED_IGNORED if q.mgmt_refused else DERIVED
+
+    def counted_by_api(self, now: float) -> bool:
+        """The management API answers for this broker and its figures are fresh."""
+        return self.unacked(now)[1] == FROM_MANAGEMENT
 
     def stale(self, now: float) -> bool:
         """True when the broker's figures are too old to trust."""
@@ -512,7 +584,7 @@ class Model:
         return [float(counts.get(s, 0)) for s in range(end - seconds, end)]
 
     def balance(self, now: float) -> tuple[int, int, bool | None]:
-        """(published + from elsewhere) vs (done + ready + unacked + lost + purged).
+        """(published + from elsewhere) vs (done + ready + unacked + lost + purged + taken by others).
 
         The sides come from independent sources: published is the publisher's
         confirmed record, done and lost the workers' events, ready the broker's
@@ -521,23 +593,44 @@ class Model:
         workers, every message they were the first to show us (``new_task`` run
         in another terminal, the tutorial's way). The check only means something
         when the queue is quiet (nothing in progress, fresh figures): then the
-        third item is True or False, else None.
+        third item is True or False, else None. Taken by others counts our tasks
+        inferred taken by consumers we do not run; the unacked side then leaves out
+        what those consumers hold, when the management API says how much that is.
         """
         ledger = self.ledger
         published = ledger.confirmed + self.from_elsewhere
         ready = self.queue.ready or 0
-        unacked, _ = self.unacked(now)
-        rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged
-        _, source = self.unacked(now)
-        settling = source == FROM_MANAGEMENT and now - self.last_activity < MGMT_LAG
+        unacked, source = self.unacked(now)
+        others = self.others
+        if source == FROM_MANAGEMENT:
+            # What other consumers hold is theirs: ours among it are counted as taken by them.
+            unacked = max(0, unacked - others.unacked)
+        rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged + ledger.taken
+        settling = source == FROM_MANAGEMENT and (now - self.last_activity < MGMT_LAG or others.settling(now, MGMT_LAG))
         quiet = (
             not self.stale(now)
             and not settling
+            and not self.uncounted_others(now)
             and ledger.count(HELD) == 0
             and all(w.current is None for w in self.workers.values())
             and ledger.count(READY) == ready
         )
         return published, rhs, (published == rhs) if quiet else None
+
+    def missing_from_queue(self, now: float) -> int:
+        """Ready tasks of ours the broker's queue has not held for a while, not yet inferred taken (being checked)."""
+        missing = self._missing
+        return missing[1] if missing is not None and now - missing[0] >= TAKEN_SETTLE else 0
+
+    def uncounted_others(self, now: float) -> int:
+        """Consumers we do not run, attached now, whose takings nothing counts: the balance cannot close.
+
+        With the management API their channels' figures account for what they take.
+        Without it, the passive declare still counts them (more consumers than our
+        live workers), but nothing says which of our tasks they hold: the balance
+        waits until they leave, and the tasks they took are then inferred.
+        """
+        return 0 if self.counted_by_api(now) else self.others.surplus
 
 
 def _ack(value: str) -> AckMode:
@@ -569,6 +662,7 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     obs.Confirmed: Model._on_confirmed,
     obs.PublishFailed: Model._on_publish_failed,
     obs.QueueSample: Model._on_sample,
+    obs.ManagementChecked: Model._on_management_checked,
     obs.BrokerStatus: Model._on_broker,
     obs.Purged: Model._on_purged,
     obs.ModeRequested: Model._on_mode_requested,

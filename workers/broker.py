@@ -165,10 +165,30 @@ class ConsumerInfo:
     prefetch: int
     ack_required: bool
     unacked: int
+    delivered: int | None = None
+    """The channel's ``message_stats.deliver_get``: every delivery (and get) it has had; None before its
+    first stats (the broker emits them every 5 s). A channel's totals: all the queues it consumes from."""
+    acked: int | None = None
+    """The channel's ``message_stats.ack``: deliveries it acknowledged."""
+
+
+def server_cluster_name(connection: pika.BlockingConnection) -> str | None:
+    """The cluster name the broker announced when the AMQP connection opened (RabbitMQ sends it)."""
+    # pika keeps connection.start's server_properties on the adapter's connection, not on BlockingConnection.
+    properties = getattr(getattr(connection, "_impl", None), "server_properties", None) or {}
+    name = properties.get("cluster_name")
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else None
 
 
 class ManagementApi:
-    """The management plugin's HTTP API, used read-only with the AMQP URL's credentials."""
+    """The management plugin's HTTP API, used read-only with the AMQP URL's credentials.
+
+    The API is per node or cluster, and a default (``host:15672``) can be another
+    broker than the one the AMQP URL reaches (a private node on another port, a
+    tunnel): ``check_same_broker`` compares names before anyone shows its figures.
+    """
 
     def __init__(self, url: str, *, base: str | None = None, timeout: float = 1.0) -> None:
         parts = url_parts(url)
@@ -178,6 +198,10 @@ class ManagementApi:
         token = base64.b64encode(f"{parts.user}:{parts.password}".encode()).decode()
         self._auth = f"Basic {token}"
         self._url = url
+        self.refusal: str | None = None
+        """Why this API's figures are ignored (another broker, or one we cannot check), or None."""
+        self.checked: str | None = None
+        """The AMQP cluster name the API was last checked against (None: not checked yet)."""
 
     def _get(self, path: str) -> Any:
         import urllib.request  # here, not at the top: ~15 ms of every worker's start-up, for the dashboard only
@@ -204,11 +228,16 @@ class ManagementApi:
         vhost = quote(self.vhost, safe="")
         try:
             consumers = self._get(f"/api/consumers/{vhost}")
-            channels = self._get(f"/api/vhosts/{vhost}/channels?columns=name,messages_unacknowledged")
+            channels = self._get(
+                f"/api/vhosts/{vhost}/channels"
+                "?columns=name,messages_unacknowledged,message_stats.deliver_get,message_stats.ack"
+            )
             connections = self._get(f"/api/vhosts/{vhost}/connections?columns=name,user_provided_name")
         except (OSError, ValueError):  # URLError is an OSError
             return None
         unacked = {c.get("name"): int(c.get("messages_unacknowledged") or 0) for c in channels}
+        # An idle channel's message_stats is an empty list, not an object.
+        stats = {c.get("name"): c.get("message_stats") for c in channels if isinstance(c.get("message_stats"), dict)}
         named = {c.get("name"): c.get("user_provided_name") for c in connections}
         found: list[ConsumerInfo] = []
         for item in consumers:
@@ -216,6 +245,7 @@ class ManagementApi:
                 continue
             details = item.get("channel_details") or {}
             connection = details.get("connection_name") or "?"
+            counts = stats.get(details.get("name")) or {}
             found.append(
                 ConsumerInfo(
                     connection_name=str(named.get(connection) or connection),
@@ -223,10 +253,54 @@ class ManagementApi:
                     prefetch=int(item.get("prefetch_count") or 0),
                     ack_required=bool(item.get("ack_required")),
                     unacked=unacked.get(details.get("name"), 0),
+                    delivered=_count(counts, "deliver_get"),
+                    acked=_count(counts, "ack"),
                 )
             )
         return found
 
+    def overview(self) -> dict[str, Any] | None:
+        """``/api/overview`` (node, cluster_name, listeners, ...), or None if unreachable."""
+        try:
+            data = self._get("/api/overview")
+        except (OSError, ValueError):  # URLError is an OSError
+            return None
+        return data if isinstance(data, dict) else None
+
+    def check_same_broker(self, cluster_name: str | None) -> bool:
+        """True when this API serves the cluster the AMQP connection announced; else ``refusal`` says why.
+
+        The AMQP handshake names the cluster (``cluster_name`` in connection.start's
+        server properties) but not the node, so the cluster names are compared.
+        An API that does not answer is not refused (its figures are simply None);
+        one that answers for another cluster, or a broker that names none, is.
+        """
+        if self.checked is not None and self.checked == cluster_name and self.refusal is None:
+            return True
+        where = self.describe()
+        if cluster_name is None:
+            self.refusal = f"ignoring the management API at {where}: the AMQP broker gave no cluster name to check."
+            return False
+        overview = self.overview()
+        if overview is None:
+            return True  # nothing to show from it anyway; checked again when it answers
+        theirs = str(overview.get("cluster_name") or "")
+        self.checked = cluster_name
+        if theirs != cluster_name:
+            node = str(overview.get("node") or "?")
+            self.refusal = (
+                f"ignoring the management API at {where}: it serves cluster {theirs!r} (node {node}), "
+                f"and the AMQP connection reached cluster {cluster_name!r}; pass --management-url for that broker."
+            )
+            return False
+        self.refusal = None
+        return True
+
     def describe(self) -> str:
         """Where the API is, for the UI (no credentials)."""
         return mask_url(self.base)
+
+
+def _count(stats: dict[str, Any], key: str) -> int | None:
+    value = stats.get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -15,7 +15,14 @@ from typing import Protocol
 
 import pika.exceptions
 
-from workers.broker import BrokerError, ConsumerInfo, ManagementApi, connect, explain_channel_error
+from workers.broker import (
+    BrokerError,
+    ConsumerInfo,
+    ManagementApi,
+    connect,
+    explain_channel_error,
+    server_cluster_name,
+)
 from workers.new_task import Publisher
 
 BACKOFF = (0.5, 1.0, 2.0, 3.0, 5.0)
@@ -76,6 +83,9 @@ class QueueMonitor:
         self._requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._mgmt: tuple[int | None, list[ConsumerInfo] | None] = (None, None)
         self._threads: list[threading.Thread] = []
+        self._cluster: str | None = None
+        """The cluster name the monitor's AMQP connection announced; None until it connects."""
+        self._connected = threading.Event()
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._run, name="monitor", daemon=True)]
@@ -96,7 +106,16 @@ class QueueMonitor:
     def _poll_management(self) -> None:
         api = self.management
         assert api is not None
+        # Nothing from the API is used before it is known to describe the broker the AMQP link reached.
+        while not self._connected.wait(0.1):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
+            if not api.check_same_broker(self._cluster):
+                self._mgmt = (None, None)
+                if _sleep_unless(self._stop, self.management_interval):
+                    return
+                continue
             data = api.queue(self.queue_name)
             unacked = int(data.get("messages_unacknowledged") or 0) if data else None
             consumers = api.consumers(self.queue_name) if data else None
@@ -116,6 +135,8 @@ class QueueMonitor:
                     return
                 continue
             attempt = 0
+            self._cluster = server_cluster_name(connection)
+            self._connected.set()
             self.listener.broker_status(time.time(), "connected", 0, "")
             try:
                 self._sample_until_stopped(connection)

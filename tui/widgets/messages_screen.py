@@ -13,11 +13,12 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from tui.ledger import LOST, MessageRecord
+from tui.ledger import LOST, TAKEN, MessageRecord
 from tui.state import Model
 
 ROWS = 300
 STATE_STYLES = {"done": "green", "lost": "bold red", "held": "cyan", "ready": "yellow", "done, never acked": "red"}
+STATE_STYLES[TAKEN] = "magenta"
 
 
 class MessagesScreen(ModalScreen[None]):

@@ -14,7 +14,7 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
-from tui.ledger import MessageRecord
+from tui.ledger import TAKEN, MessageRecord
 from tui.state import FROM_MANAGEMENT, Model
 
 
@@ -82,7 +82,8 @@ class QueuePanel(Vertical):
             lambda: Text.assemble(("done/s ", "dim"), (rate, "bold"), (" (last 30 s above)", "dim")),
             layout=False,
         )  # fmt: skip
-        self._put("#external", model.queue.external, lambda: _external(model), layout=True)
+        external_key = (model.queue.external, model.queue.mgmt_refused)
+        self._put("#external", external_key, lambda: _external(model), layout=True)
         if not details:
             return
         recent = model.ledger.recent(RECENT)
@@ -104,14 +105,23 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     ours = model.our_consumers()
     age = "" if q.sampled is None else f", {now - q.sampled:.0f}s old" if stale else ""
     rows: list[Row] = [("ready", _n(q.ready), "bold", f"passive declare{age}")]
+    missing = model.missing_from_queue(now)
+    if missing:  # ours, gone from the queue, at none of our workers: taken by others? (waits for the figures)
+        rows.append(("", "", "dim", f"{missing} of ours gone: checking"))
     rows.append(("unacked", str(unacked), "bold", unacked_source))
     if unacked_source == FROM_MANAGEMENT:
         rows.append(("held now", str(model.derived_unacked()), "bold", "live, from worker events"))
     others = "passive declare" if q.consumers is None else f"{ours} ours + {max(0, q.consumers - ours)} other"
     rows.append(("consumers", _n(q.consumers), "bold", others))
+    theirs = model.others
+    if theirs.management and theirs.channels and not q.mgmt_refused:
+        # Their channels' message stats: what consumers we do not run took and acked since we came.
+        rows.append(("others took", str(theirs.took), "bold", f"acked {theirs.acked}, mgmt ~5 s old"))
     rows.append(("published", str(ledger.published), "bold", f"confirmed {ledger.confirmed}"))
     if model.from_elsewhere:  # new_task in another terminal, or what was queued before we came
         rows.append(("from others", str(model.from_elsewhere), "bold", "first seen at delivery"))
+    if ledger.taken:  # ours, gone from the queue to a consumer we do not run
+        rows.append(("taken", str(ledger.taken), "bold", "by others, inferred"))
     rows.append(("done", str(ledger.done_messages), "bold", f"runs {ledger.done_runs}, duplicates {ledger.duplicates}"))
     rows.append(("redelivered", str(ledger.redeliveries), "bold", "flagged by the broker"))
     rows.append(("lost", str(ledger.lost), "bold red" if ledger.lost else "bold", "auto ack, worker died"))
@@ -121,7 +131,13 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     verdict = {True: ("✓", "bold green"), False: ("✗", "bold red"), None: ("…", "dim")}[holds]
     relation = {True: "=", False: "≠", None: "→"}[holds]
     word = {True: "holds", False: "OFF", None: "moving"}[holds]
-    rows.append(("balance", verdict[0], verdict[1], f"{word}: {published} in {relation} {accounted} out"))
+    uncounted = model.uncounted_others(now) if holds is None else 0
+    if uncounted:
+        # The passive declare counts them, nothing counts what they hold: say so rather than "moving".
+        rows.append(("balance", verdict[0], verdict[1], f"can't close: {uncounted} other"))
+        rows.append(("", "", "dim", "API ignored; can't count" if q.mgmt_refused else "no mgmt API to count it"))
+    else:
+        rows.append(("balance", verdict[0], verdict[1], f"{word}: {published} in {relation} {accounted} out"))
     if stale:
         why = f"broker {model.broker_state}" + (f", attempt {model.broker_attempt}" if model.broker_attempt else "")
         rows.append(("", "STALE", "bold red", why))
@@ -190,6 +206,9 @@ def _n(value: int | None) -> str:
 
 def _external(model: Model) -> Text:
     external = model.queue.external
+    refused = model.queue.mgmt_refused
+    if refused:
+        return Text(refused[0].upper() + refused[1:] + "\n", "dim")
     if not external:
         return Text("")
     text = Text("other consumers (management API):\n", "dim")
@@ -200,6 +219,7 @@ def _external(model: Model) -> Text:
 
 
 _STATE_STYLE = {"done": "green", "lost": "bold red", "held": "cyan", "ready": "yellow"}
+_STATE_STYLE[TAKEN] = "magenta"
 
 
 def _recent(records: list[MessageRecord]) -> Text:
