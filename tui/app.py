@@ -30,6 +30,7 @@ from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.session_log import SessionLog
 from tui.state import Model
+from tui.text import printable
 from tui.widgets.lab_header import LabHeader
 from tui.widgets.messages_screen import MessagesScreen
 from tui.widgets.publisher import PublisherPane
@@ -348,7 +349,7 @@ class DispatchLab(LabActions):
             self.notify("Read-only view: nothing to publish to.", severity="warning")
             return
         self.backend.publish(message.bodies)
-        self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3)
+        self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3, markup=False)
         if message.scenario is not None and message.scenario.actions:
             self.run_scenario_actions(message.scenario)
 
@@ -371,9 +372,8 @@ class DispatchLab(LabActions):
             shutil.copyfile(self.session_log.path, folder / "events.jsonl")
             if self.session_log.dropped:
                 cut = f" (the event log hit its size cap: the last {self.session_log.dropped:,} events are not in it)"
-        self.call_from_thread(
-            self.notify, f"Saved {rows} ledger rows, events and a screenshot to {folder}{cut}", timeout=8
-        )
+        saved = f"Saved {rows} ledger rows, events and a screenshot to {printable(str(folder))}{cut}"
+        self.call_from_thread(self.notify, saved, timeout=8, markup=False)
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
