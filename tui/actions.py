@@ -17,6 +17,7 @@ from tui.observations import BrokerRestarted
 from tui.runner import RunResult, apply_action, check, settled
 from tui.scenarios import Action, Scenario
 from tui.state import Model
+from tui.text import ERROR_CHARS, for_toast, printable
 from tui.widgets.compare_screen import CompareScreen
 from tui.widgets.help_screen import HelpScreen
 from tui.widgets.mode_dialog import PrefetchDialog
@@ -54,7 +55,7 @@ class LabActions(App[int]):
                     self.action_restart_broker()
                 else:
                     apply_action(action, backend.pool, self.set_mode)
-                self.notify(f"{scenario.name}: {action.describe()}", timeout=3)
+                self.notify(f"{for_toast(scenario.name)}: {for_toast(action.describe())}", timeout=3, markup=False)
 
             self.set_timer(action.at, act)
         if scenario.expect:
@@ -68,9 +69,9 @@ class LabActions(App[int]):
             await asyncio.sleep(0.5)
         results = check(scenario, self.model)
         failed = [c for c in results if not c.ok]
-        lines = "\n".join(("✓ " if c.ok else "✗ ") + c.describe() for c in results)
-        self.notify(lines, title=f"{scenario.name}: {'as expected' if not failed else 'NOT as expected'}",
-                    severity="error" if failed else "information", timeout=15)  # fmt: skip
+        lines = "\n".join(("✓ " if c.ok else "✗ ") + printable(c.describe()) for c in results)
+        self.notify(lines, title=f"{for_toast(scenario.name)}: {'as expected' if not failed else 'NOT as expected'}",
+                    severity="error" if failed else "information", timeout=15, markup=False)  # fmt: skip
 
     # ----- actions
 
@@ -105,7 +106,7 @@ class LabActions(App[int]):
             self.notify(f"At most {self.backend.pool.MAX_WORKERS} workers.", severity="warning")
             return
         name = self.backend.pool.spawn()
-        self.notify(f"Starting worker {name}", timeout=2)
+        self.notify(f"Starting worker {for_toast(name)}", timeout=2, markup=False)
 
     def action_kill(self) -> None:
         if self._read_only("kill"):
@@ -115,17 +116,17 @@ class LabActions(App[int]):
             return
         held = self.model.workers[name].in_hand
         if not self.backend.pool.kill(name):
-            self.notify(f"{name} is not running.", severity="warning")
+            self.notify(f"{for_toast(name)} is not running.", severity="warning", markup=False)
             return
         fate = "lost (auto ack)" if self.model.workers[name].ack == "auto" else "requeued by the broker"
-        self.notify(f"Killed {name} with SIGKILL: {held} task(s) it held will be {fate}.")
+        self.notify(f"Killed {for_toast(name)} with SIGKILL: {held} task(s) it held will be {fate}.", markup=False)
 
     def action_stop(self) -> None:
         if self._read_only("stop"):
             return
         name = self._selected_worker()
         if name is not None and self.backend is not None and not self.backend.pool.stop(name):
-            self.notify(f"{name} is not running.", severity="warning")
+            self.notify(f"{for_toast(name)} is not running.", severity="warning", markup=False)
 
     def action_restart(self) -> None:
         if self._read_only("restart"):
@@ -139,7 +140,7 @@ class LabActions(App[int]):
             self.run_worker(self._respawn_when_gone(name), name=f"restart-{name}", group=f"restart-{name}")
         else:
             pool.spawn(name)
-        self.notify(f"Restarting {name}", timeout=2)
+        self.notify(f"Restarting {for_toast(name)}", timeout=2, markup=False)
 
     async def _respawn_when_gone(self, name: str) -> None:
         assert self.backend is not None
@@ -149,7 +150,11 @@ class LabActions(App[int]):
                 pool.spawn(name)
                 return
             await asyncio.sleep(0.1)
-        self.notify(f"{name} is still finishing its task; kill it (F3) to restart now.", severity="warning")
+        self.notify(
+            f"{for_toast(name)} is still finishing its task; kill it (F3) to restart now.",
+            severity="warning",
+            markup=False,
+        )
 
     def set_mode(self, mode: DispatchMode) -> None:
         if self._read_only("switch to another mode") or self.backend is None:
@@ -209,7 +214,9 @@ class LabActions(App[int]):
         try:
             self.node.restart()
         except LocalNodeError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error", timeout=15)
+            self.call_from_thread(
+                self.notify, for_toast(str(exc), ERROR_CHARS), severity="error", timeout=15, markup=False
+            )
             return
         seconds = time.monotonic() - began
         self.backend.inbox.put(BrokerRestarted(time.time(), kept, seconds))

@@ -30,6 +30,7 @@ from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.session_log import SessionLog
 from tui.state import Model
+from tui.text import printable
 from tui.widgets.lab_header import LabHeader
 from tui.widgets.messages_screen import MessagesScreen
 from tui.widgets.publisher import PublisherPane
@@ -348,7 +349,7 @@ class DispatchLab(LabActions):
             self.notify("Read-only view: nothing to publish to.", severity="warning")
             return
         self.backend.publish(message.bodies)
-        self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3)
+        self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3, markup=False)
         if message.scenario is not None and message.scenario.actions:
             self.run_scenario_actions(message.scenario)
 
@@ -383,12 +384,15 @@ class DispatchLab(LabActions):
         dropped = self.session_log.dropped if self.session_log is not None else 0
         cut = f" (the event log hit its size cap: the last {dropped:,} events are not in it)" if dropped else ""
         self.call_from_thread(
-            self.notify, f"Saved {rows} ledger rows, events and a screenshot to {folder}{cut}", timeout=8, markup=False
+            self.notify,
+            f"Saved {rows} ledger rows, events and a screenshot to {printable(str(folder))}{cut}",
+            timeout=8,
+            markup=False,
         )
 
     def _save_failed(self, exc: OSError) -> None:
         """Say which path could not be written and the system's reason, as text (a path may hold brackets)."""
-        where = f" {exc.filename}" if exc.filename else ""
+        where = f" {printable(str(exc.filename))}" if exc.filename else ""
         reason = exc.strerror or str(exc) or type(exc).__name__
         self.notify(
             f"Not saved: cannot write{where}: {reason}. Start with --runs-dir DIR to save elsewhere.",

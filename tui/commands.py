@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from textual.app import SystemCommand
 
+from tui.text import for_toast
 from tui.widgets.publisher import PublisherPane
 from workers.settings import ACK_MODES, DispatchMode
 
@@ -37,7 +38,7 @@ def lab_commands(app: DispatchLab) -> Iterator[SystemCommand]:
     for name, scenario in app.presets.items():
         yield SystemCommand(
             f"Publish preset: {name}", scenario.description,
-            lambda s=scenario: app.post_message(PublisherPane.PublishTasks(list(s.tasks), s.name, s)),
+            lambda s=scenario: app.post_message(PublisherPane.PublishTasks(list(s.tasks), for_toast(s.name), s)),
         )  # fmt: skip
     yield SystemCommand(
         "Compare modes (F12)", "Run a scenario under several prefetch values on fresh queues, side by side",

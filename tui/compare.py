@@ -19,6 +19,7 @@ from tui.observations import SessionStarted
 from tui.runner import RunResult, ScenarioRun
 from tui.scenarios import ScenarioError, find
 from tui.session_log import SessionLog
+from tui.text import for_toast, printable
 from workers.broker import BrokerError
 from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, mask_url, url_or_exit
 from workers.worker import ack_arg, positive_float
@@ -69,7 +70,9 @@ def _mode_name(mode: DispatchMode) -> str:
 def table(results: list[RunResult]) -> Table:
     """Side by side: per mode the makespan, and per worker its tasks, busy time and idle-while-work-waited."""
     best = min((r.makespan for r in results if not r.timed_out), default=0.0)
-    out = Table(title=f"scenario {results[0].scenario}: the same tasks under each mode", box=box.SIMPLE_HEAD)
+    # Text for whatever comes from a scenario file or the workers (names, task labels): a string cell is markup.
+    title = Text(f"scenario {for_toast(results[0].scenario)}: the same tasks under each mode", "table.title")
+    out = Table(title=title, box=box.SIMPLE_HEAD)
     for name, justify in (("mode", "left"), ("makespan", "right"), ("worker", "left"), ("done", "right"),
                           ("busy", "right"), ("idle*", "right"), ("tasks", "left"), ("redeliv", "right"),
                           ("lost", "right"), ("dup", "right")):  # fmt: skip
@@ -80,10 +83,10 @@ def table(results: list[RunResult]) -> Table:
             span = Text("timed out", "bold red")
         for index, w in enumerate(result.workers):
             first = index == 0
-            labels = " ".join(w.labels) if len(w.labels) <= 8 else f"{len(w.labels)} tasks"
+            labels = Text(printable(" ".join(w.labels)) if len(w.labels) <= 8 else f"{len(w.labels)} tasks")
             idle = Text(f"{w.idle_while_waiting:.1f}s", "bold red" if w.idle_while_waiting > 0.5 else "green")
             out.add_row(
-                _mode_name(result.mode) if first else "", span if first else "", w.name, str(w.done),
+                _mode_name(result.mode) if first else "", span if first else "", Text(printable(w.name)), str(w.done),
                 f"{w.busy:.1f}s", idle, labels, str(result.redeliveries) if first else "",
                 str(result.lost) if first else "", str(result.duplicates) if first else "",
                 end_section=index == len(result.workers) - 1,
@@ -98,7 +101,7 @@ def checks(results: list[RunResult]) -> Text:
     for result in results:
         for check in result.checks:
             mark, style = ("✓", "green") if check.ok else ("✗", "bold red")
-            text.append(f"{mark} {_mode_name(result.mode)}: {check.describe()}\n", style)
+            text.append(f"{mark} {_mode_name(result.mode)}: {printable(check.describe())}\n", style)
     return text
 
 
@@ -124,7 +127,7 @@ def report(results: list[RunResult], console: Console) -> None:
     """The table, each run's checks and the verdict."""
     console.print(table(results))
     console.print(checks(results), end="")
-    console.print(verdict(results))
+    console.print(printable(verdict(results)), markup=False)
 
 
 def main(argv: list[str]) -> int:
@@ -150,10 +153,10 @@ def main(argv: list[str]) -> int:
             if args.out is not None:
                 log = SessionLog(args.out / f"prefetch-{prefetch}" / "events.jsonl")
                 log.start()
-            with console.status(f"{scenario.name}: {mode.describe()} …") as status:
+            with console.status(Text(f"{for_toast(scenario.name)}: {mode.describe()} …")) as status:
                 run = ScenarioRun(url, scenario, mode=mode, workers=args.workers,
                                   seconds_per_dot=args.seconds_per_dot, timeout=args.timeout, log=log,
-                                  progress=lambda text: status.update(text))  # fmt: skip
+                                  progress=lambda text: status.update(Text(printable(text))))  # fmt: skip
                 if log is not None:
                     # The log's first line, as the dashboard's: without it a replay knows neither the
                     # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.

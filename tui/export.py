@@ -11,6 +11,18 @@ from tui.ledger import Ledger, MessageRecord
 
 LEDGER_COLUMNS = ("msg_id", "label", "body", "published", "state", "deliveries", "done_count", "why_last", "lifeline")
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""A spreadsheet takes a cell that begins with one of these for a formula (OWASP's list for CSV injection)."""
+
+
+def cell(text: str) -> str:
+    """Outside text for a CSV cell: as it is, but a leading ``'`` keeps a spreadsheet from running it as a formula.
+
+    The rest stays byte for byte (the csv module quotes line breaks and quotes); the
+    views escape control characters, a data file keeps them.
+    """
+    return "'" + text if text.startswith(FORMULA_START) else text
+
 
 def write_ledger_csv(ledger: Ledger | Iterable[MessageRecord], path: Path) -> int:
     """One row per message still in the ledger (or per record given); returns the row count."""
@@ -23,15 +35,15 @@ def write_ledger_csv(ledger: Ledger | Iterable[MessageRecord], path: Path) -> in
         for record in records:
             writer.writerow(
                 (
-                    record.msg_id,
-                    record.label(),
-                    record.body,
+                    cell(record.msg_id),
+                    cell(record.label()),
+                    cell(record.body),
                     "" if record.published is None else f"{record.published:.6f}",
                     record.state,
                     len(record.deliveries),
                     record.done_count,
-                    record.deliveries[-1].why if record.deliveries else "",
-                    record.lifeline(),
+                    cell(record.deliveries[-1].why) if record.deliveries else "",
+                    cell(record.lifeline()),
                 )
             )
             rows += 1

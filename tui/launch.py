@@ -23,6 +23,7 @@ from tui.pool import WorkerPool
 from tui.session_log import SessionLog
 from tui.session_log import read as read_log
 from tui.state import Model
+from tui.text import printable
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
 from workers.local_node import LocalNode, LocalNodeError, port_open
 from workers.settings import (
@@ -311,7 +312,8 @@ def replay_main(argv: list[str]) -> int:
         mode=model.mode,
         runs_dir=args.runs_dir,
     )
-    DispatchLab(config, model, None, clock=lambda: end, title=f"replay of {path}").run()
+    # The title also names the SVG screenshot and the terminal's window: a path's control characters escaped.
+    DispatchLab(config, model, None, clock=lambda: end, title=f"replay of {printable(str(path))}").run()
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Span, Text
 
 from tui.state import Block, Model
+from tui.text import printable
 
 MIN_WINDOW = 20.0
 """Seconds the axis shows at least; it compresses beyond that..."""
@@ -43,7 +45,9 @@ def lane(blocks: Iterable[Block], start: float, end: float, width: int, now: flo
         style = _STYLES.get(block.outcome, "black on yellow") if block.end is not None else "bold black on white"
         if block.redelivered:
             style = style.replace("on green", "on yellow")
-        label = ("↻" if block.redelivered else "") + block.label
+        label = ("↻" if block.redelivered else "") + printable(block.label)  # another publisher's message id
+        if cell_len(label) != len(label):  # the lane is a cell a character: a label stops at a wide character
+            label = label[: next(i for i, char in enumerate(label) if cell_len(char) != 1)]
         size = last - first + 1
         if size > 0:
             chars[first : last + 1] = label.ljust(size) if size > len(label) else " " * size
@@ -86,7 +90,7 @@ def render(model: Model, now: float, width: int, name_width: int = 4) -> Text:
     lane_width = max(10, width - name_width - 1)
     out = Text()
     for name, worker in model.workers.items():
-        out.append(f"{name:<{name_width}} "[: name_width + 1], "bold" if worker.alive else "dim strike")
+        out.append(set_cell_size(printable(name), name_width) + " ", "bold" if worker.alive else "dim strike")
         out.append_text(lane(worker.lane, start, end, lane_width, now))
         out.append("\n")
     origin = model.first_ts if model.first_ts is not None else start

@@ -15,6 +15,7 @@ from textual.widgets import Button, Input, Label, LoadingIndicator, Select, Stat
 from tui.compare import checks, prefetch_list, table, verdict
 from tui.runner import RunResult, ScenarioRun
 from tui.scenarios import Scenario
+from tui.text import ERROR_CHARS, for_toast
 from workers.broker import BrokerError
 from workers.settings import DispatchMode, SettingsError, check_ack
 
@@ -47,7 +48,7 @@ class CompareScreen(ModalScreen[None]):
         with Vertical(id="compare-body"):
             with Horizontal(id="compare-form"):
                 yield Label("scenario", classes="caption")
-                options = [(name, name) for name in self.presets]
+                options = [(Text(for_toast(name)), name) for name in self.presets]  # a string prompt is markup
                 yield Select(options, value="odd-heavy" if "odd-heavy" in self.presets else options[0][1],
                              allow_blank=False, id="compare-scenario")  # fmt: skip
                 yield Label("prefetch", classes="caption")
@@ -107,7 +108,8 @@ class CompareScreen(ModalScreen[None]):
         self.app.call_from_thread(self._finished, runs, "")
 
     def _status(self, text: str) -> None:
-        self.query_one("#compare-status", Label).update(text)
+        """Show a line that may hold a scenario's name or an error's text: as text, never as markup."""
+        self.query_one("#compare-status", Label).update(Text(for_toast(text, ERROR_CHARS)))
 
     def _finished(self, runs: list[RunResult], error: str) -> None:
         self.query_one("#compare-run", Button).disabled = False

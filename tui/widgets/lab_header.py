@@ -6,10 +6,14 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.state import Model
+from tui.text import printable
 
 
 class LabHeader(Static):
-    """One line at the top that says what is being shown; the link's state comes first so it is never cut off."""
+    """One line at the top that says what is being shown; the link's state comes first so it is never cut off.
+
+    Names and the broker come from outside (a replayed log holds anything): Text, with control characters escaped.
+    """
 
     _shown: tuple[object, ...] = ()
 
@@ -17,19 +21,19 @@ class LabHeader(Static):
         state = model.broker_state
         text = Text()
         if title != "dispatch-lab":
-            text.append(f"{title} (read-only) ", "bold yellow")
+            text.append(f"{printable(title)} (read-only) ", "bold yellow")
         elif state == "connected":
             text.append("● connected ", "bold green")
         elif state == "connecting":
             text.append("○ connecting… ", "bold yellow")
         else:
             attempt = f", attempt {model.broker_attempt}" if model.broker_attempt else ""
-            text.append(f"● broker {state}{attempt} ({now - model.broker_since:.0f}s) ", "bold red")
+            text.append(f"● broker {printable(state)}{attempt} ({now - model.broker_since:.0f}s) ", "bold red")
         text.append(model.mode.describe(), "bold cyan")
         text.append(" · queue ", "dim")
-        text.append(model.queue_name, "bold")
+        text.append(printable(model.queue_name), "bold")
         text.append(" (durable) " if durable else " (transient) ", "dim")
-        text.append(broker, "dim")
+        text.append(printable(broker), "dim")
         self.set_class(state not in ("connected", "connecting") and title == "dispatch-lab", "-trouble")
         shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles
         if shown != self._shown:  # a repaint only when it reads differently; one line high, so never a layout

@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Static
 
 from tui.ledger import LOST, TAKEN, MessageRecord
 from tui.state import Model
+from tui.text import printable, quoted
 
 ROWS = 300
 STATE_STYLES = {"done": "green", "lost": "bold red", "held": "cyan", "ready": "yellow", "done, never acked": "red"}
@@ -82,17 +83,18 @@ class MessagesScreen(ModalScreen[None]):
 
     def _label(self, msg_id: str) -> str:
         record = self.model.ledger.records.get(msg_id)
-        return record.label() if record else msg_id
+        return printable(record.label() if record else msg_id)
 
     @staticmethod
-    def _row(record: MessageRecord) -> tuple[Text, Text, str, str, str]:
+    def _row(record: MessageRecord) -> tuple[Text, Text, str, Text, Text]:
+        """The table's cells: Text, as a string cell is read as markup and ids and names come from outside."""
         why = record.deliveries[-1].why if record.deliveries else ""
         return (
-            Text(record.label(), "bold"),
+            Text(printable(record.label()), "bold"),
             Text(record.state, STATE_STYLES.get(record.state, "")),
             str(len(record.deliveries)),
-            why,
-            record.lifeline(),
+            Text(printable(why)),
+            Text(printable(record.lifeline())),
         )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -106,8 +108,11 @@ class MessagesScreen(ModalScreen[None]):
             detail.update(Text("Select a task to see its deliveries.", "dim"))
             return
         origin = record.published or (record.deliveries[0].ts if record.deliveries else 0.0)
+        # Text throughout: a rich Table reads string titles and cells as markup.
         table = Table(
-            title=f"{record.label()} {record.body[:60]!r}: {record.lifeline()}",
+            title=Text(
+                f"{printable(record.label())} {quoted(record.body)}: {printable(record.lifeline())}", "table.title"
+            ),
             expand=True,
             box=box.SIMPLE_HEAD,
             padding=(0, 1),
@@ -116,8 +121,9 @@ class MessagesScreen(ModalScreen[None]):
             table.add_column(column)
         for d in record.deliveries:
             took = f"{d.ended - d.ts:.2f}s" if d.ended is not None else "…"
-            table.add_row(d.worker, f"+{d.ts - origin:.2f}s", "yes" if d.redelivered else "no", d.why, d.ack,
-                          d.outcome or "in progress", took)  # fmt: skip
+            table.add_row(Text(printable(d.worker)), f"+{d.ts - origin:.2f}s", "yes" if d.redelivered else "no",
+                          Text(printable(d.why)), Text(printable(d.ack)), Text(printable(d.outcome or "in progress")),
+                          took)  # fmt: skip
         if record.state == LOST:
             table.caption = "lost: delivered under auto ack to a worker that died before finishing it"
         detail.update(table)

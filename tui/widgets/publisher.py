@@ -8,6 +8,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label
 
 from tui.scenarios import Scenario
+from tui.text import for_toast, quoted
 
 MAX_COUNT = 100_000
 
@@ -22,6 +23,7 @@ class PublisherPane(Horizontal):
             super().__init__()
             self.bodies = bodies
             self.label = label
+            """What the toast calls them: outside text already made fit by ``tui.text`` (``quoted``, ``for_toast``)."""
             self.scenario = scenario
 
     def __init__(self, presets: dict[str, Scenario]) -> None:
@@ -48,7 +50,7 @@ class PublisherPane(Horizontal):
             self._send_typed()
         elif button_id.startswith("preset-"):
             scenario = self.presets[button_id.removeprefix("preset-")]
-            self.post_message(self.PublishTasks(list(scenario.tasks), scenario.name, scenario))
+            self.post_message(self.PublishTasks(list(scenario.tasks), for_toast(scenario.name), scenario))
 
     def _send_typed(self) -> None:
         body = self.query_one("#task-body", Input).value or "Hello World!"
@@ -57,4 +59,4 @@ class PublisherPane(Horizontal):
         if not 1 <= count <= MAX_COUNT:
             self.app.notify(f"Count must be between 1 and {MAX_COUNT}.", severity="warning")
             return
-        self.post_message(self.PublishTasks([body] * count, f"{body!r} ×{count}"))
+        self.post_message(self.PublishTasks([body] * count, f"{quoted(body)} ×{count}"))

@@ -16,6 +16,7 @@ from textual.widgets import Sparkline, Static
 
 from tui.ledger import TAKEN, MessageRecord
 from tui.state import FROM_MANAGEMENT, Model
+from tui.text import printable
 
 
 class QueueFigures(Widget):
@@ -66,10 +67,10 @@ class QueuePanel(Vertical):
         """Show the figures; with ``details=False`` not the latest tasks' lifelines (drawn less often in a flood)."""
         stale = model.stale(now)
         self.set_class(stale, "-stale")
-        title = f"queue {model.queue_name} ({'durable' if durable else 'transient'})"
+        title = f"queue {printable(model.queue_name)} ({'durable' if durable else 'transient'})"
         if self._shown.get("title") != title:  # setting a title repaints the whole panel, even to the same title
             self._shown["title"] = title
-            self.border_title = title
+            self.border_title = Text(title)  # a string title is read as markup; a queue's name is outside text
         self.query_one(QueueFigures).show(_rows(model, now, stale))
         series = model.rate_series(now)
         sparkline = self.query_one("#rate", Sparkline)
@@ -214,7 +215,9 @@ def _external(model: Model) -> Text:
     text = Text("other consumers (management API):\n", "dim")
     for consumer in external[:4]:
         ack = "manual ack" if consumer.ack_required else "auto ack"
-        text.append(f" {consumer.connection[:28]} prefetch {consumer.prefetch} {ack} unacked {consumer.unacked}\n")
+        text.append(
+            f" {printable(consumer.connection[:28])} prefetch {consumer.prefetch} {ack} unacked {consumer.unacked}\n"
+        )
     return text
 
 
@@ -228,5 +231,5 @@ def _recent(records: list[MessageRecord]) -> Text:
         return Text("")
     text = Text("latest tasks (F9: all, with details)\n", "dim")
     for record in records:
-        text.append(record.lifeline() + "\n", _STATE_STYLE.get(record.state, ""))
+        text.append(printable(record.lifeline()) + "\n", _STATE_STYLE.get(record.state, ""))
     return text

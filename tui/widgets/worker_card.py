@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.css.tokenize import IDENTIFIER
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
 from tui.state import BUSY, KILLED, STOPPING, WorkerState
+from tui.text import for_toast, printable
 
 STATUS_CLASSES = ("-busy", "-idle", "-dead", "-stopping", "-starting", "-reconnecting")
+_ID = re.compile(IDENTIFIER)
+NAME_CHARS = 24
+"""A card's title shows this much of a worker's name at most: its status must stay in view."""
 
 
 def progress_bar(fraction: float, width: int = 8) -> str:
@@ -45,7 +52,9 @@ class WorkerCard(Widget, can_focus=True):
             self.name = name
 
     def __init__(self, worker_name: str) -> None:
-        super().__init__(id=f"card-{worker_name}", classes="worker-card")
+        # A name from a replayed log may be anything; only a name fit for an id gives the card one.
+        card_id = f"card-{worker_name}"
+        super().__init__(id=card_id if _ID.fullmatch(card_id) else None, classes="worker-card")
         self.worker_name = worker_name
         self._last: tuple[object, ...] = ()
         self._borders: tuple[str, str] = ("", "")
@@ -85,10 +94,12 @@ class WorkerCard(Widget, can_focus=True):
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
-        borders = (f"{worker.name} · pid {worker.pid or '-'} · {describe_status(worker, now)}", mode)
+        name = for_toast(worker.name, NAME_CHARS)
+        borders = (f"{name} · pid {worker.pid or '-'} · {describe_status(worker, now)}", mode)
         if borders != self._borders:  # setting a title repaints the whole card, even to the same title
             self._borders = borders
-            self.border_title, self.border_subtitle = borders
+            # As Text: a title given as a string is read as markup, and a worker's name is outside text.
+            self.border_title, self.border_subtitle = Text(borders[0]), Text(borders[1])
         self.set_class(silent is not None, "-unresponsive")
         status = "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
         # One atomic change, and none when the status is the same: each change restyles the card's subtree.
@@ -108,9 +119,9 @@ class WorkerCard(Widget, can_focus=True):
             return
         _put(self._task_part, self._task_line(worker, now))
         lines = list(worker.stderr)[-3:] if worker.stderr and worker.status in ("exited", KILLED) else []
-        log = Text("\n".join(list(worker.log)[-4:]))
+        log = Text("\n".join(printable(line) for line in list(worker.log)[-4:]))
         if lines:
-            log.append("\n" + "\n".join(lines), "red")
+            log.append("\n" + "\n".join(printable(line) for line in lines), "red")
         _put(self._log_part, log)
 
     @staticmethod
@@ -122,12 +133,13 @@ class WorkerCard(Widget, can_focus=True):
             return Text("idle" if worker.alive else "", "dim")
         elapsed = max(0.0, now - current.started)
         waiting = worker.waiting
+        label = printable(current.label)  # another publisher's message id
         if current.seconds <= 0:
-            text = Text(f"{current.label} working", "bold")
+            text = Text(f"{label} working", "bold")
         else:
             fraction = min(1.0, elapsed / current.seconds)
             left = max(0.0, current.seconds - elapsed)
-            text = Text(f"{current.label} ", "bold")
+            text = Text(f"{label} ", "bold")
             text.append(progress_bar(fraction), "green")
             text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
             if left > 60:
