@@ -1,4 +1,4 @@
-"""Provides LabHeader: the broker link's state, broker (password masked), queue, and the mode in words."""
+"""Provides LabHeader: the broker link's state (a block too), broker (password masked), queue, and the mode in words."""
 
 from __future__ import annotations
 
@@ -6,6 +6,15 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.state import Model
+
+REASON_CELLS = 40
+"""Characters of the broker's block reason the header shows (RabbitMQ's are ``low on memory``, ``low on disk``)."""
+
+
+def printable(text: str, limit: int) -> str:
+    """Text from outside on one line: control characters escaped, at most ``limit`` characters."""
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class LabHeader(Static):
@@ -15,9 +24,18 @@ class LabHeader(Static):
 
     def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
         state = model.broker_state
+        blocked = model.publish_blocked
+        live = title == "dispatch-lab"
         text = Text()
-        if title != "dispatch-lab":
+        if not live:
             text.append(f"{title} (read-only) ", "bold yellow")
+        if blocked is not None:
+            # Connected, yet nothing we publish gets in: said first, in the broker's words.
+            text.append("● blocked by the broker: ", "bold red")
+            text.append(printable(blocked, REASON_CELLS), "bold red")
+            text.append(f" ({now - model.publish_blocked_since:.0f}s) ", "bold red")
+        if not live or (state == "connected" and blocked is not None):
+            pass  # a replay shows no link; a blocked one needs no "connected" beside it
         elif state == "connected":
             text.append("● connected ", "bold green")
         elif state == "connecting":
@@ -30,7 +48,7 @@ class LabHeader(Static):
         text.append(model.queue_name, "bold")
         text.append(" (durable) " if durable else " (transient) ", "dim")
         text.append(broker, "dim")
-        self.set_class(state not in ("connected", "connecting") and title == "dispatch-lab", "-trouble")
+        self.set_class((live and state not in ("connected", "connecting")) or blocked is not None, "-trouble")
         shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles
         if shown != self._shown:  # a repaint only when it reads differently; one line high, so never a layout
             self._shown = shown
