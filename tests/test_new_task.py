@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pika
 import pytest
 
 from tests.conftest import WorkerFactory
-from tests.helpers import publish, ready_count, run_module, wait_figures
-from workers.new_task import Publisher
+from tests.helpers import ROOT, CliResult, child_env, figures, publish, ready_count, run_module, wait_figures
+from workers.new_task import Publisher, build_parser
 
 pytestmark = pytest.mark.broker
 
@@ -100,3 +104,63 @@ def test_transient_publisher_on_durable_queue_explains(broker_url: str, queue_na
     assert "Traceback" not in result.output
     assert f"Queue {queue_name!r} already exists with a different 'durable'" in result.stderr
     assert ready_count(broker_url, queue_name) == 1, "nothing was published"
+
+
+# ----- a task from standard input or a file
+
+
+def new_task(args: list[str], url: str, stdin: bytes = b"") -> CliResult:
+    """Run new_task with ``stdin`` as its standard input."""
+    done = subprocess.run(
+        [sys.executable, "-u", "-m", "workers.new_task", *args],
+        cwd=ROOT, env=child_env(url), input=stdin, capture_output=True, timeout=30, check=False,
+    )  # fmt: skip
+    return CliResult(done.returncode, done.stdout.decode("utf-8", "replace"), done.stderr.decode("utf-8", "replace"))
+
+
+@pytest.mark.timeout(60)
+def test_a_task_from_standard_input_is_sent_byte_for_byte(broker_url: str, queue_name: str) -> None:
+    """Bigger than argv takes in one word (128 KiB), with a byte that is not UTF-8 and the trailing newline."""
+    body = b"Big task..." + b"x" * 200_000 + b"\xff\n"
+    result = new_task(["--queue", queue_name, "--count", "2", "-"], broker_url, body)
+    assert result.code == 0, result
+    assert result.stdout == f" [x] Sent {'Big task...' + 'x' * 29!r}… (200,013 bytes)\n" * 2, result.stdout
+    assert result.stderr == ""
+    assert [b for _, b in get_all(broker_url, queue_name)] == [body, body]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_from_a_file_is_sent_byte_for_byte(broker_url: str, queue_name: str, tmp_path: Path) -> None:
+    task = tmp_path / "task.txt"
+    task.write_bytes(b"Hello...\n")
+    result = new_task(["--queue", queue_name, "--file", str(task)], broker_url)
+    assert (result.code, result.stdout, result.stderr) == (0, " [x] Sent 'Hello...\\n'\n", ""), result
+    [(properties, body)] = get_all(broker_url, queue_name)
+    assert body == b"Hello...\n" and properties.message_id
+
+
+BAD_BODIES = [
+    (["--file", "/nonexistent/t"], b"", 1, "cannot read the task from /nonexistent/t: No such file or directory."),
+    (["-"], b"", 1, "the task from standard input is empty: nothing was sent."),
+    (["--file", "/etc/hostname", "Hello."], b"", 2,
+     "give the task as words, as '-' (standard input) or as --file PATH, not both."),
+]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("args", "stdin", "code", "sentence"), BAD_BODIES, ids=["missing file", "empty stdin", "both"])
+def test_a_task_that_cannot_be_read_is_one_sentence_and_nothing_is_sent(
+    broker_url: str, queue_name: str, args: list[str], stdin: bytes, code: int, sentence: str
+) -> None:
+    result = new_task(["--queue", queue_name, *args], broker_url, stdin)
+    assert (result.code, result.stdout, result.stderr) == (code, "", f"new_task: {sentence}\n"), result
+    assert figures(broker_url, queue_name) is None, "not even the queue was declared"
+
+
+def test_help_names_the_body_sources_and_the_timeout_default() -> None:
+    text = build_parser().format_help()
+    flat = " ".join(text.split())
+    assert "'-' reads it from stdin" in flat
+    assert "--file PATH read the task from this file" in flat
+    assert "--timeout SECONDS how long a task waits while the broker blocks publishers (default 30;" in flat
+    assert "may still be delivered once the alarm clears" in flat

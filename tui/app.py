@@ -124,13 +124,14 @@ class DispatchLab(LabActions):
         self._queue_panel = QueuePanel(id="queue")
         self._grid = Grid(id="workers")
         self._timeline = TimelineView(id="timeline")
+        self._publisher = PublisherPane(self.presets)
         yield self._header
         with Horizontal(id="main"):
             yield self._queue_panel
             with Vertical(id="right"):
                 yield self._grid
                 yield self._timeline
-        yield PublisherPane(self.presets)
+        yield self._publisher
         yield Footer()
 
     def on_mount(self) -> None:
@@ -304,6 +305,7 @@ class DispatchLab(LabActions):
         if not self._header.is_attached:
             return  # shutting down
         self._header.show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
+        self._publisher.show(self.model, now)
         self._queue_panel.show(self.model, now, self.config.durable, details=details)
         grid = self._grid
         workers = list(self.model.workers.items())

@@ -133,6 +133,15 @@ class Backend:
     def task_failed(self, ts: float, msg_id: str, message: str) -> None:
         self.inbox.put(obs.PublishFailed(msg_id, ts, message))
 
+    def task_republished(self, ts: float, msg_id: str, reason: str) -> None:
+        self.inbox.put(obs.Republished(msg_id, ts, reason))
+
+    def publisher_blocked(self, ts: float, reason: str) -> None:
+        self.inbox.put(obs.PublisherBlocked(ts, reason))
+
+    def publisher_unblocked(self, ts: float) -> None:
+        self.inbox.put(obs.PublisherUnblocked(ts))
+
     # ----- requests from the app (UI thread; all non-blocking)
 
     def publish(self, bodies: list[str]) -> None:

@@ -17,6 +17,8 @@ AFTER_STOP = "returned at a stop"
 AFTER_LOST_LINK = "after a lost connection"
 AFTER_RESTART = "after a broker restart"
 REDELIVERED = "redelivered"
+COPY = "a second copy: republished"
+"""Why a message already delivered came again unflagged: the publisher sent it twice (a retry)."""
 
 SUPERSEDED = "gone"
 """A delivery's outcome while we know only that the broker handed the message to someone else."""
@@ -59,6 +61,8 @@ class Delivery:
     outcome: str | None = None
     started: float | None = None
     """When work on it began; until then it waits in the worker's prefetch window."""
+    copy: bool = False
+    """A second copy of a republished message (the broker got it twice), not a redelivery."""
 
 
 @dataclass(slots=True)
@@ -75,6 +79,10 @@ class MessageRecord:
     done_count: int = 0
     finished: bool = False
     next_why: str = FIRST
+    republished: int = 0
+    """Times the publisher sent it again under its id after a connection went before the confirm."""
+    failure: str = ""
+    """Why the publish failed, in the publisher's words (the broker's reason)."""
 
     def label(self) -> str:
         """``#17`` for our own tasks, the id for anyone else's."""
@@ -83,9 +91,11 @@ class MessageRecord:
     def lifeline(self) -> str:
         """The story in one line: ``#17 -> w2 -> killed -> requeued -> w3 (redelivered) -> done``."""
         parts = [self.label()]
+        if self.republished:
+            parts.append("republished" if self.republished == 1 else f"republished x{self.republished}")
         last = len(self.deliveries) - 1
         for index, delivery in enumerate(self.deliveries):
-            mark = " (redelivered)" if delivery.redelivered else ""
+            mark = " (redelivered)" if delivery.redelivered else " (copy)" if delivery.copy else ""
             parts.append(f"{delivery.worker}{mark}")
             outcome = delivery.outcome
             if outcome is None and self.state == HELD:
@@ -123,6 +133,10 @@ class Ledger:
         self.published = 0
         self.confirmed = 0
         self.failed = 0
+        self.republished = 0
+        """Tasks sent again under their id after a lost connection (each may reach the broker twice)."""
+        self.copies = 0
+        """Deliveries of a second copy of a republished task."""
         self.deliveries = 0
         self.redeliveries = 0
         self.done_messages = 0
@@ -196,11 +210,19 @@ class Ledger:
         if record.state == PUBLISHING:
             self._move(record, READY)
 
-    def publish_failed(self, msg_id: str) -> None:
+    def publish_failed(self, msg_id: str, reason: str = "") -> None:
         record = self.records.get(msg_id)
         if record is not None and record.state == PUBLISHING:
             self.failed += 1
+            record.failure = reason
             self._move(record, FAILED)
+
+    def republished_task(self, msg_id: str) -> None:
+        """The publisher sends the task again, same id: the broker may get (and deliver) it twice."""
+        record = self.records.get(msg_id)
+        if record is not None:
+            record.republished += 1
+            self.republished += 1
 
     # ----- worker side
 
@@ -225,7 +247,9 @@ class Ledger:
         elif state == TAKEN:
             self.taken -= 1  # the other consumer gave it back (it closed its channel, or nacked it)
         deliveries = record.deliveries
-        if state == HELD and deliveries and deliveries[-1].outcome is None:
+        # Unflagged, yet delivered before: the broker got the message twice (a republish), not back.
+        copy = not redelivered and bool(deliveries) and record.republished > 0
+        if state == HELD and deliveries and deliveries[-1].outcome is None and not copy:
             # Handed out again before the previous holder's exit or return reached us: each
             # worker has its own pipe, and the broker requeues faster than the pool reaps a
             # killed process. Close that delivery now; the late event names what happened.
@@ -233,7 +257,10 @@ class Ledger:
         why = record.next_why if (redelivered or deliveries) else FIRST
         if redelivered and why == FIRST:
             why = REDELIVERED
-        deliveries.append(Delivery(worker, ts, redelivered, why, ack))
+        if copy:
+            why = COPY
+            self.copies += 1
+        deliveries.append(Delivery(worker, ts, redelivered, why, ack, copy=copy))
         record.next_why = REDELIVERED
         self.deliveries += 1
         if redelivered:
@@ -241,10 +268,10 @@ class Ledger:
         self._move(record, HELD)
         return record
 
-    def done(self, record: MessageRecord, ts: float, acked: bool) -> None:
+    def done(self, record: MessageRecord, ts: float, acked: bool, worker: str | None = None) -> None:
         deliveries = record.deliveries
-        if deliveries and deliveries[-1].outcome is None:
-            delivery = deliveries[-1]
+        delivery = _open_delivery(deliveries, worker)
+        if delivery is not None:
             delivery.ended = ts
             delivery.outcome = "done" if acked else "done, never acked"
         record.done_count += 1
@@ -255,6 +282,8 @@ class Ledger:
         if record.done_count == 2:
             self.duplicates += 1
             self.duplicate_ids.append(record.msg_id)
+        if record.republished and any(d.outcome is None for d in deliveries):
+            return  # another copy is still out with a worker: the message is held yet
         self._move(record, DONE if acked else UNACKED_DONE)
 
     def returned(self, record: MessageRecord, ts: float, reason: str, worker: str | None = None) -> None:
@@ -393,6 +422,16 @@ class Ledger:
             if len(out) >= limit:
                 break
         return out
+
+
+def _open_delivery(deliveries: list[Delivery], worker: str | None) -> Delivery | None:
+    """The delivery a worker's news closes: its own open one (two copies can be out at once), else the last if open."""
+    if worker is not None:
+        for delivery in reversed(deliveries):
+            if delivery.worker == worker and delivery.outcome is None:
+                return delivery
+    last = deliveries[-1] if deliveries else None
+    return last if last is not None and last.outcome is None else None
 
 
 def _ready_since(record: MessageRecord) -> float:

@@ -84,6 +84,33 @@ class PublishFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class Republished:
+    """The publisher sends a task again under its id: the connection went before the broker confirmed it.
+
+    The first try may have reached the broker, which then holds two copies; ``reason`` says how it ended.
+    """
+
+    msg_id: str
+    ts: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherBlocked:
+    """The broker blocks the publisher's connection (a memory or disk alarm): publishes wait; ``reason`` is its text."""
+
+    ts: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherUnblocked:
+    """The publisher's connection is blocked no more: the alarm cleared, or the connection went."""
+
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
 class ExternalConsumer:
     """A consumer on our queue that this app did not start (from the management API)."""
 
@@ -186,6 +213,9 @@ Observation = (
     | Published
     | Confirmed
     | PublishFailed
+    | Republished
+    | PublisherBlocked
+    | PublisherUnblocked
     | QueueSample
     | ManagementChecked
     | BrokerStatus

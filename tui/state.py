@@ -216,6 +216,11 @@ class Model:
         """Consumers on our queue that this dashboard does not run, and what they took."""
         self._missing: tuple[float, int] | None = None
         """Since when the broker's queue has held fewer than our ready tasks, and the least it was short by."""
+        self.publish_blocked: str | None = None
+        """The broker's reason while it blocks our publisher (a memory or disk alarm), else None."""
+        self.publish_blocked_since = 0.0
+        self.publish_failure: tuple[str, str] | None = None
+        """The last failed publish: its task's label and why, in the publisher's words (the broker's reason)."""
 
     # ----- folding
 
@@ -317,7 +322,7 @@ class Model:
         w.last_seen = ts
         record = w.release(tag, e.msg_id)
         if record is not None:
-            self.ledger.done(record, ts, e.acked)
+            self.ledger.done(record, ts, e.acked, e.worker)
             if not e.acked:
                 w.unacked_done[tag] = record
         current = w.current
@@ -425,8 +430,21 @@ class Model:
         self.ledger.confirmed_task(e.msg_id)
 
     def _on_publish_failed(self, e: obs.PublishFailed) -> None:
-        self.ledger.publish_failed(e.msg_id)
+        self.ledger.publish_failed(e.msg_id, e.message)
         self.last_error = e.message
+        record = self.ledger.records.get(e.msg_id)
+        self.publish_failure = (record.label() if record is not None else e.msg_id, e.message)
+
+    def _on_republished(self, e: obs.Republished) -> None:
+        self.ledger.republished_task(e.msg_id)
+
+    def _on_publisher_blocked(self, e: obs.PublisherBlocked) -> None:
+        if self.publish_blocked is None:
+            self.publish_blocked_since = e.ts
+        self.publish_blocked = e.reason
+
+    def _on_publisher_unblocked(self, e: obs.PublisherUnblocked) -> None:
+        self.publish_blocked = None
 
     def _on_sample(self, e: obs.QueueSample) -> None:
         q = self.queue
@@ -661,6 +679,9 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     obs.Published: Model._on_published,
     obs.Confirmed: Model._on_confirmed,
     obs.PublishFailed: Model._on_publish_failed,
+    obs.Republished: Model._on_republished,
+    obs.PublisherBlocked: Model._on_publisher_blocked,
+    obs.PublisherUnblocked: Model._on_publisher_unblocked,
     obs.QueueSample: Model._on_sample,
     obs.ManagementChecked: Model._on_management_checked,
     obs.BrokerStatus: Model._on_broker,

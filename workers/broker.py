@@ -32,11 +32,20 @@ class BrokerError(Exception):
         self.transient = transient
 
 
-def connection_parameters(url: str, *, name: str, heartbeat: int | None = None) -> pika.URLParameters:
-    """pika parameters for a URL, named so the management UI can tell our connections apart."""
+BLOCKED_TIMEOUT = 30.0
+"""Seconds pika lets a connection stay blocked by a broker alarm before it drops it (ConnectionBlockedTimeout)."""
+
+
+def connection_parameters(
+    url: str, *, name: str, heartbeat: int | None = None, blocked_timeout: float | None = BLOCKED_TIMEOUT
+) -> pika.URLParameters:
+    """pika parameters for a URL, named so the management UI can tell our connections apart.
+
+    ``blocked_timeout`` None lets a publisher wait out a memory or disk alarm for as long as it lasts.
+    """
     params = pika.URLParameters(url)
     params.client_properties = {"connection_name": name, "product": "dispatch-lab"}
-    params.blocked_connection_timeout = 30
+    params.blocked_connection_timeout = blocked_timeout
     params.connection_attempts = 1
     params.socket_timeout = 5
     if heartbeat is not None:
@@ -84,10 +93,14 @@ def describe_connect_error(exc: BaseException, url: str) -> str:
     return f"Cannot connect to the broker at {where}: {scrub(str(exc) or type(exc).__name__, url)}."
 
 
-def connect(url: str, *, name: str, heartbeat: int | None = None) -> pika.BlockingConnection:
+def connect(
+    url: str, *, name: str, heartbeat: int | None = None, blocked_timeout: float | None = BLOCKED_TIMEOUT
+) -> pika.BlockingConnection:
     """A BlockingConnection, or BrokerError with a sentence that names the fix."""
     try:
-        return pika.BlockingConnection(connection_parameters(url, name=name, heartbeat=heartbeat))
+        return pika.BlockingConnection(
+            connection_parameters(url, name=name, heartbeat=heartbeat, blocked_timeout=blocked_timeout)
+        )
     except (pika.exceptions.AMQPError, OSError, AMQPConnectorException) as exc:
         # AMQPConnectorStackTimeout (a port that accepts but never speaks AMQP) is not an AMQPError.
         mistake = isinstance(

@@ -120,10 +120,19 @@ class LocalNode:
     restart; ``destroy()`` (also run at exit) stops it and removes every file.
     ``base_dir`` is the directory the node's temp dir is made in (default: the
     system temp dir).
+    ``max_message_size`` (bytes) makes the broker refuse bigger messages, as a
+    production broker may (RabbitMQ's default is 128 MiB).
     """
 
-    def __init__(self, *, base_dir: Path | None = None, management: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        base_dir: Path | None = None,
+        management: bool = True,
+        max_message_size: int | None = None,
+    ) -> None:
         self.management = management
+        self.max_message_size = max_message_size
         self.node_name = f"dlab-{secrets.token_hex(4)}@localhost"
         self.amqp_port, self.management_port, self.dist_port = free_ports(3)
         self.dir = Path(tempfile.mkdtemp(prefix="dlab-node-", dir=base_dir))
@@ -168,6 +177,8 @@ class LocalNode:
         plugins = "[rabbitmq_management]." if self.management else "[]."
         if self.management:
             lines += [f"management.tcp.ip = {HOST}", f"management.tcp.port = {self.management_port}"]
+        if self.max_message_size is not None:
+            lines.append(f"max_message_size = {self.max_message_size}")
         (self.dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.dir / "enabled_plugins").write_text(plugins + "\n")
 

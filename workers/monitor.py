@@ -23,7 +23,7 @@ from workers.broker import (
     explain_channel_error,
     server_cluster_name,
 )
-from workers.new_task import Publisher
+from workers.new_task import Publisher, TaskInDoubt
 
 BACKOFF = (0.5, 1.0, 2.0, 3.0, 5.0)
 
@@ -53,6 +53,12 @@ class MonitorListener(QueueListener, Protocol):
     def task_confirmed(self, ts: float, msg_id: str) -> None: ...
 
     def task_failed(self, ts: float, msg_id: str, message: str) -> None: ...
+
+    def task_republished(self, ts: float, msg_id: str, reason: str) -> None: ...
+
+    def publisher_blocked(self, ts: float, reason: str) -> None: ...
+
+    def publisher_unblocked(self, ts: float) -> None: ...
 
 
 def _sleep_unless(stop: threading.Event, seconds: float) -> bool:
@@ -184,7 +190,16 @@ class QueueMonitor:
 
 
 class PublisherThread:
-    """Publishes batches of tasks with confirms on its own connection, reporting each one."""
+    """Publishes batches of tasks with confirms on its own connection, reporting each one.
+
+    While the broker blocks the connection (a memory or disk alarm) a publish
+    waits as long as the alarm lasts, and says so: giving up would leave a task
+    the broker still delivers later, and sending it again would deliver it twice.
+    """
+
+    ATTEMPTS = 3
+    KEEP_ALIVE = 1.0
+    """Seconds between heartbeat checks of the idle connection."""
 
     def __init__(
         self,
@@ -199,7 +214,9 @@ class PublisherThread:
         self.listener = listener
         self.publisher = Publisher(
             url, queue_name, durable=durable, persistent=persistent, prefix=prefix,
-            name="dispatch-lab publisher",
+            name="dispatch-lab publisher", blocked_timeout=None,
+            on_blocked=lambda reason: listener.publisher_blocked(time.time(), reason),
+            on_unblocked=lambda _lifted: listener.publisher_unblocked(time.time()),
         )  # fmt: skip
         self._jobs: queue.SimpleQueue[tuple[int, list[str]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
@@ -220,39 +237,61 @@ class PublisherThread:
         self._generation += 1
 
     def stop(self, timeout: float = 2.0) -> None:
+        """Drop what is not yet published and end the thread, which closes its connection.
+
+        A publish waiting out a blocked connection cannot be ended from here (pika is not
+        thread-safe): the thread is a daemon and goes with the process, or ends once the broker unblocks.
+        """
         self.cancel()
         self._jobs.put(None)
         self._thread.join(timeout)
-        self.publisher.close()
 
     def _run(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            # A flag cleared here would let the next queued batch run after a cancel.
-            generation, job = item
-            for index, body in enumerate(job):
-                if generation != self._generation:
-                    self.pending -= len(job) - index
-                    break
-                self._publish_one(body)
+        try:
+            while True:
+                try:
+                    item = self._jobs.get(timeout=self.KEEP_ALIVE)
+                except queue.Empty:
+                    self.publisher.keep_alive()
+                    continue
+                if item is None:
+                    return
+                # A flag cleared here would let the next queued batch run after a cancel.
+                generation, job = item
+                for index, body in enumerate(job):
+                    if generation != self._generation:
+                        self.pending -= len(job) - index
+                        break
+                    self._publish_one(body)
+        finally:
+            self.publisher.close()
 
     def _publish_one(self, body: str) -> None:
         listener = self.listener
         msg_id = self.publisher.next_id()
         listener.task_published(time.time(), msg_id, body)
-        for attempt in range(1, 4):
+        in_doubt = ""
+        for attempt in range(1, self.ATTEMPTS + 1):
             try:
+                self.publisher.ensure_open()
+                if in_doubt:
+                    # An earlier try may have reached the broker: this one can make a second copy. It keeps
+                    # the id, so the copies are one task in the ledger, and the ledger says it was sent twice.
+                    listener.task_republished(time.time(), msg_id, in_doubt)
                 self.publisher.publish(body, msg_id)
+            except TaskInDoubt as exc:
+                message = in_doubt = str(exc)
+                retry = True
             except BrokerError as exc:
-                message = str(exc)
-                if attempt < 3 and ("connection" in message.lower() or "reach" in message):
-                    time.sleep(BACKOFF[attempt - 1])
-                    continue
+                message, retry = str(exc), exc.transient
+            else:
                 self.pending -= 1
-                listener.task_failed(time.time(), msg_id, message)
+                listener.task_confirmed(time.time(), msg_id)
                 return
-            self.pending -= 1
-            listener.task_confirmed(time.time(), msg_id)
-            return
+            if not retry or attempt == self.ATTEMPTS:
+                break
+            time.sleep(BACKOFF[attempt - 1])
+        if in_doubt and message != in_doubt:
+            message += " The task may still be delivered: an earlier try was sent, and never confirmed."
+        self.pending -= 1
+        listener.task_failed(time.time(), msg_id, message)

@@ -1,4 +1,4 @@
-"""Provides LabHeader: the broker link's state, broker (password masked), queue, and the mode in words."""
+"""Provides LabHeader: the broker link's state (a block too), broker (password masked), queue, and the mode in words."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.state import Model
-from tui.text import printable
+from tui.text import for_toast, printable
+
+REASON_CELLS = 40
+"""Characters of the broker's block reason the header shows (RabbitMQ's are ``low on memory``, ``low on disk``)."""
 
 
 class LabHeader(Static):
@@ -19,9 +22,18 @@ class LabHeader(Static):
 
     def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
         state = model.broker_state
+        blocked = model.publish_blocked
+        live = title == "dispatch-lab"
         text = Text()
-        if title != "dispatch-lab":
+        if not live:
             text.append(f"{printable(title)} (read-only) ", "bold yellow")
+        if blocked is not None:
+            # Connected, yet nothing we publish gets in: said first, in the broker's words.
+            text.append("● blocked by the broker: ", "bold red")
+            text.append(for_toast(blocked, REASON_CELLS), "bold red")
+            text.append(f" ({now - model.publish_blocked_since:.0f}s) ", "bold red")
+        if not live or (state == "connected" and blocked is not None):
+            pass  # a replay shows no link; a blocked one needs no "connected" beside it
         elif state == "connected":
             text.append("● connected ", "bold green")
         elif state == "connecting":
@@ -34,7 +46,7 @@ class LabHeader(Static):
         text.append(printable(model.queue_name), "bold")
         text.append(" (durable) " if durable else " (transient) ", "dim")
         text.append(printable(broker), "dim")
-        self.set_class(state not in ("connected", "connecting") and title == "dispatch-lab", "-trouble")
+        self.set_class((live and state not in ("connected", "connecting")) or blocked is not None, "-trouble")
         shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles
         if shown != self._shown:  # a repaint only when it reads differently; one line high, so never a layout
             self._shown = shown

@@ -1,20 +1,31 @@
-"""Provides PublisherPane: type a task and a count, or pick a preset, and publish."""
+"""Provides PublisherPane: type a task and a count, or pick a preset, and publish; a line says when it cannot."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, Input, Label
+from textual.widgets import Button, Input, Label, Static
 
+from tui.ledger import PUBLISHING
 from tui.scenarios import Scenario
+from tui.state import Model
 from tui.text import for_toast, quoted
 
 MAX_COUNT = 100_000
 
 
-class PublisherPane(Horizontal):
-    """The publisher: each dot in a task is seconds-per-dot of work."""
+REASON_CHARS = 200
+"""At most this much of a failure's reason is kept on the status line (it ends at the pane's edge anyway)."""
+
+
+class PublisherPane(Vertical):
+    """The publisher: each dot in a task is seconds-per-dot of work.
+
+    Under the inputs, a status line shows only when publishing is in trouble: the
+    broker blocks it (a memory or disk alarm), or the last publish that failed and why.
+    """
 
     class PublishTasks(Message):
         """Publish these task bodies, in order."""
@@ -31,13 +42,24 @@ class PublisherPane(Horizontal):
         self.presets = presets
 
     def compose(self) -> ComposeResult:
-        yield Label("task", classes="caption")
-        yield Input(value="Hello...", placeholder="Hello... (each dot = work)", id="task-body")
-        yield Label("×", classes="caption")
-        yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
-        yield Button("Send", id="send", variant="primary")
-        for name in self.presets:
-            yield Button(name, id=f"preset-{name}", classes="preset", tooltip=self.presets[name].description)
+        with Horizontal(id="publisher-row"):
+            yield Label("task", classes="caption")
+            yield Input(value="Hello...", placeholder="Hello... (each dot = work)", id="task-body")
+            yield Label("×", classes="caption")
+            yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
+            yield Button("Send", id="send", variant="primary")
+            for name in self.presets:
+                yield Button(name, id=f"preset-{name}", classes="preset", tooltip=self.presets[name].description)
+        yield Static(id="publish-status", markup=False)
+
+    def show(self, model: Model, now: float) -> None:
+        """Show whether publishing is blocked or failed, from the model; nothing when all is well."""
+        text = publish_status(model, now)
+        self.set_class(bool(text), "-status")
+        status = self.query_one("#publish-status", Static)
+        shown = status.content
+        if not isinstance(shown, Text) or (shown.plain, shown.spans) != (text.plain, text.spans):
+            status.update(text)  # a long reason wraps onto a second line: a layout
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -60,3 +82,23 @@ class PublisherPane(Horizontal):
             self.app.notify(f"Count must be between 1 and {MAX_COUNT}.", severity="warning")
             return
         self.post_message(self.PublishTasks([body] * count, f"{quoted(body)} ×{count}"))
+
+
+def publish_status(model: Model, now: float) -> Text:
+    """The status line: the broker's block and what waits behind it, else the last failure and why; or empty."""
+    blocked = model.publish_blocked
+    if blocked is not None:
+        waiting = model.ledger.count(PUBLISHING)
+        text = Text("⏸ blocked by the broker: ", "bold red")
+        text.append(for_toast(blocked, REASON_CHARS), "bold red")
+        text.append(f" for {now - model.publish_blocked_since:.0f}s", "bold red")
+        text.append(f" · sends wait: {waiting} unconfirmed", "yellow")
+        return text
+    failure = model.publish_failure
+    if failure is None:
+        return Text()
+    label, reason = failure
+    failed = model.ledger.failed
+    text = Text(f"publish failed ({label}{f'; {failed} in all' if failed > 1 else ''}): ", "bold red")
+    text.append(for_toast(reason, REASON_CHARS), "red")
+    return text
