@@ -2,7 +2,7 @@
 
 The app runs headless (Textual's ``run_test``) with real workers on the bench
 queue. "The screen shows" a change at the end of the first screen update the
-app hands to its driver after the change was made (``App._display``, wrapped):
+app hands to its driver after the change was made (tui.screen_updates):
 a value set on a widget is not on screen before that. The machine is noisy and
 shared, so latencies come with an idle reference measured in the same run.
 """
@@ -26,7 +26,9 @@ from benchmarks.figures import Bench, Figure, Target
 from tui import observations as obs
 from tui.app import DispatchLab
 from tui.backend import Backend, FeedBackend, LabConfig
+from tui.pacing import tune_process
 from tui.pool import Arrival, Inbox, WorkerOutput
+from tui.screen_updates import call_after_each_screen_update
 from tui.state import Model
 from tui.widgets.queue_panel import QueuePanel
 from workers import protocol
@@ -120,13 +122,7 @@ def _record_displays(app: DispatchLab) -> list[float]:
     widget is not on screen until the next update is drawn.
     """
     displays: list[float] = []
-    original = app._display
-
-    def display(screen: Any, renderable: Any) -> None:
-        original(screen, renderable)
-        displays.append(time.time())
-
-    app._display = display  # type: ignore[method-assign]
+    call_after_each_screen_update(app, lambda: displays.append(time.time()))
     return displays
 
 
@@ -167,6 +163,7 @@ def _lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backen
     inbox = _TappedInbox()
     backend.inbox = backend.pool.inbox = inbox
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
+    tune_process()  # as the dashboard's process does where it starts
     return DispatchLab(config, model, backend), backend, inbox
 
 
@@ -278,21 +275,20 @@ def _press_latencies(app: DispatchLab, presses: int) -> Any:
     measuring adds no work to the event loop it measures.
     """
     state: dict[str, Any] = {}
-    original_show, original_display = app.show_selection, app._display
+    original_show = app.show_selection
 
     def show_selection() -> None:
         original_show()
         if "shown" in state and "marked" not in state:
             state["marked"] = _card_selected(app)  # the handler ran: the card must carry the class now
 
-    def display(screen: Any, renderable: Any) -> None:
-        original_display(screen, renderable)
+    def displayed() -> None:
         shown = state.get("shown")
         if "marked" in state and shown is not None and not shown.done():
             shown.set_result(time.perf_counter() if state["marked"] else None)
 
     app.show_selection = show_selection  # type: ignore[method-assign]
-    app._display = display  # type: ignore[method-assign]
+    call_after_each_screen_update(app, displayed)
 
     async def measure(pilot: Any) -> list[float]:
         latencies = []
@@ -387,6 +383,7 @@ def memory(bench: Bench) -> list[Figure]:
     config = LabConfig(url="amqp://guest:guest@localhost/%2F", queue="bench-memory", workers=4)
     feed = FeedBackend()
     model = Model(queue=config.queue, prefix="ab12")
+    tune_process()
     app = DispatchLab(config, model, feed)  # type: ignore[arg-type]
     figures: dict[str, float] = {}
 
@@ -398,7 +395,7 @@ def memory(bench: Bench) -> list[Figure]:
             chunk = 20_000
             for first in range(0, messages, chunk):
                 feed.inbox.put_many(synthetic_session(min(chunk, messages - first), first=first))
-                while app.unfolded:
+                while app.pacer.unfolded:
                     await asyncio.sleep(0.02)
             await pilot.pause(0.3)
             gc.collect()

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import shutil
-import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import RenderableType
 from textual import events, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -25,9 +20,10 @@ from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
 from tui.ledger import MessageRecord
-from tui.pool import Arrival, head_lines, lines_in
+from tui.pacing import Pacer
 from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
+from tui.screen_updates import call_after_each_screen_update
 from tui.session_log import SessionLog
 from tui.state import Model
 from tui.widgets.lab_header import LabHeader
@@ -39,22 +35,8 @@ from tui.widgets.worker_card import WorkerCard
 from workers.local_node import LocalNode
 from workers.settings import mask_url
 
-REFRESH_SECONDS = 1 / 8
-SWITCH_INTERVAL = 0.001
-FOLD_SLICE = 250
-"""Observations decoded and folded between two chances for a key press: about 1 ms of CPU."""
-INPUT_WAIT = 0.1
-"""Seconds the view loop waits at most, after a key press, for the screen to show what it changed."""
-BEHIND_DRAW_SECONDS = 0.25
-DETAIL_SECONDS = 1.0
-"""Behind a flood of events, the figures are drawn every BEHIND_DRAW_SECONDS, the details this often."""
-FOLD_BUDGET = 0.03
-"""Seconds a tick folds before it draws; it folds on between the parts it draws, and after them."""
-FRAME_SECONDS = 1 / 60
-"""Textual's screen update period: one part of the view is drawn per frame."""
 CARD_PARTS = 4
 """Worker cards are shown in at most this many groups, each drawn in a frame of its own."""
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class DispatchLab(LabActions):
@@ -107,15 +89,13 @@ class DispatchLab(LabActions):
         self.selected: str | None = None
         self.compare_results: list[list[RunResult]] = []
         self._cards: dict[str, WorkerCard] = {}
-        self._ticking = False
-        self._detailed = 0.0
-        self._drawn = 0.0
-        self._input_shown: asyncio.Event | None = None
-        """Set once the screen shows what the last key press changed; None when nothing waits for it."""
-        self._paint_waiters: list[asyncio.Event] = []
-        """Key presses' events to set at the next screen update."""
-        self._backlog: deque[Arrival] = deque()
-        """Taken from the inbox, not yet folded, oldest first."""
+        self.pacer = Pacer(
+            backend.inbox if backend is not None else None,
+            model.apply_all,
+            lambda details: self._render_parts(details=details),
+            record=log.add if log is not None else None,
+        )
+        call_after_each_screen_update(self, self.pacer.screen_updated)
 
     def compose(self) -> ComposeResult:
         # Kept as attributes: the refresh timer must find them whichever screen is on top.
@@ -133,161 +113,20 @@ class DispatchLab(LabActions):
         yield Footer()
 
     def on_mount(self) -> None:
-        # The reader, monitor and publisher threads share the GIL with this one; at the default 5 ms
-        # switch interval a key press can wait several intervals behind them under load.
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        # The ledger keeps tens of thousands of small records, which a full collection walks every
-        # time: measured at 100-170 ms, right in a key press's way. They hold no cycles, so full
-        # collections can be rare; what exists at start is frozen out of them altogether.
-        gc.set_threshold(*GC_THRESHOLDS)
-        gc.freeze()
         if self.backend is not None:
             self.backend.start()
         self.refresh_view()
-        self.run_worker(self._view_loop(), name="view", group="view")
-
-    # ----- the view loop: fold what arrived, then render
-
-    @property
-    def unfolded(self) -> int:
-        """Arrivals not folded into the model yet: in the inbox, or taken and waiting for a slice."""
-        waiting = len(self.backend.inbox) if self.backend is not None else 0
-        return waiting + len(self._backlog)
-
-    def _fold_slice(self, *, refill: bool = True) -> bool:
-        """Decode, log and fold about FOLD_SLICE observations of what has arrived; False when there was none.
-
-        With ``refill=False`` only what was taken from the inbox before: a flood must not keep a tick from drawing.
-        """
-        if self.backend is None:
-            return False
-        if refill:
-            self._take_arrivals()
-        if not self._backlog:
-            return False
-        taken: list[Arrival] = []
-        size = 0
-        while self._backlog and size < FOLD_SLICE:
-            item = self._backlog.popleft()
-            lines = lines_in(item)
-            if lines > FOLD_SLICE - size:
-                # One read can hold a thousand lines and more when the reader got little CPU: fold its
-                # head now and leave the rest, so that a key press never waits behind all of it.
-                item, rest = head_lines(item, FOLD_SLICE - size)
-                if rest is not None:
-                    self._backlog.appendleft(rest)
-                    lines = FOLD_SLICE - size
-            taken.append(item)
-            size += lines
-        for part, logged in self.backend.inbox.slices(taken, size + 1):
-            if self.session_log is not None:
-                self.session_log.add(logged)
-            self.model.apply_all(part)
-        return True
-
-    async def _view_loop(self) -> None:
-        """About every REFRESH_SECONDS: fold what arrived, draw; the app's exit cancels it."""
-        while True:
-            began = time.perf_counter()
-            await self._tick(began)
-            await asyncio.sleep(max(0.0, began + REFRESH_SECONDS - time.perf_counter()))
-
-    async def _tick(self, began: float) -> None:
-        """Decode and fold in slices, then draw in parts, folding on in the gaps.
-
-        Under a flood of events a whole tick is tens of milliseconds of CPU, and on
-        two busy cores tens become hundreds: a key press that arrives meanwhile must
-        not wait for all of it, only for the slice or part in progress. A backlog is
-        folded in every gap the drawing leaves and until the next tick is due, and
-        the screen moves on every tick with what is folded so far.
-        """
-        self._ticking = True
-        try:
-            self._take_arrivals()
-            await self._fold_until(began + FOLD_BUDGET, refill=False)
-            # Behind a flood, drawing took half the UI thread's time and put changed widgets in front
-            # of every key press: then the figures are drawn every BEHIND_DRAW_SECONDS and the details
-            # (timeline, lifelines, the cards' task and log lines) every DETAIL_SECONDS.
-            details = not self._backlog or began - self._detailed >= DETAIL_SECONDS
-            if details or began - self._drawn >= BEHIND_DRAW_SECONDS:
-                self._drawn = began
-                if details:
-                    self._detailed = began
-                await self._draw(details)
-            await self._fold_until(began + REFRESH_SECONDS)
-        finally:
-            self._ticking = False
-
-    async def _draw(self, details: bool) -> None:
-        """Draw the view a part a frame; in between, the folding goes on a slice at a time.
-
-        Each part is drawn by the next screen update (cards drawn later may show a little more).
-        """
-        for _ in self._render_parts(details=details):
-            frame = time.perf_counter() + FRAME_SECONDS
-            await self._fold_until(frame - FRAME_SECONDS / 4)
-            await asyncio.sleep(max(0.0, frame - time.perf_counter()))
-            if self._input_shown is not None:
-                # A key came during the sleep: no next part's changed widgets in front of its update.
-                await self._yield_to_input()
-
-    async def _fold_until(self, deadline: float, *, refill: bool = True) -> None:
-        """Fold slices until ``deadline`` (perf_counter) or until nothing is left, yielding between them."""
-        while time.perf_counter() < deadline:
-            await self._yield_to_input()  # first: a key that came meanwhile waits for no slice
-            if not self._fold_slice(refill=refill):
-                return
-
-    def _take_arrivals(self) -> None:
-        """Move what arrived into the backlog."""
-        if self.backend is not None:
-            self._backlog.extend(self.backend.inbox.take())
-
-    async def _yield_to_input(self) -> None:
-        """Let the loop run; after a key press, wait until the screen shows what the key changed.
-
-        Folding and drawing on at once put the key's screen update behind more work and
-        more changed widgets: 150-200 ms under a flood, where waiting for it takes a frame or two.
-        """
-        shown, self._input_shown = self._input_shown, None
-        if shown is None:
-            await asyncio.sleep(0)  # a key press waiting in the queue is handled here
-            shown, self._input_shown = self._input_shown, None
-            if shown is None:
-                return
-        try:
-            await asyncio.wait_for(shown.wait(), INPUT_WAIT)
-        except asyncio.TimeoutError:
-            pass  # the screen is slow to settle: fold on rather than stall
+        self.run_worker(self.pacer.run(), name="view", group="view")
 
     async def on_event(self, event: events.Event) -> None:
         await super().on_event(event)
         if isinstance(event, events.Key):
             # Priority bindings have run by now; a forwarded key is handled before the screen is idle.
-            shown = asyncio.Event()
-            self._input_shown = shown
-            self._paint_waiters.append(shown)
-
-    def _display(self, screen: Screen[Any], renderable: RenderableType | None) -> None:
-        """Textual's hand-over of each screen update to the terminal: what a key changed is on screen now.
-
-        ``call_after_refresh`` was not enough: when the screen went idle before a restyled
-        card had asked it for a repaint, its callback ran before the update that showed the
-        card (a test caught it 1 time in 5). Should Textual rename this hook, the view loop
-        only waits INPUT_WAIT after each key.
-        """
-        super()._display(screen, renderable)
-        if self._paint_waiters:
-            for shown in self._paint_waiters:
-                shown.set()
-            self._paint_waiters.clear()
+            self.pacer.key_pressed()
 
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
-        if not self._ticking:
-            self._take_arrivals()
-            while self._fold_slice(refill=False):
-                pass
+        self.pacer.fold_all()
         self._render_model()
 
     def _render_model(self) -> None:

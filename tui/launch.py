@@ -136,7 +136,9 @@ def main(argv: list[str]) -> int:
             node.destroy()
         return 130
     from tui.app import DispatchLab
+    from tui.pacing import tune_process
 
+    tune_process()
     backend = Backend(config, management=management)
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
     log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
