@@ -25,7 +25,7 @@ from textual import events
 from benchmarks.figures import Bench, Figure, Target
 from tui import observations as obs
 from tui.app import DispatchLab
-from tui.backend import Backend, FeedBackend, LabConfig
+from tui.backend import Backend, FeedBackend, LabConfig, build_pipeline
 from tui.pacing import tune_process
 from tui.pool import Arrival, Inbox, WorkerOutput
 from tui.screen_updates import call_after_each_screen_update
@@ -159,9 +159,8 @@ class _TappedInbox(Inbox):
 def _lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backend, _TappedInbox]:
     config = LabConfig(url=bench.url, queue=bench.control.queue, workers=workers,
                        mode=DispatchMode(prefetch, "manual"), seconds_per_dot=0.0)  # fmt: skip
-    backend = Backend(config)
     inbox = _TappedInbox()
-    backend.inbox = backend.pool.inbox = inbox
+    backend = Backend(config, pipeline=build_pipeline(config, inbox=inbox))
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
     tune_process()  # as the dashboard's process does where it starts
     return DispatchLab(config, model, backend), backend, inbox

@@ -1,4 +1,4 @@
-"""Provides DispatchLab, the Textual app: composition, bindings and the view loop that folds and draws."""
+"""Provides DispatchLab, the Textual app: composition, bindings, and handing keys and messages on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from textual import events, work
-from textual.app import ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import Screen
@@ -21,25 +21,24 @@ from tui.commands import lab_commands
 from tui.export import session_folder, write_ledger_csv
 from tui.ledger import MessageRecord
 from tui.pacing import Pacer
-from tui.runner import RunResult
 from tui.scenarios import Scenario, builtin
 from tui.screen_updates import call_after_each_screen_update
 from tui.session_log import SessionLog
 from tui.state import Model
+from tui.widgets.help_screen import HelpScreen
 from tui.widgets.lab_header import LabHeader
 from tui.widgets.messages_screen import MessagesScreen
 from tui.widgets.publisher import PublisherPane
 from tui.widgets.queue_panel import QueuePanel
 from tui.widgets.timeline_view import TimelineView
 from tui.widgets.worker_card import WorkerCard
-from workers.local_node import LocalNode
 from workers.settings import mask_url
 
 CARD_PARTS = 4
 """Worker cards are shown in at most this many groups, each drawn in a frame of its own."""
 
 
-class DispatchLab(LabActions):
+class DispatchLab(App[int]):
     """The dashboard. With no backend it only shows its model (replays, snapshots)."""
 
     CSS_PATH = "app.tcss"
@@ -74,7 +73,6 @@ class DispatchLab(LabActions):
         presets: dict[str, Scenario] | None = None,
         log: SessionLog | None = None,
         title: str | None = None,
-        node: LocalNode | None = None,
     ) -> None:
         super().__init__()
         if title:
@@ -85,9 +83,9 @@ class DispatchLab(LabActions):
         self.clock = clock
         self.presets = builtin() if presets is None else presets
         self.session_log = log
-        self.node = node
         self.selected: str | None = None
-        self.compare_results: list[list[RunResult]] = []
+        self.actions = LabActions(self, config, model, backend, self.presets)
+        """What the keys and the palette do; each binding below hands on to it."""
         self._cards: dict[str, WorkerCard] = {}
         self.pacer = Pacer(
             backend.inbox if backend is not None else None,
@@ -127,9 +125,6 @@ class DispatchLab(LabActions):
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
         self.pacer.fold_all()
-        self._render_model()
-
-    def _render_model(self) -> None:
         for _ in self._render_parts():
             pass
 
@@ -183,13 +178,50 @@ class DispatchLab(LabActions):
                 self.stylesheet.update_nodes([card], animate=False)
 
     def on_publisher_pane_publish_tasks(self, message: PublisherPane.PublishTasks) -> None:
-        if self.backend is None:
-            self.notify("Read-only view: nothing to publish to.", severity="warning")
+        self.actions.publish(message)
+
+    def action_select(self, step: int) -> None:
+        names = list(self.model.workers)
+        if not names:
             return
-        self.backend.publish(message.bodies)
-        self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3)
-        if message.scenario is not None and message.scenario.actions:
-            self.run_scenario_actions(message.scenario)
+        index = names.index(self.selected) if self.selected in names else -step
+        self.selected = names[(index + step) % len(names)]
+        self.show_selection()
+
+    # ----- the keys: each hands on to the actions, or opens a screen of the view
+
+    def action_add_worker(self) -> None:
+        self.actions.add_worker()
+
+    def action_kill(self) -> None:
+        self.actions.kill(self.selected)
+
+    def action_stop(self) -> None:
+        self.actions.stop(self.selected)
+
+    def action_restart(self) -> None:
+        self.actions.restart(self.selected)
+
+    def action_cycle_prefetch(self) -> None:
+        self.actions.cycle_prefetch()
+
+    def action_cycle_ack(self) -> None:
+        self.actions.cycle_ack()
+
+    def action_purge(self) -> None:
+        self.actions.purge()
+
+    def action_restart_broker(self) -> None:
+        self.actions.restart_broker()
+
+    def action_compare(self) -> None:
+        self.actions.compare()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.actions.can_restart_broker if action == "restart_broker" else True
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
 
     def action_messages(self) -> None:
         self.push_screen(MessagesScreen(self.model, self.clock))
@@ -216,4 +248,4 @@ class DispatchLab(LabActions):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield from lab_commands(self)
+        yield from lab_commands(self, self.actions)

@@ -157,7 +157,7 @@ def main(argv: list[str]) -> int:
                 if log is not None:
                     # The log's first line, as the dashboard's: without it a replay knows neither the
                     # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.
-                    log.add([SessionStarted(time.time(), run.queue, run.publisher.prefix, prefetch, args.ack, True,
+                    log.add([SessionStarted(time.time(), run.queue, run.prefix, prefetch, args.ack, True,
                                             mask_url(url))])  # fmt: skip
                 result = run.run()
             results.append(result)
