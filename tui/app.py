@@ -11,7 +11,7 @@ from typing import Any
 from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -32,10 +32,8 @@ from tui.widgets.publisher import PublisherPane
 from tui.widgets.queue_panel import QueuePanel
 from tui.widgets.timeline_view import TimelineView
 from tui.widgets.worker_card import WorkerCard
+from tui.widgets.worker_grid import WorkerGrid
 from workers.settings import mask_url
-
-CARD_PARTS = 4
-"""Worker cards are shown in at most this many groups, each drawn in a frame of its own."""
 
 
 class DispatchLab(App[int]):
@@ -86,7 +84,6 @@ class DispatchLab(App[int]):
         self.selected: str | None = None
         self.actions = LabActions(self, config, model, backend, self.presets)
         """What the keys and the palette do; each binding below hands on to it."""
-        self._cards: dict[str, WorkerCard] = {}
         self.pacer = Pacer(
             backend.inbox if backend is not None else None,
             model.apply_all,
@@ -99,7 +96,7 @@ class DispatchLab(App[int]):
         # Kept as attributes: the refresh timer must find them whichever screen is on top.
         self._header = LabHeader(id="header")
         self._queue_panel = QueuePanel(id="queue")
-        self._grid = Grid(id="workers")
+        self._grid = WorkerGrid(id="workers")
         self._timeline = TimelineView(id="timeline")
         yield self._header
         with Horizontal(id="main"):
@@ -138,24 +135,7 @@ class DispatchLab(App[int]):
             return  # shutting down
         self._header.show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
         self._queue_panel.show(self.model, now, self.config.durable, details=details)
-        grid = self._grid
-        workers = list(self.model.workers.items())
-        per_part = max(1, -(-len(workers) // CARD_PARTS)) if details else max(1, len(workers))
-        for index, (name, worker) in enumerate(workers):
-            if index % per_part == 0:
-                yield
-                if not self.is_running:
-                    return  # the app began shutting down while this part waited: its widgets are going
-            card = self._cards.get(name)
-            if card is None:
-                card = self._cards[name] = WorkerCard(name)
-                grid.mount(card)
-                if self.selected is None:
-                    self.selected = name
-            card.set_class(name == self.selected, "-selected")
-            if card.is_mounted:
-                card.show(worker, now, details=details)
-        grid.set_class(len(self._cards) > 4, "-many")
+        yield from self._grid.show(self.model.workers, now, self._selection, details=details)
         if details:
             yield
             if self.is_running:
@@ -165,17 +145,15 @@ class DispatchLab(App[int]):
         self.selected = message.name
         self.show_selection()
 
-    def show_selection(self) -> None:
-        """Mark the selected card at once, without waiting for (or doing) a full refresh.
+    def _selection(self) -> str | None:
+        """The selected worker; the first card to appear is selected."""
+        if self.selected is None and self._grid.cards:
+            self.selected = next(iter(self._grid.cards))
+        return self.selected
 
-        Only the two cards themselves are restyled, not their parts: ``-selected`` styles the
-        card alone (app.tcss), and restyling every part took most of a key press's time under load.
-        """
-        for name, card in self._cards.items():
-            selected = name == self.selected
-            if card.has_class("-selected") != selected:
-                card.set_class(selected, "-selected", update=False)
-                self.stylesheet.update_nodes([card], animate=False)
+    def show_selection(self) -> None:
+        """Mark the selected card at once, without waiting for (or doing) a full refresh."""
+        self._grid.mark_selected(self.selected)
 
     def on_publisher_pane_publish_tasks(self, message: PublisherPane.PublishTasks) -> None:
         self.actions.publish(message)
