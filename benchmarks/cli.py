@@ -17,12 +17,24 @@ from types import FrameType
 import pika
 from rich.console import Console
 
+from benchmarks import dashboard
 from benchmarks.children import BenchError, stop_all
 from benchmarks.control import Control
-from benchmarks.figures import FIGURES, PROFILES, Bench, Figure
+from benchmarks.figures import PROFILES, Bench, Figure, FigureFunction, monitor_cost, start_up, worker_throughput
 from benchmarks.report import Machine, as_json, table
 from workers.broker import BrokerError
 from workers.settings import url_or_exit
+
+FIGURES: list[FigureFunction] = [
+    worker_throughput,
+    start_up,
+    monitor_cost,
+    dashboard.model_throughput,
+    dashboard.dashboard_lag,
+    dashboard.key_latency,
+    dashboard.memory,
+]
+"""Every figure, in table order."""
 
 
 def build_parser(prog: str = "benchmarks/run.py") -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 
 The app runs headless (Textual's ``run_test``) with real workers on the bench
 queue. "The screen shows" a change at the end of the first screen update the
-app hands to its driver after the change was made (``App._display``, wrapped):
+app hands to its driver after the change was made (tui.screen_updates):
 a value set on a widget is not on screen before that. The machine is noisy and
 shared, so latencies come with an idle reference measured in the same run.
 """
@@ -25,8 +25,10 @@ from textual import events
 from benchmarks.figures import Bench, Figure, Target
 from tui import observations as obs
 from tui.app import DispatchLab
-from tui.backend import Backend, FeedBackend, LabConfig
+from tui.backend import Backend, FeedBackend, LabConfig, build_pipeline
+from tui.pacing import tune_process
 from tui.pool import Arrival, Inbox, WorkerOutput
+from tui.screen_updates import call_after_each_screen_update
 from tui.state import Model
 from tui.widgets.queue_panel import QueuePanel
 from workers import protocol
@@ -120,13 +122,7 @@ def _record_displays(app: DispatchLab) -> list[float]:
     widget is not on screen until the next update is drawn.
     """
     displays: list[float] = []
-    original = app._display
-
-    def display(screen: Any, renderable: Any) -> None:
-        original(screen, renderable)
-        displays.append(time.time())
-
-    app._display = display  # type: ignore[method-assign]
+    call_after_each_screen_update(app, lambda: displays.append(time.time()))
     return displays
 
 
@@ -163,10 +159,10 @@ class _TappedInbox(Inbox):
 def _lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backend, _TappedInbox]:
     config = LabConfig(url=bench.url, queue=bench.control.queue, workers=workers,
                        mode=DispatchMode(prefetch, "manual"), seconds_per_dot=0.0)  # fmt: skip
-    backend = Backend(config)
     inbox = _TappedInbox()
-    backend.inbox = backend.pool.inbox = inbox
+    backend = Backend(config, pipeline=build_pipeline(config, inbox=inbox))
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
+    tune_process()  # as the dashboard's process does where it starts
     return DispatchLab(config, model, backend), backend, inbox
 
 
@@ -278,21 +274,20 @@ def _press_latencies(app: DispatchLab, presses: int) -> Any:
     measuring adds no work to the event loop it measures.
     """
     state: dict[str, Any] = {}
-    original_show, original_display = app.show_selection, app._display
+    original_show = app.show_selection
 
     def show_selection() -> None:
         original_show()
         if "shown" in state and "marked" not in state:
             state["marked"] = _card_selected(app)  # the handler ran: the card must carry the class now
 
-    def display(screen: Any, renderable: Any) -> None:
-        original_display(screen, renderable)
+    def displayed() -> None:
         shown = state.get("shown")
         if "marked" in state and shown is not None and not shown.done():
             shown.set_result(time.perf_counter() if state["marked"] else None)
 
     app.show_selection = show_selection  # type: ignore[method-assign]
-    app._display = display  # type: ignore[method-assign]
+    call_after_each_screen_update(app, displayed)
 
     async def measure(pilot: Any) -> list[float]:
         latencies = []
@@ -387,6 +382,7 @@ def memory(bench: Bench) -> list[Figure]:
     config = LabConfig(url="amqp://guest:guest@localhost/%2F", queue="bench-memory", workers=4)
     feed = FeedBackend()
     model = Model(queue=config.queue, prefix="ab12")
+    tune_process()
     app = DispatchLab(config, model, feed)  # type: ignore[arg-type]
     figures: dict[str, float] = {}
 
@@ -398,7 +394,7 @@ def memory(bench: Bench) -> list[Figure]:
             chunk = 20_000
             for first in range(0, messages, chunk):
                 feed.inbox.put_many(synthetic_session(min(chunk, messages - first), first=first))
-                while app.unfolded:
+                while app.pacer.unfolded:
                     await asyncio.sleep(0.02)
             await pilot.pause(0.3)
             gc.collect()

@@ -1,8 +1,8 @@
 """Provides the benchmark figures: what each one measures, how, and the target it is held to.
 
 A figure function takes the ``Bench`` (parameters, broker, logging) and returns
-its ``Figure`` rows. ``FIGURES`` lists them in table order; the dashboard's
-figures come from benchmarks/dashboard.py.
+its ``Figure`` rows. benchmarks/cli.py lists every figure in table order; the
+dashboard's figures come from benchmarks/dashboard.py.
 
 Every comparison runs its two sides alternately (A B, B A, A B, ...) on the same
 machine in the same minute, and reports medians, so drift on a noisy, shared
@@ -356,18 +356,3 @@ def monitor_cost(bench: Bench) -> list[Figure]:
             off,
         )
     ]
-
-
-# ----- the dashboard's figures live in benchmarks/dashboard.py (they import Textual and the app);
-# imported last, since that module builds on the types above.
-
-from benchmarks import dashboard  # noqa: E402
-
-DASHBOARD_FIGURES: list[FigureFunction] = [
-    dashboard.model_throughput,
-    dashboard.dashboard_lag,
-    dashboard.key_latency,
-    dashboard.memory,
-]
-
-FIGURES: list[FigureFunction] = [worker_throughput, start_up, monitor_cost, *DASHBOARD_FIGURES]

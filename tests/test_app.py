@@ -12,7 +12,7 @@ import io
 import itertools
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from tui.app import DispatchLab
 from tui.backend import Backend, FeedBackend, LabConfig
 from tui.launch import preflight
 from tui.ledger import AFTER_CRASH, DONE, FIRST, LOST, MODE_CHANGE, MessageRecord
+from tui.screen_updates import call_after_each_screen_update
 from tui.state import Model
 from tui.widgets.worker_card import WorkerCard
 from workers import protocol
@@ -48,9 +49,10 @@ class RecordingModel(Model):
         super().__init__(queue=queue, mode=mode, prefix=prefix)
         self.seen: list[obs.Observation] = []
 
-    def apply(self, item: obs.Observation) -> None:
-        self.seen.append(item)
-        super().apply(item)
+    def apply_all(self, items: Iterable[obs.Observation]) -> None:
+        items = list(items)
+        self.seen += items
+        super().apply_all(items)
 
 
 @dataclass
@@ -533,7 +535,7 @@ def test_selected_styles_only_the_card_itself() -> None:
 
 def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     """A read of thousands of lines is cut at line ends: each fold step stays short, nothing is lost."""
-    from tui.app import FOLD_SLICE
+    from tui.pacing import FOLD_SLICE
     from tui.pool import WorkerOutput
 
     tasks = 1000
@@ -543,12 +545,12 @@ def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     model = Model(queue="q")
     app = DispatchLab(LabConfig(url="amqp://guest:guest@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
     steps = []
-    while app._fold_slice():
+    while app.pacer.fold_slice():
         steps.append(model.events - sum(steps))
     assert sum(steps) == tasks and model.workers["w1"].current is not None
     assert model.workers["w1"].current.tag == tasks, "the last line folded last"
     assert max(steps) <= FOLD_SLICE and len(steps) == -(-tasks // FOLD_SLICE)
-    assert app.unfolded == 0 and feed.inbox.undecoded == 0
+    assert app.pacer.unfolded == 0 and feed.inbox.undecoded == 0
 
 
 def flood(tasks: int, *, workers: int) -> list[bytes]:
@@ -573,7 +575,7 @@ def fed_app() -> tuple[DispatchLab, Model, FeedBackend]:
 def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
     """While a backlog waits, the queue figures are drawn every BEHIND_DRAW_SECONDS at most, the timeline
     every DETAIL_SECONDS at most; once the backlog is folded both show it all."""
-    from tui.app import BEHIND_DRAW_SECONDS, DETAIL_SECONDS
+    from tui.pacing import BEHIND_DRAW_SECONDS, DETAIL_SECONDS
     from tui.pool import WorkerOutput
     from tui.widgets.queue_panel import QueuePanel
     from tui.widgets.timeline_view import TimelineView
@@ -585,11 +587,11 @@ def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
     figures_show, timeline_show = QueuePanel.show, TimelineView.show
 
     def on_figures(panel: QueuePanel, m: Model, now: float, durable: bool, *, details: bool = True) -> None:
-        draws["figures"].append((time.monotonic(), bool(app._backlog)))
+        draws["figures"].append((time.monotonic(), bool(app.pacer.backlog)))
         figures_show(panel, m, now, durable, details=details)
 
     def on_timeline(view: TimelineView, m: Model, now: float) -> None:
-        draws["timeline"].append((time.monotonic(), bool(app._backlog)))
+        draws["timeline"].append((time.monotonic(), bool(app.pacer.backlog)))
         timeline_show(view, m, now)
 
     async def run() -> None:
@@ -597,7 +599,7 @@ def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
             await asyncio.sleep(0.3)
             feed.inbox.put_many([WorkerOutput("w1", data) for data in reads])
             deadline = time.monotonic() + 60
-            while app.unfolded or model.ledger.done_messages + model.workers["w1"].done < tasks:
+            while app.pacer.unfolded or model.ledger.done_messages + model.workers["w1"].done < tasks:
                 await asyncio.sleep(0.05)
                 assert time.monotonic() < deadline, "the backlog was never folded"
             await asyncio.sleep(0.5)
@@ -621,15 +623,15 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Behind a flood, a key's screen update waits for no fold slice and no further part of the view."""
-    from tui import app as app_module
+    from tui import pacing
     from tui.pool import WorkerOutput
 
-    monkeypatch.setattr(app_module, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
+    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
     tasks = 20_000
     reads = flood(tasks, workers=2)
     app, _, feed = fed_app()
     trace: list[str] = []
-    fold_slice, show_selection, display = app._fold_slice, app.show_selection, app._display
+    fold_slice, show_selection = app.pacer.fold_slice, app.show_selection
     card_show = WorkerCard.show
 
     def on_fold(*, refill: bool = True) -> bool:
@@ -642,10 +644,6 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
         trace.append("key")
         show_selection()
 
-    def on_display(screen: Any, renderable: Any) -> None:
-        display(screen, renderable)
-        trace.append("screen")
-
     def on_card(card: WorkerCard, worker: Any, now: float, *, details: bool = True) -> None:
         trace.append("draw")
         card_show(card, worker, now, details=details)
@@ -653,20 +651,20 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
     async def run() -> None:
         async with app.run_test(size=SIZE):
             feed.inbox.put_many([WorkerOutput("w1", read) for read in reads[:2]])
-            while len(app._cards) < 2:
+            while len(app._grid.cards) < 2:
                 await asyncio.sleep(0.02)
             feed.inbox.put_many([WorkerOutput("w1", read) for read in reads[2:]])
             presses = 0
             deadline = time.monotonic() + 60
-            while app.unfolded and presses < 10:
+            while app.pacer.unfolded and presses < 10:
                 app.post_message(events.Key("ctrl+n", None))  # as the terminal driver posts it
                 presses += 1
                 await asyncio.sleep(0.15)
                 assert time.monotonic() < deadline
 
-    app._fold_slice = on_fold  # type: ignore[method-assign]
+    app.pacer.fold_slice = on_fold  # type: ignore[method-assign]
     app.show_selection = on_select  # type: ignore[method-assign]
-    app._display = on_display  # type: ignore[method-assign]
+    call_after_each_screen_update(app, lambda: trace.append("screen"))
     WorkerCard.show = on_card  # type: ignore[method-assign]
     try:
         asyncio.run(run())
@@ -677,3 +675,24 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
     for i in answered:
         until_shown = trace[i + 1 : trace.index("screen", i)]
         assert "fold" not in until_shown and "draw" not in until_shown, trace[i : i + 8]
+
+
+def test_textual_still_hands_each_screen_update_to_app_display() -> None:
+    """tui.screen_updates hooks a private method of Textual's App: this fails if Textual renames or skips it."""
+    from textual.app import App
+
+    assert callable(getattr(App, "_display", None)), "Textual's App has no _display any more"
+    app, _, _ = fed_app()
+    updates: list[float] = []
+    call_after_each_screen_update(app, lambda: updates.append(time.monotonic()))
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause(0.2)
+            before = len(updates)
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.2)
+            assert len(updates) > before, "a key press changed the screen, and no update was handed over"
+
+    asyncio.run(run())
+    assert updates, "no screen update reached the hook"

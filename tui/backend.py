@@ -1,22 +1,29 @@
-"""Provides the dashboard's backend: the worker pool, the broker monitor and the publisher.
+"""Provides the lab's backend: the one door for commands, and the factory that builds its pipeline.
 
-It turns what their threads learn into observations in one inbox; the app
-drains the inbox on a timer and folds it into the model. A replay or a
-snapshot runs the app with no backend at all.
+A pipeline is the worker pool, the broker monitor and the publisher, with one
+inbox for what their threads learn, as observations; the app (or a headless
+run) drains the inbox and folds it into the model. ``build_pipeline`` wires it
+for the dashboard, the headless runner and the benchmarks alike. ``Backend``
+owns one and carries out every command (add, kill, stop, restart, set mode,
+publish, purge, restart the broker); the keys, the palette, scenarios and the
+headless runner all go through it. A replay or a snapshot runs the app with no
+backend at all.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tui import observations as obs
-from tui.pool import Inbox, WorkerPool
+from tui.pool import Inbox, PoolClosed, WorkerPool
 from workers.broker import ConsumerInfo, ManagementApi
+from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
 from workers.new_task import new_session_prefix
 from workers.settings import DispatchMode
@@ -43,36 +50,84 @@ class LabConfig:
     """Where Ctrl+S saves sessions; None: runs/ in the current folder."""
 
 
-class Backend:
-    """Everything with a thread or a process behind it; implements the monitor's listener."""
+@dataclass(frozen=True)
+class Refused:
+    """A command the backend did not carry out, and why (one sentence for the user)."""
 
-    def __init__(self, config: LabConfig, *, management: ManagementApi | None = None) -> None:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Workers, queue monitor and publisher of one lab, and the inbox all three report to."""
+
+    inbox: Inbox
+    pool: WorkerPool
+    monitor: QueueMonitor
+    publisher: PublisherThread
+    prefix: str
+    """The publisher's message id prefix: the model tells our tasks from others' by it."""
+
+
+def build_pipeline(
+    config: LabConfig, *, management: ManagementApi | None = None, inbox: Inbox | None = None
+) -> Pipeline:
+    """The one place that wires a pipeline; nothing is started. ``inbox``: one of the caller's (a benchmark's tap)."""
+    inbox = Inbox() if inbox is None else inbox
+    prefix = new_session_prefix()
+    pool = WorkerPool(
+        config.url,
+        config.queue,
+        inbox,
+        mode=config.mode,
+        seconds_per_dot=config.seconds_per_dot,
+        durable=config.durable,
+        heartbeat=config.heartbeat,
+    )
+    report = InboxReport(inbox, pool, management)
+    monitor = QueueMonitor(config.url, config.queue, report, management=management)
+    publisher = PublisherThread(
+        config.url,
+        config.queue,
+        report,
+        prefix=prefix,
+        durable=config.durable,
+        persistent=config.persistent,
+    )
+    return Pipeline(inbox, pool, monitor, publisher, prefix)
+
+
+class Backend:
+    """Everything with a thread or a process behind it, and the only door for commands.
+
+    Commands come from the UI thread (keys, palette, scenarios' timers) or a headless
+    run's thread; none blocks. What takes time (a restart waiting for its worker to
+    go, a broker restart) runs on a thread of its own and reports through callbacks,
+    which are called on that thread.
+    """
+
+    RESTART_WAIT = 60.0
+    """Seconds a restarted worker may take to finish its task before the restart gives up."""
+
+    def __init__(
+        self,
+        config: LabConfig,
+        *,
+        management: ManagementApi | None = None,
+        node: LocalNode | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        """``node``: the private broker ``config.url`` points at, which ``restart_broker`` restarts."""
         self.config = config
-        self.inbox = Inbox()
-        self.prefix = new_session_prefix()
-        self.pool = WorkerPool(
-            config.url,
-            config.queue,
-            self.inbox,
-            mode=config.mode,
-            seconds_per_dot=config.seconds_per_dot,
-            durable=config.durable,
-            heartbeat=config.heartbeat,
-        )
-        self.management = management
-        self.monitor = QueueMonitor(config.url, config.queue, self, management=management)
-        self.publisher = PublisherThread(
-            config.url,
-            config.queue,
-            self,
-            prefix=self.prefix,
-            durable=config.durable,
-            persistent=config.persistent,
-        )
+        self.node = node
+        pipeline = build_pipeline(config, management=management) if pipeline is None else pipeline
+        self.inbox = pipeline.inbox
+        self.pool = pipeline.pool
+        self.monitor = pipeline.monitor
+        self.publisher = pipeline.publisher
+        self.prefix = pipeline.prefix
         self._started = False
         self._shutdown_lock = threading.Lock()
-        self._refusal: str | None = None
-        """The management API's refusal as last reported to the model."""
 
     def start(self) -> None:
         self.monitor.start()
@@ -90,6 +145,105 @@ class Backend:
             self.pool.shutdown()
             self.publisher.stop()
             self.monitor.stop()
+
+    # ----- commands (from the UI thread or a headless run; all non-blocking)
+
+    def add_worker(self, name: str | None = None) -> str | Refused:
+        """Start a worker (a new one, or again under an old name); its name, or why not."""
+        if len(self.pool.running()) >= self.pool.MAX_WORKERS:
+            return Refused(f"At most {self.pool.MAX_WORKERS} workers.")
+        return self.pool.spawn(name)
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL, like a crash; False when it is not running."""
+        return self.pool.kill(name)
+
+    def stop(self, name: str) -> bool:
+        """Finish the current task, then exit; False when it is not running."""
+        return self.pool.stop(name)
+
+    def restart(self, name: str, gave_up: Callable[[], None]) -> None:
+        """Stop a worker and start it again under its name once its process is gone.
+
+        A worker that is not running starts at once. One still busy after RESTART_WAIT
+        seconds stays stopping and is not started again: ``gave_up`` is called (on the
+        waiting thread).
+        """
+        worker = self.pool.get(name)
+        if worker is None or name not in self.pool.running():
+            self.pool.spawn(name)
+            return
+        self.pool.stop(name)
+
+        def respawn_when_gone() -> None:
+            try:
+                worker.process.wait(self.RESTART_WAIT)
+            except subprocess.TimeoutExpired:  # still finishing its task
+                gave_up()
+                return
+            try:
+                self.pool.spawn(name)
+            except PoolClosed:
+                pass  # the lab is closing: nothing to restart
+
+        threading.Thread(target=respawn_when_gone, name=f"restart-{name}", daemon=True).start()
+
+    @property
+    def mode(self) -> DispatchMode:
+        """The mode last asked for: the model hears of it only when it folds the request."""
+        return self.pool.mode
+
+    def set_mode(self, mode: DispatchMode) -> None:
+        self.inbox.put(obs.ModeRequested(time.time(), mode.prefetch, mode.ack))
+        self.pool.set_mode(mode)
+
+    def publish(self, bodies: list[str]) -> None:
+        self.publisher.submit(bodies)
+
+    def purge(self) -> None:
+        self.monitor.purge()
+
+    @property
+    def tasks_survive_restart(self) -> bool:
+        """A durable queue and persistent messages: what the broker held comes back after a restart."""
+        return self.config.durable and self.config.persistent
+
+    def restart_broker(self, done: Callable[[float], None], failed: Callable[[str], None]) -> threading.Thread | None:
+        """Stop and start the private node on a thread; None when there is none (a broker we did not start).
+
+        ``done`` gets the seconds it took, ``failed`` the node's one-sentence error; both
+        are called on that thread. The inbox hears ``BrokerRestarted`` before ``done`` runs.
+        """
+        node = self.node
+        if node is None:
+            return None
+
+        def restart() -> None:
+            began = time.monotonic()
+            try:
+                node.restart()
+            except LocalNodeError as exc:
+                failed(str(exc))
+                return
+            seconds = time.monotonic() - began
+            self.inbox.put(obs.BrokerRestarted(time.time(), self.tasks_survive_restart, seconds))
+            done(seconds)
+
+        thread = threading.Thread(target=restart, name="broker-restart", daemon=True)
+        thread.start()
+        return thread
+
+
+class InboxReport:
+    """The monitor's and publisher's listener: what their threads learn goes into the inbox as observations."""
+
+    def __init__(self, inbox: Inbox, pool: WorkerPool, management: ManagementApi | None = None) -> None:
+        self.inbox = inbox
+        self.pool = pool
+        """Whose workers are ours: the others' consumers are told apart by the pool's pids."""
+        self.management = management
+        self._refusal: str | None = None
+        """The management API's refusal as last reported to the model."""
 
     # ----- MonitorListener: called from the monitor's and publisher's threads
 
@@ -142,18 +296,6 @@ class Backend:
     def publisher_unblocked(self, ts: float) -> None:
         self.inbox.put(obs.PublisherUnblocked(ts))
 
-    # ----- requests from the app (UI thread; all non-blocking)
-
-    def publish(self, bodies: list[str]) -> None:
-        self.publisher.submit(bodies)
-
-    def set_mode(self, mode: DispatchMode) -> None:
-        self.inbox.put(obs.ModeRequested(time.time(), mode.prefetch, mode.ack))
-        self.pool.set_mode(mode)
-
-    def purge(self) -> None:
-        self.monitor.purge()
-
 
 def _is_ours(connection_name: str, pids: set[str]) -> bool:
     match = _OUR_CONNECTION.match(connection_name)
@@ -168,6 +310,8 @@ class FeedBackend:
 
     def __init__(self) -> None:
         self.inbox = Inbox()
+        self.node: LocalNode | None = None
+        """No broker of its own: the broker-restart key stays hidden."""
 
     def start(self) -> None:
         pass

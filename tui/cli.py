@@ -39,17 +39,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return replay_main(args[1:])
     if command == "bench":
+        import subprocess
         from pathlib import Path
 
-        checkout = Path(__file__).resolve().parent.parent  # benchmarks/ sits beside tui/ in a checkout
-        if (checkout / "benchmarks" / "cli.py").is_file() and str(checkout) not in sys.path:
-            sys.path.insert(0, str(checkout))
-        try:
-            from benchmarks.cli import main as bench_main
-        except ImportError:
+        # The benchmarks sit beside tui/ in a source checkout and import the app: a script of their
+        # own, run as one, so that nothing in tui/ imports them (one-way dependencies, no path edits).
+        script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+        if not script.is_file():
             print("dispatch-lab: the benchmarks live in the source checkout: run `make bench` there", file=sys.stderr)
             return 2
-        return bench_main(args[1:], prog="dispatch-lab bench")
+        try:
+            return subprocess.run([sys.executable, str(script), *args[1:]], check=False).returncode
+        except KeyboardInterrupt:
+            return 130
     if command in ("help",):
         print(USAGE)
         return 0

@@ -16,12 +16,20 @@ from rich.text import Text
 
 from tui.export import write_ledger_csv
 from tui.observations import SessionStarted
-from tui.runner import RunResult, ScenarioRun
-from tui.scenarios import ScenarioError, find
+from tui.runner import Progress, RunResult, ScenarioRun
+from tui.scenarios import Scenario, ScenarioError, find
 from tui.session_log import SessionLog
 from tui.text import for_toast, printable
 from workers.broker import BrokerError
-from workers.settings import DispatchMode, SettingsError, add_connection_args, check_prefetch, mask_url, url_or_exit
+from workers.settings import (
+    AckMode,
+    DispatchMode,
+    SettingsError,
+    add_connection_args,
+    check_prefetch,
+    mask_url,
+    url_or_exit,
+)
 from workers.worker import ack_arg, positive_float
 
 
@@ -42,6 +50,36 @@ def parse_modes(text: str) -> list[int]:
             str(exc) if isinstance(exc, SettingsError) else f"--modes takes prefetch numbers like 0,1,10, not {text!r}"
         )
         raise argparse.ArgumentTypeError(message) from None
+
+
+def compare_modes(
+    url: str,
+    scenario: Scenario,
+    prefetches: list[int],
+    *,
+    ack: AckMode,
+    workers: int,
+    seconds_per_dot: float,
+    progress: Progress,
+    timeout: float = 600.0,
+) -> tuple[list[RunResult], str]:
+    """Run ``scenario`` once per prefetch value, one after another, each on a fresh queue with its own workers.
+
+    Returns the runs that finished and the broker's one-sentence error that stopped the
+    rest ("" when none did). Blocks for the whole comparison: call it from a thread;
+    ``progress`` is called on that thread.
+    """
+    runs: list[RunResult] = []
+    try:
+        for prefetch in prefetches:
+            mode = DispatchMode(prefetch, ack)
+            run = ScenarioRun(url, scenario, mode=mode, workers=workers,
+                              seconds_per_dot=seconds_per_dot, progress=progress, timeout=timeout)  # fmt: skip
+            progress(f"{scenario.name}: running under {mode.describe()} …")
+            runs.append(run.run())
+    except BrokerError as exc:
+        return runs, str(exc)
+    return runs, ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,7 +198,7 @@ def main(argv: list[str]) -> int:
                 if log is not None:
                     # The log's first line, as the dashboard's: without it a replay knows neither the
                     # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.
-                    log.add([SessionStarted(time.time(), run.queue, run.publisher.prefix, prefetch, args.ack, True,
+                    log.add([SessionStarted(time.time(), run.queue, run.prefix, prefetch, args.ack, True,
                                             mask_url(url))])  # fmt: skip
                 result = run.run()
             results.append(result)

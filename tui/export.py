@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from tui.ledger import Ledger, MessageRecord
+from tui.session_log import SessionLog
+from tui.text import printable
 
 LEDGER_COLUMNS = ("msg_id", "label", "body", "published", "state", "deliveries", "done_count", "why_last", "lifeline")
 
@@ -60,3 +63,21 @@ def session_folder(base: Path | None = None) -> Path:
         folder = root / f"{name}-{copy}"
     folder.mkdir(parents=True)
     return folder
+
+
+def save_session(folder: Path, records: list[MessageRecord], log: SessionLog | None) -> str:
+    """Write the ledger (CSV) and the event log into ``folder``; what to tell the user. OSError when it cannot."""
+    rows = write_ledger_csv(records, folder / "ledger.csv")
+    if log is not None:
+        log.flush()
+        shutil.copyfile(log.path, folder / "events.jsonl")
+    dropped = log.dropped if log is not None else 0
+    cut = f" (the event log hit its size cap: the last {dropped:,} events are not in it)" if dropped else ""
+    return f"Saved {rows} ledger rows, events and a screenshot to {printable(str(folder))}{cut}"
+
+
+def not_saved(exc: OSError) -> str:
+    """Which path could not be written and the system's reason, as text (a path may hold brackets)."""
+    where = f" {printable(str(exc.filename))}" if exc.filename else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"Not saved: cannot write{where}: {reason}. Start with --runs-dir DIR to save elsewhere."

@@ -218,13 +218,15 @@ def main(argv: list[str]) -> int:
             node.destroy()
         return 2
     from tui.app import DispatchLab
+    from tui.pacing import tune_process
 
-    backend = Backend(config, management=management)
+    tune_process()
+    backend = Backend(config, management=management, node=node)
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
     log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
     log.start()
     log.add([session_started(config, backend.prefix)])
-    app = DispatchLab(config, model, backend, log=log, node=node)
+    app = DispatchLab(config, model, backend, log=log)
     atexit.register(backend.shutdown)
 
     finished = threading.Event()

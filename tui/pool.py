@@ -91,39 +91,23 @@ def _as_text(line: bytes) -> str:
     return line.decode("utf-8", "backslashreplace").rstrip()
 
 
-_ITEM = b'["'
-"""How each item of a ``tasks`` line begins (protocol.encode_tasks), and nothing else in a v1 event line."""
-
-
 def lines_in(item: Arrival) -> int:
-    """About how many observations an arrival makes: a line per event, an item per event in ``tasks`` lines.
-
-    A ``tasks`` line of 200 items is a hundred times the work of a v1 line: counted as a
-    line, one fold slice could take all of it. (A body holding ``["`` counts one more.)
-    """
-    if type(item) is not WorkerOutput:
-        return 1
-    data = item.data
-    return data.count(b"\n") + data.count(_ITEM)
+    """How many observations an arrival makes, as the protocol counts a worker's output (protocol.events_in)."""
+    return protocol.events_in(item.data) if type(item) is WorkerOutput else 1
 
 
 def head_lines(item: Arrival, count: int) -> tuple[Arrival, Arrival | None]:
-    """A worker output's first lines worth ``count`` observations (lines_in; at least one line) and the rest.
+    """A worker output's first lines worth ``count`` observations (at least one line) and the rest.
 
-    The rest is None when no more is left; other arrivals come whole.
+    The protocol says where to cut (protocol.cut_after_events); the rest is None when
+    no more is left; other arrivals come whole.
     """
     if type(item) is not WorkerOutput:
         return item, None
-    data, cut, weight = item.data, -1, 0
-    while weight < count:
-        start = cut + 1
-        cut = data.find(b"\n", start)
-        if cut < 0:
-            return item, None
-        weight += 1 + data.count(_ITEM, start, cut)
-    if cut + 1 >= len(data):
+    cut = protocol.cut_after_events(item.data, count)
+    if cut is None:
         return item, None
-    return WorkerOutput(item.worker, data[: cut + 1]), WorkerOutput(item.worker, data[cut + 1 :])
+    return WorkerOutput(item.worker, item.data[:cut]), WorkerOutput(item.worker, item.data[cut:])
 
 
 def complete_lines(pending: bytes, chunk: bytes, longest: int) -> tuple[bytes, bytes]:

@@ -22,15 +22,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tui import observations as obs
+from tui.backend import Backend, LabConfig
 from tui.ledger import DONE, HELD, TERMINAL
-from tui.pool import Inbox, WorkerPool
+from tui.pool import WorkerPool
 from tui.scenarios import EXPECTATIONS, Action, Scenario
 from tui.session_log import SessionLog
 from tui.state import Model
-from workers.broker import BrokerError, ConsumerInfo, connect, declare_task_queue
-from workers.local_node import LocalNode, LocalNodeError
-from workers.monitor import QueueMonitor
-from workers.new_task import Publisher
+from workers.broker import BrokerError, connect, declare_task_queue
+from workers.local_node import LocalNode
 from workers.settings import DispatchMode, check_ack
 
 Progress = Callable[[str], None]
@@ -101,21 +100,22 @@ def random_kills(
     return actions
 
 
-def apply_action(action: Action, pool: WorkerPool, set_mode: Callable[[DispatchMode], object]) -> None:
-    """Carry out one scenario action on a pool (the dashboard's or a headless run's).
+def apply_action(action: Action, backend: Backend, set_mode: Callable[[DispatchMode], object]) -> None:
+    """Carry out one scenario action through a backend (the dashboard's or a headless run's).
 
-    ``restart_broker`` needs a broker of our own and is left to the caller.
+    ``set_mode``: the backend's, or one that also tells the user. ``restart_broker``
+    needs a broker of our own and is left to the caller.
     """
     if action.do == "kill" and action.worker:
-        pool.kill(action.worker)
+        backend.kill(action.worker)
     elif action.do == "stop" and action.worker:
-        pool.stop(action.worker)
+        backend.stop(action.worker)
     elif action.do == "start":
-        pool.spawn(action.worker)
+        backend.add_worker(action.worker)
     elif action.do == "prefetch" and isinstance(action.value, int):
-        set_mode(DispatchMode(action.value, pool.mode.ack))
+        set_mode(DispatchMode(action.value, backend.mode.ack))
     elif action.do == "ack" and isinstance(action.value, str):
-        set_mode(DispatchMode(pool.mode.prefetch, check_ack(action.value)))
+        set_mode(DispatchMode(backend.mode.prefetch, check_ack(action.value)))
 
 
 @dataclass
@@ -190,28 +190,12 @@ def _waiting_work(model: Model) -> int:
     return model.ledger.count("ready") + sum(w.waiting for w in model.workers.values() if w.alive)
 
 
-class _MonitorReport:
-    """The monitor's listener for a headless run: the queue's figures and the link's state go to the inbox."""
-
-    def __init__(self, inbox: Inbox) -> None:
-        self.inbox = inbox
-
-    def queue_sampled(
-        self, ts: float, ready: int, consumers: int, unacked: int | None, external: Sequence[ConsumerInfo] | None
-    ) -> None:
-        self.inbox.put(obs.QueueSample(ts, ready, consumers, unacked))
-
-    def broker_status(self, ts: float, state: str, attempt: int, message: str) -> None:
-        self.inbox.put(obs.BrokerStatus(ts, state, attempt, message))
-
-    def queue_purged(self, ts: float, count: int) -> None:
-        self.inbox.put(obs.Purged(ts, count))
-
-
 class ScenarioRun:
     """One scenario under one dispatch mode, on its own temporary queue."""
 
     SAMPLE = 0.05
+    PUBLISH_POLL = 0.002
+    """Seconds between two looks at the actions due while tasks are published (a publish takes about a ms)."""
 
     def __init__(
         self,
@@ -242,10 +226,11 @@ class ScenarioRun:
         self.log = log
         self.progress = progress or (lambda text: None)
         self.queue = f"dlab-run-{secrets.token_hex(4)}"
-        self.inbox = Inbox()
-        self.pool = WorkerPool(url, self.queue, self.inbox, mode=mode, seconds_per_dot=seconds_per_dot)
-        self.publisher = Publisher(url, self.queue, name="dispatch-lab run publisher")
-        self.model = Model(queue=self.queue, mode=mode, prefix=self.publisher.prefix)
+        # workers=0: the run starts its own, one at a time, each checked (_start_workers).
+        config = LabConfig(url, queue=self.queue, workers=0, mode=mode, seconds_per_dot=seconds_per_dot)
+        self.backend = Backend(config, node=node)
+        self.inbox = self.backend.inbox
+        self.model = Model(queue=self.queue, mode=mode, prefix=self.backend.prefix)
         self.node = node
         self.until_settled = until_settled
         self.kills = 0
@@ -258,13 +243,26 @@ class ScenarioRun:
         """Seconds the actions' clock stood still while the broker restarted."""
         self._calm_after = 0.0
         """Wall-clock time of the last publish or broker restart: queue figures from before it are no news."""
-        self.monitor = QueueMonitor(url, self.queue, _MonitorReport(self.inbox))
+        self._publish_error: str | None = None
+
+    @property
+    def pool(self) -> WorkerPool:
+        return self.backend.pool
+
+    @property
+    def prefix(self) -> str:
+        """Our tasks' message id prefix."""
+        return self.backend.prefix
 
     def _fold(self) -> None:
+        ledger = self.model.ledger
         for items, logged in self.inbox.slices(self.inbox.take()):
             if self.log is not None:
                 self.log.add(logged)
+            failed = ledger.failed
             self.model.apply_all(items)
+            if ledger.failed > failed and self._publish_error is None:
+                self._publish_error = next(i.message for i in items if type(i) is obs.PublishFailed)
 
     def _wait(self, condition: Callable[[], bool], seconds: float, what: str) -> None:
         deadline = time.monotonic() + seconds
@@ -277,7 +275,7 @@ class ScenarioRun:
     def _start_workers(self) -> None:
         # One at a time, so consumer order (and so round-robin order) is w1, w2, ...
         for _ in range(self.worker_count):
-            name = self.pool.spawn()
+            name = self.pool.spawn()  # not add_worker: a run's own count, checked by its caller
             self._wait(lambda n=name: self._ready_or_dead(n), 30, f"worker {name} to start")  # type: ignore[misc]
             worker = self.model.workers[name]
             if not worker.alive:
@@ -292,9 +290,9 @@ class ScenarioRun:
         if action.do == "restart_broker":
             self._restart_broker()
         elif action.do == "kill" and action.worker:
-            self.kills += self.pool.kill(action.worker)
+            self.kills += self.backend.kill(action.worker)
         else:
-            apply_action(action, self.pool, self.pool.set_mode)
+            apply_action(action, self.backend, self.backend.set_mode)
         self.progress(f"{self.scenario.name}: {action.describe()}")
 
     @property
@@ -302,53 +300,43 @@ class ScenarioRun:
         return self._restart is not None and self._restart.is_alive()
 
     def _restart_broker(self) -> None:
-        if self.node is None:
-            raise BrokerError("A restart_broker action needs the run's own private broker (a LocalNode).")
-        node = self.node
+        # The run's queue is durable and its messages persistent: they survive (BrokerRestarted says so).
 
-        def restart() -> None:
-            began = time.monotonic()
-            try:
-                node.restart()
-            except LocalNodeError as exc:
-                self._restart_error = str(exc)
-                return
-            seconds = time.monotonic() - began
+        def done(seconds: float) -> None:
             self._calm_after = time.time()
             self._paused += seconds
             self.broker_restarts += 1
-            # The run's queue is durable and its messages persistent: they survive.
-            self.inbox.put(obs.BrokerRestarted(time.time(), True, seconds))
 
-        self._restart = threading.Thread(target=restart, name="broker-restart", daemon=True)
-        self._restart.start()
+        def failed(message: str) -> None:
+            self._restart_error = message
+
+        self._restart = self.backend.restart_broker(done, failed)
+        if self._restart is None:
+            raise BrokerError("A restart_broker action needs the run's own private broker (a LocalNode).")
 
     def run(self) -> RunResult:
         connection = connect(self.url, name="dispatch-lab run setup")
         try:
             declare_task_queue(connection.channel(), self.queue)
-            self.monitor.start()
+            self.backend.start()  # the monitor and the publisher; no workers yet
             self._start_workers()
             self.progress(f"{self.scenario.name}: publishing {len(self.scenario.tasks)} tasks, {self.mode.describe()}")
             started = time.monotonic()
             pending = list(self.scenario.actions)
-            self.publisher.open()
             self._publishing = True
-            for body in self.scenario.tasks:
-                msg_id = self.publisher.next_id()
-                self.inbox.put(obs.Published(msg_id, time.time(), body))
-                self.publisher.publish(body, msg_id)
-                self.inbox.put(obs.Confirmed(msg_id, time.time()))
+            self.backend.publish(list(self.scenario.tasks))
+            while self.backend.publisher.pending > 0:
                 pending = self._act(pending, started)
+                self._fold()
+                self._check_published()
+                time.sleep(self.PUBLISH_POLL)
             self._publishing = False
             self._calm_after = max(self._calm_after, time.time())
             timed_out = self._drain(started, pending)
         finally:
-            self.publisher.close()
             if self._restart is not None:
                 self._restart.join(60)  # the node must be up again before the queue can go
-            self.pool.shutdown()
-            self.monitor.stop()
+            self.backend.shutdown()
             self._fold()
             try:
                 if connection.is_open:
@@ -400,10 +388,16 @@ class ScenarioRun:
             and self.model.ledger.count(HELD) == 0
         )
 
+    def _check_published(self) -> None:
+        """A task the broker would not take ends the run: its figures would be wrong."""
+        if self._publish_error is not None:
+            raise BrokerError(self._publish_error)
+
     def _drain(self, started: float, pending: list[Action]) -> bool:
         last = time.monotonic()
         while time.monotonic() - started < self.timeout:
             self._fold()
+            self._check_published()  # the last task's failure may come after the publishing ended
             pending = self._act(pending, started)
             if self.until_settled and pending and self._work_over():
                 self.progress(f"{self.scenario.name}: the work is over; {len(pending)} actions dropped")

@@ -1,7 +1,7 @@
 """Provides the worker event protocol (JSON lines, version 1) and the stdin commands.
 
 Stdlib only. Every event line carries ``v``, ``event``, ``worker`` and ``ts``;
-the keys of each kind are listed in DESIGN.md and may grow but never be renamed.
+the keys of each kind are listed in docs/architecture.md and may grow but never be renamed.
 ``decode`` never raises: a line that is not a valid event gives ``None``.
 Workers asked for the compact form write the received, started and done events
 as the items of ``tasks`` lines (``encode_tasks``); ``decode_all`` and
@@ -406,6 +406,36 @@ def item_done(ts: float, tag: int, msg_id: str | None, acked: bool) -> TaskItem:
 def item_worked(ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, acked: bool) -> TaskItem:
     """A task received, started (0 s) and done at ``ts``: the three events in one item."""
     return ("t", ts, tag, msg_id, body, redelivered, acked)
+
+
+_ITEM_MARK = b'["'
+"""How each item of a ``tasks`` line begins (encode_tasks), and nothing else in a v1 event line."""
+
+
+def events_in(data: bytes) -> int:
+    """About how many events a block of lines holds: one a line, one an item in ``tasks`` lines.
+
+    A ``tasks`` line of 200 items is a hundred times the work of a v1 line: whoever
+    weighs output by its lines would let one such line fill a whole slice. (A body
+    holding ``["`` counts one more.)
+    """
+    return data.count(b"\n") + data.count(_ITEM_MARK)
+
+
+def cut_after_events(data: bytes, count: int) -> int | None:
+    """Where to cut a block of lines so the head holds about ``count`` events (events_in; at least one line).
+
+    The byte offset just past a newline, or None when the whole block is within ``count``
+    (or holds no complete line to cut after).
+    """
+    cut, weight = -1, 0
+    while weight < count:
+        start = cut + 1
+        cut = data.find(b"\n", start)
+        if cut < 0:
+            return None
+        weight += 1 + data.count(_ITEM_MARK, start, cut)
+    return None if cut + 1 >= len(data) else cut + 1
 
 
 def encode_tasks(worker_json: str, items: list[TaskItem]) -> str:

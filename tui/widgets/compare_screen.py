@@ -12,16 +12,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, LoadingIndicator, Select, Static
 
-from tui.compare import checks, prefetch_list, table, verdict
-from tui.runner import RunResult, ScenarioRun
+from tui.compare import checks, compare_modes, prefetch_list, table, verdict
+from tui.runner import RunResult
 from tui.scenarios import Scenario
 from tui.text import ERROR_CHARS, for_toast
-from workers.broker import BrokerError
-from workers.settings import DispatchMode, SettingsError, check_ack
+from workers.settings import SettingsError, check_ack
 
 
 class CompareScreen(ModalScreen[None]):
-    """Runs happen on fresh temporary queues with their own workers; the live queue is left alone."""
+    """Shows comparisons while they run and after; tui.compare runs them, each on a fresh queue of its own."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
 
@@ -90,22 +89,14 @@ class CompareScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def run_comparison(self, scenario: Scenario, modes: list[int]) -> None:
-        runs: list[RunResult] = []
+        """Waits for tui.compare on a thread of its own: the runs take seconds to minutes."""
 
         def say(text: str) -> None:
             self.app.call_from_thread(self._status, text)
 
-        try:
-            for prefetch in modes:
-                mode = DispatchMode(prefetch, check_ack(self.ack))
-                run = ScenarioRun(self.url, scenario, mode=mode, workers=self.worker_count,
-                                  seconds_per_dot=self.seconds_per_dot, progress=say, timeout=600)  # fmt: skip
-                say(f"{scenario.name}: running under {mode.describe()} …")
-                runs.append(run.run())
-        except BrokerError as exc:
-            self.app.call_from_thread(self._finished, runs, str(exc))
-            return
-        self.app.call_from_thread(self._finished, runs, "")
+        runs, error = compare_modes(self.url, scenario, modes, ack=check_ack(self.ack), workers=self.worker_count,
+                                    seconds_per_dot=self.seconds_per_dot, progress=say)  # fmt: skip
+        self.app.call_from_thread(self._finished, runs, error)
 
     def _status(self, text: str) -> None:
         """Show a line that may hold a scenario's name or an error's text: as text, never as markup."""

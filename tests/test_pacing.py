@@ -1,0 +1,136 @@
+"""The pacer without Textual: slices, the backlog, drawing in parts, and waiting for the screen after a key."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tui import observations as obs
+from tui import pacing
+from tui.pacing import FOLD_SLICE, Pacer
+from tui.pool import Arrival, Inbox, WorkerOutput
+from workers import protocol
+
+
+def started_lines(first: int, count: int) -> bytes:
+    return "".join(
+        protocol.encode_started('"w1"', 1.0 + n, n, f"m-{n}", 0.0) for n in range(first, first + count)
+    ).encode()
+
+
+class Recorder:
+    """Stands in for the model, the view and the session log, and keeps the order things happened in."""
+
+    def __init__(self) -> None:
+        self.folded: list[obs.Observation] = []
+        self.recorded: list[Arrival] = []
+        self.trace: list[str] = []
+        self.slow = 0.0
+
+    def fold(self, items: list[obs.Observation]) -> None:
+        time.sleep(self.slow)
+        self.folded += items
+        self.trace.append("fold")
+
+    def draw(self, details: bool) -> Iterator[None]:
+        for part in range(3):
+            yield
+            self.trace.append(f"draw{part}" if details else f"figures{part}")
+
+
+def test_a_slice_holds_at_most_fold_slice_events_and_a_big_read_is_cut_at_a_line_end() -> None:
+    inbox, seen = Inbox(), Recorder()
+    inbox.put_many([WorkerOutput("w1", started_lines(1, 1000))])
+    pacer = Pacer(inbox, seen.fold, seen.draw, record=seen.recorded.extend)
+    sizes = []
+    while pacer.fold_slice():
+        sizes.append(len(seen.folded) - sum(sizes))
+    assert sizes == [FOLD_SLICE] * 4
+    assert [e.tag for e in seen.folded if isinstance(e, protocol.Started)] == list(range(1, 1001))
+    assert b"".join(a.data for a in seen.recorded if isinstance(a, WorkerOutput)) == started_lines(1, 1000)
+    assert pacer.unfolded == 0 and inbox.undecoded == 0
+
+
+def test_a_tasks_line_weighs_its_items_not_one_line() -> None:
+    items = [protocol.item_worked(1.0, n, f"m-{n}", "x", False, True) for n in range(200)]
+    line = protocol.encode_tasks('"w1"', items).encode()
+    inbox, seen = Inbox(), Recorder()
+    inbox.put_many([WorkerOutput("w1", line * 4)])  # 800 tasks = 2,400 events in four lines
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+    pacer.fold_slice()
+    # The first line weighs 201 of the slice's 250; the rest is cut after one more whole line.
+    assert len(seen.folded) == 1200, "one slice took two 200-item lines, not all four"
+
+
+def test_fold_all_folds_everything_but_not_while_a_tick_folds_on_its_own() -> None:
+    inbox, seen = Inbox(), Recorder()
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+    inbox.put_many([WorkerOutput("w1", started_lines(1, 700))])
+    pacer.ticking = True
+    pacer.fold_all()
+    assert seen.folded == [] and pacer.unfolded == 1
+    pacer.ticking = False
+    pacer.fold_all()
+    assert len(seen.folded) == 700 and pacer.unfolded == 0
+
+
+def test_without_an_inbox_there_is_nothing_to_fold() -> None:
+    seen = Recorder()
+    pacer = Pacer(None, seen.fold, seen.draw)
+    assert pacer.fold_slice() is False and pacer.unfolded == 0
+
+
+def test_a_tick_with_nothing_behind_draws_every_part_with_the_details() -> None:
+    inbox, seen = Inbox(), Recorder()
+    inbox.put(obs.Purged(1.0, 0))
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+    asyncio.run(pacer.tick(time.perf_counter()))
+    assert seen.trace[0] == "fold" and [t for t in seen.trace if t != "fold"] == ["draw0", "draw1", "draw2"]
+    assert not pacer.ticking
+
+
+def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key's handler ran; the pacer waits for the screen update that shows it before any more work."""
+    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
+    inbox, seen = Inbox(), Recorder()
+    seen.slow = 0.002  # a slow model: the backlog lasts the whole test
+    for first in range(1, 100_001, 1000):
+        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+
+    async def run() -> None:
+        loop = asyncio.create_task(pacer.run())
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            pacer.key_pressed()
+            seen.trace.append("key")
+            await asyncio.sleep(0.2)  # the screen is slow: nothing may happen meanwhile
+            seen.trace.append("screen")
+            pacer.screen_updated()
+            await asyncio.sleep(0.05)
+        loop.cancel()
+
+    asyncio.run(run())
+    keys = [i for i, step in enumerate(seen.trace) if step == "key"]
+    assert len(keys) == 3
+    for i in keys:
+        until_shown = seen.trace[i + 1 : seen.trace.index("screen", i)]
+        assert until_shown == [], seen.trace[i : i + 5]
+    assert seen.trace[-1] != "key" and "fold" in seen.trace[keys[-1] :], "folding went on after the update"
+
+
+def test_a_screen_that_never_updates_stalls_the_folding_for_input_wait_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pacing, "INPUT_WAIT", 0.05)
+    inbox, seen = Inbox(), Recorder()
+    inbox.put_many([WorkerOutput("w1", started_lines(1, 2000))])
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+
+    async def run() -> None:
+        pacer.key_pressed()
+        await asyncio.wait_for(pacer.tick(time.perf_counter()), 5)
+
+    asyncio.run(run())
+    assert len(seen.folded) > 0

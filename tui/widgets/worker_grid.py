@@ -1,0 +1,57 @@
+"""Provides WorkerGrid: a WorkerCard per worker, drawn a group of cards at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from textual.containers import Grid
+
+from tui.state import WorkerState
+from tui.widgets.worker_card import WorkerCard
+
+CARD_PARTS = 4
+"""Worker cards are shown in at most this many groups, each drawn in a frame of its own."""
+
+
+class WorkerGrid(Grid):
+    """The cards in the order their workers first appeared; ``-many`` past four cards, ``-selected`` on one."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.cards: dict[str, WorkerCard] = {}
+
+    def show(
+        self, workers: Mapping[str, WorkerState], now: float, selected: Callable[[], str | None], *, details: bool
+    ) -> Iterator[None]:
+        """Show each worker on its card, mounting new ones; yields before each group of cards.
+
+        ``selected`` is asked per card: a key may change the selection between two groups.
+        With ``details=False`` one group, and the cards without their task and log lines.
+        """
+        items = list(workers.items())
+        per_part = max(1, -(-len(items) // CARD_PARTS)) if details else max(1, len(items))
+        for index, (name, worker) in enumerate(items):
+            if index % per_part == 0:
+                yield
+                if not self.app.is_running:
+                    return  # the app began shutting down while this part waited: its widgets are going
+            card = self.cards.get(name)
+            if card is None:
+                card = self.cards[name] = WorkerCard(name)
+                self.mount(card)
+            card.set_class(name == selected(), "-selected")
+            if card.is_mounted:
+                card.show(worker, now, details=details)
+        self.set_class(len(self.cards) > 4, "-many")
+
+    def mark_selected(self, selected: str | None) -> None:
+        """Mark the selected card at once, without waiting for (or doing) a full refresh.
+
+        Only the two cards themselves are restyled, not their parts: ``-selected`` styles the
+        card alone (app.tcss), and restyling every part took most of a key press's time under load.
+        """
+        for name, card in self.cards.items():
+            chosen = name == selected
+            if card.has_class("-selected") != chosen:
+                card.set_class(chosen, "-selected", update=False)
+                self.app.stylesheet.update_nodes([card], animate=False)
