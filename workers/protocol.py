@@ -161,6 +161,15 @@ class ChannelClosed:
     reason: str
 
 
+def taken_back_reason(code: int, text: str) -> str:
+    """Why the broker took a channel's deliveries back: ``ack-timeout`` or else ``channel-closed``.
+
+    RabbitMQ's consumer_timeout closes the channel with 406 and, in 3.x, the text
+    ``PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. ...``.
+    """
+    return "ack-timeout" if code == 406 and "acknowledgement" in text and "timed out" in text else "channel-closed"
+
+
 @event
 class AckLost:
     """Work on a delivery finished, but no ack for it can reach the broker: its channel was closed.
