@@ -222,6 +222,24 @@ def test_a_deleted_queue_is_told_and_what_it_held_is_accounted() -> None:
     assert model.balance(now) == (4, 4, True)
 
 
+def test_every_worker_the_deletion_cancelled_is_told_in_the_panel() -> None:
+    """All consumers of a deleted queue are cancelled at once: the panel names each one consuming again."""
+    r = Recorder()
+    r.connected()
+    for name, pid in (("w1", 101), ("w2", 102), ("w3", 103)):
+        r.spawn(name, pid, prefetch=1)
+    r.after(1)
+    r.add(protocol.Cancelled("w1", r.now, "queue-deleted"), protocol.Ready("w1", r.now, 101, "task_queue", 1, "manual"))
+    r.add(protocol.Cancelled("w2", r.now, "unknown"), protocol.Ready("w2", r.now, 102, "task_queue", 1, "manual"))
+    r.add(protocol.Cancelled("w3", r.now + 0.01, "queue-deleted"))
+    model = replay(r.events)
+    assert broker_steps(model, r.now) == (QUEUE_DELETED, "declared again, consuming: w1 w2", "not consuming yet: w3")
+    r.after(30)
+    r.add(protocol.Cancelled("w1", r.now, "unknown"))
+    model = replay(r.events)
+    assert broker_steps(model, r.now) == ("consumer cancelled by the broker", "not consuming yet: w1"), "a new step"
+
+
 def test_a_task_given_back_after_its_queue_was_deleted_is_gone_with_it() -> None:
     """Requeued into a queue that no longer exists: deleted, never ready again."""
     r = queue_deleted_session()

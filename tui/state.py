@@ -218,7 +218,11 @@ class Model:
         self.queue_deleted_at: float | None = None
         """When a worker last found the queue deleted under its consumer (basic.cancel)."""
         self.cancelled: dict[str, bool] = {}
-        """Workers whose consumer the broker cancelled since then, and whether each consumes again."""
+        """Workers whose consumer the broker cancelled lately, and whether each consumes again."""
+        self.cancelled_at: float | None = None
+        """When the broker last cancelled one of our consumers; cancels within seconds of it are the same step."""
+        self.cancel_note = ""
+        """What that step was, in words: the queue deleted, or a cancel for a reason no worker could see."""
         self.broker_closed: tuple[float, str, str] | None = None
         """When the broker last closed one of our channels or connections, whose, and its words."""
 
@@ -410,9 +414,12 @@ class Model:
         for record in [*w.held.values(), *w.unacked_done.values()]:
             self.ledger.orphan(record, e.worker)
         w.unacked_done.clear()
-        if deleted or self.queue_deleted_at is None or e.ts - self.queue_deleted_at > 5:
-            self.cancelled = {}  # a new intervention; cancels within seconds of one are the same one
+        if self.cancelled_at is None or e.ts - self.cancelled_at > 5:
+            self.cancelled, self.cancel_note = {}, ""  # a new step; every worker is cancelled at once in one
+        self.cancelled_at = e.ts
         self.cancelled[e.worker] = False
+        if deleted or not self.cancel_note:
+            self.cancel_note = QUEUE_DELETED if deleted else "consumer cancelled by the broker"
         if deleted:
             self.queue_deleted_at = e.ts
             self.ledger.queue_deleted(e.ts)

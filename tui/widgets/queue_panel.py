@@ -15,7 +15,7 @@ from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
 from tui.ledger import MessageRecord
-from tui.state import FROM_MANAGEMENT, QUEUE_DELETED, Model
+from tui.state import FROM_MANAGEMENT, Model
 
 
 class QueueFigures(Widget):
@@ -204,8 +204,7 @@ def _broker_steps(model: Model, now: float) -> tuple[str, ...]:
     """What the broker did lately, in words: a cancelled consumer, a closed channel or connection."""
     lines: list[str] = []
     if model.cancelled:
-        deleted = model.queue_deleted_at is not None
-        lines.append(QUEUE_DELETED if deleted else "consumer cancelled by the broker")
+        lines.append(model.cancel_note)
         back = [name for name, again in model.cancelled.items() if again]
         waiting = [name for name, again in model.cancelled.items() if not again]
         if back:
