@@ -68,6 +68,11 @@ class Delivery:
     orphaned: bool = False
     """Its queue was deleted while the worker held it: the broker forgot the message (acks of it go nowhere)."""
 
+    @property
+    def in_queue_unacked(self) -> bool:
+        """Counted in its queue's unacked while held: a manual delivery whose queue still exists."""
+        return self.ack != "auto" and not self.orphaned
+
 
 @dataclass(slots=True)
 class MessageRecord:

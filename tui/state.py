@@ -117,9 +117,8 @@ class WorkerState:
         if not self.alive:
             return 0
         # Each delivery keeps the ack mode it was made under: a live switch leaves old ones as they were.
-        manual = sum(1 for r in self.held.values() if not r.deliveries or r.deliveries[-1].ack != "auto")
-        # A delivery of a deleted queue stays unacked on the channel, not in the queue the figure is about.
-        manual -= sum(1 for r in self.held.values() if r.deliveries and r.deliveries[-1].orphaned)
+        # A delivery of a deleted queue stays unacked on its channel, not in the queue this figure is about.
+        manual = sum(1 for r in self.held.values() if not r.deliveries or r.deliveries[-1].in_queue_unacked)
         return manual + len(self.unacked_done)
 
     def silent_for(self, now: float) -> float | None:
