@@ -199,10 +199,13 @@ Notice = ConsumerCancelled | ChannelTakenAway | Resume
 
 
 def lost_reason(exc: BaseException) -> str:
-    """Why a connection was lost, as the broker said it when it said (an operator's close_connection text)."""
+    """Why a connection was lost as the broker said it (an operator's close_connection text); "" when it said nothing.
+
+    A reset socket or a missed heartbeat has no words from the broker: the event then claims none.
+    """
     if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
         return str(exc.reply_text)
-    return str(exc) or type(exc).__name__
+    return ""
 
 
 def shown(text: str) -> str:
@@ -760,7 +763,7 @@ class Worker:
             ) as exc:
                 reason = scrub(lost_reason(exc), self.url)
                 self.writer.emit(protocol.Connection(self.name, time.time(), "lost", 0, reason))
-                self._say(f" [!] connection lost: {reason}")
+                self._say(f" [!] connection lost: {reason}" if reason else " [!] connection lost")
                 self._abandon("connection-lost", nack=False)
                 self._connection = self._channel = self._consumer_tag = None
                 if not self._reconnect():
