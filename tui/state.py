@@ -553,6 +553,7 @@ class Model:
         if e.state != self.broker_state:
             self.broker_since = e.ts
         self.broker_state, self.broker_attempt, self.broker_message = e.state, e.attempt, e.message
+        # workers.monitor.QueueMonitor's words for a close that came with the broker's reason.
         if e.state == "lost" and e.message.startswith("the broker closed the connection: "):
             self.broker_closed = (e.ts, "the dashboard's connection", e.message.split(": ", 1)[1])
 
