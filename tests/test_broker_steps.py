@@ -284,3 +284,29 @@ def test_an_operators_close_reason_reaches_the_dashboards_monitor(node: LocalNod
         wait_until(lambda: listener.states()[-1] == ("connected", ""), 15, "the monitor reconnected")
     finally:
         monitor.stop()
+
+
+@needs_rabbitmq
+@pytest.mark.timeout(60)
+def test_a_task_the_broker_took_back_is_cut_short_with_a_lost_connection_not_reported_twice(node: LocalNode) -> None:
+    """Finishing a task taken back (ack timeout), the worker loses its connection: no ack_lost, no second return."""
+    queue = "taken-back-then-cut"
+    w1 = WorkerProc(node.url, queue, "w1", seconds_per_dot=1.0)
+    try:
+        w1.ready()
+        ids = publish(node.url, queue, ["slow........"])
+        w1.wait_event(ChannelClosed, timeout=ACK_TIMEOUT + 10)
+        name = connection_named(node, "dispatch-lab w1 (pid")
+        api(node, "DELETE", f"/api/connections/{urllib.parse.quote(name, safe='')}", {"X-Reason": "cut"})
+        w1.wait_event(Connection, where=lambda e: e.state == "restored", timeout=15)
+        [again] = w1.wait_event(Received, 2, timeout=10)[1:]
+        assert (again.msg_id, again.redelivered) == (ids[0], True)
+        assert not w1.of(AckLost), "cut short: it was not worked to its end"
+        assert [(e.tag, e.reason) for e in w1.of(Returned)] == [(1, "ack-timeout")], "returned once"
+        model = fold([w1], prefix=ids[0].rsplit("-", 1)[0])
+        card = model.workers["w1"]
+        assert card.finishing is None and card.taken_back == {} and card.in_hand == 1
+        assert model.ledger.ack_lost == 0
+        assert [lane.outcome for lane in card.lane][:1] == ["returned"]
+    finally:
+        w1.close()
