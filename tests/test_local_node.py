@@ -264,3 +264,31 @@ def test_cli_node_serves_until_its_parent_dies_even_by_sigkill() -> None:
             cli.wait(10)
         if data_dir is not None:
             shutil.rmtree(data_dir, ignore_errors=True)  # SIGKILL gave atexit no chance
+
+
+def test_an_ack_timeout_goes_into_the_nodes_config_with_a_tick_to_check_it() -> None:
+    """``ack_timeout`` is consumer_timeout in rabbitmq.conf (ms); the channel tick in advanced.config."""
+    node = LocalNode(ack_timeout=2.5)
+    try:
+        assert "consumer_timeout = 2500\n" in (node.dir / "rabbitmq.conf").read_text()
+        assert (node.dir / "advanced.config").read_text() == "[{rabbit, [{channel_tick_interval, 625}]}].\n"
+    finally:
+        node.destroy()
+    node = LocalNode(ack_timeout=600, channel_tick=0.25)
+    try:
+        assert "consumer_timeout = 600000\n" in (node.dir / "rabbitmq.conf").read_text()
+        assert "{channel_tick_interval, 250}" in (node.dir / "advanced.config").read_text()
+    finally:
+        node.destroy()
+    slow = LocalNode(ack_timeout=3600)
+    slow.destroy()
+    assert slow.channel_tick_ms == 60_000, "never slower than RabbitMQ's own default"
+    plain = LocalNode()
+    try:
+        assert "consumer_timeout" not in (plain.dir / "rabbitmq.conf").read_text()
+        assert not (plain.dir / "advanced.config").exists(), "the broker's defaults when not asked"
+    finally:
+        plain.destroy()
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="ack_timeout"):
+            LocalNode(ack_timeout=bad)

@@ -51,6 +51,12 @@ SAMPLES: list[obs.Observation] = [
     protocol.Alive("w1", T0 + 5, 60),
     protocol.Error("w1", T0 + 6, "connection refused; retrying"),
     protocol.Stopped("w1", T0 + 7, "stop"),
+    protocol.Connection("w2", T0 + 7.1, "lost", 0, "CONNECTION_FORCED - [/] class over"),
+    protocol.Cancelled("w2", T0 + 7.2, "queue-deleted"),
+    protocol.ChannelClosed(
+        "w2", T0 + 7.3, 406, "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out"
+    ),
+    protocol.AckLost("w2", T0 + 7.4, 3, "ab12-3", "ack-timeout"),
     obs.WorkerSpawned("w1", T0, 4101),
     obs.WorkerExited("w1", T0 + 8, -9),
     obs.WorkerStderr("w1", T0 + 8, "Traceback: nothing to see"),

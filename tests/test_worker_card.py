@@ -85,3 +85,28 @@ def test_without_details_only_the_counts_move_and_the_next_full_show_draws_the_r
     assert light[1:] == before[1:], "task and log lines were drawn without details"
     assert full[0] == light[0] and full[1:] != before[1:], "the full show after a light one drew nothing new"
     assert full[2].endswith("[x] Done")
+
+
+def test_a_task_the_broker_took_back_is_no_longer_busy_but_finishing() -> None:
+    """After an ack timeout the card says the broker took the task back, and how far the work still is."""
+    from tests.test_broker_steps_model import TIMED_OUT, ack_timeout_session
+
+    session = ack_timeout_session().recording()
+    model = replay(session.until("taken back"))
+    now = session.ts("taken back")
+
+    async def draw() -> tuple[str, str, str | None, set[str]]:
+        app = DispatchLab(CONFIG, model, backend=None, clock=lambda: now)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.pause()
+            card = app.query_one("#card-w1", WorkerCard)
+            card.show(model.workers["w1"], now)
+            task, log = (card.query_one(f".{name}", Static).content for name in ("task", "log"))
+            assert isinstance(task, Text) and isinstance(log, Text)
+            return task.plain, log.plain, card.border_title, set(card.classes)
+
+    task, log, title, classes = asyncio.run(draw())
+    assert task.startswith("#1 taken back by the broker, finishing") and "3.0/5.0s" in task
+    assert title == "w1 · pid 101 · channel closed"
+    assert "-busy" not in classes and "-reconnecting" in classes
+    assert "ack timeout: the broker closed the channel" in log and TIMED_OUT[:40] in log

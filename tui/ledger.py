@@ -19,6 +19,8 @@ AFTER_RESTART = "after a broker restart"
 REDELIVERED = "redelivered"
 COPY = "a second copy: republished"
 """Why a message already delivered came again unflagged: the publisher sent it twice (a retry)."""
+AFTER_ACK_TIMEOUT = "after an ack timeout"
+AFTER_CHANNEL_CLOSE = "after the broker closed the channel"
 
 SUPERSEDED = "gone"
 """A delivery's outcome while we know only that the broker handed the message to someone else."""
@@ -30,7 +32,14 @@ RETURN_REASONS = {
     "mode-change": MODE_CHANGE,
     "stop": AFTER_STOP,
     "connection-lost": AFTER_LOST_LINK,
+    "ack-timeout": AFTER_ACK_TIMEOUT,
+    "channel-closed": AFTER_CHANNEL_CLOSE,
 }
+TAKEN_BACK = {"ack-timeout": "taken back (ack timeout)", "channel-closed": "taken back (channel closed)"}
+"""How a delivery ended when the broker took it back itself: it closed the channel (protocol.taken_back_reason)."""
+_TAKEN_BACK_OUTCOMES = frozenset(TAKEN_BACK.values())
+ACK_LOST = "worked, ack lost"
+"""A delivery's outcome when its worker finished it after the broker had taken it back: the broker never saw it done."""
 
 # Where a message is now.
 PUBLISHING = "publishing"
@@ -43,7 +52,8 @@ PURGED = "purged"
 FAILED = "publish failed"
 TAKEN = "taken by another consumer (inferred)"
 """Gone from the queue to a consumer this dashboard does not run: our workers never reported it."""
-TERMINAL = frozenset({DONE, LOST, PURGED, FAILED, TAKEN})
+DELETED = "deleted with the queue"
+TERMINAL = frozenset({DONE, LOST, PURGED, FAILED, TAKEN, DELETED})
 
 DEFAULT_CAP = 50_000
 
@@ -63,6 +73,13 @@ class Delivery:
     """When work on it began; until then it waits in the worker's prefetch window."""
     copy: bool = False
     """A second copy of a republished message (the broker got it twice), not a redelivery."""
+    orphaned: bool = False
+    """Its queue was deleted while the worker held it: the broker forgot the message (acks of it go nowhere)."""
+
+    @property
+    def in_queue_unacked(self) -> bool:
+        """Counted in its queue's unacked while held: a manual delivery whose queue still exists."""
+        return self.ack != "auto" and not self.orphaned
 
 
 @dataclass(slots=True)
@@ -116,7 +133,7 @@ class MessageRecord:
             parts.append(self.state)
         elif self.state == TAKEN and parts[-1].endswith("requeued"):
             parts.append(self.state)  # given back by ours, then taken by someone else's consumer
-        elif self.state in (PURGED, LOST) and parts[-1].endswith("requeued"):
+        elif self.state in (PURGED, LOST, DELETED) and parts[-1].endswith("requeued"):
             parts.append(self.state)  # back in the queue, then purged (or gone with a transient queue)
         return " -> ".join(parts)
 
@@ -153,6 +170,10 @@ class Ledger:
         """Messages inferred taken by consumers we do not run (TAKEN now; a counter, so eviction changes nothing)."""
         self.taken_ever = 0
         """Every such inference, including those whose message later came to one of ours."""
+        self.ack_lost = 0
+        """Runs finished after the broker had taken their delivery back (its channel closed): worked, never acked."""
+        self.deleted = 0
+        """Messages that went with their queue when it was deleted (ready in it, or held by a worker and returned)."""
         self.lost_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self.duplicate_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self._anonymous = 0
@@ -274,6 +295,14 @@ class Ledger:
         if delivery is not None:
             delivery.ended = ts
             delivery.outcome = "done" if acked else "done, never acked"
+        last = delivery if delivery is not None else (deliveries[-1] if deliveries else None)
+        if not acked and last is not None and last.orphaned:
+            # Never acked, and its queue is gone: nothing will hand it out again.
+            last.ended, last.outcome = ts, "done, never acked"
+            self.done_runs += 1
+            self.deleted += 1
+            self._move(record, DELETED)
+            return
         record.done_count += 1
         self.done_runs += 1
         if acked and not record.finished:
@@ -288,7 +317,7 @@ class Ledger:
 
     def returned(self, record: MessageRecord, ts: float, reason: str, worker: str | None = None) -> None:
         """The worker gave the message back unworked (nack + requeue)."""
-        why, outcome = RETURN_REASONS.get(reason, REDELIVERED), f"returned ({reason})"
+        why, outcome = RETURN_REASONS.get(reason, REDELIVERED), TAKEN_BACK.get(reason) or f"returned ({reason})"
         if worker is not None and self._superseded(record, worker, outcome, why):
             return
         self._requeue(record, ts, why, outcome)
@@ -322,6 +351,9 @@ class Ledger:
             record.deliveries[-1].ended = ts
             record.deliveries[-1].outcome = outcome
         record.next_why = why
+        if record.state in (HELD, UNACKED_DONE) and record.deliveries and record.deliveries[-1].orphaned:
+            self.deleted += 1  # back to a queue that was deleted: gone with it
+            self._move(record, DELETED)
         if record.state in (HELD, UNACKED_DONE):
             self._move(record, READY)
 
@@ -343,6 +375,62 @@ class Ledger:
                         deliveries[index + 1].why = why
                 break
         return True
+
+    def ack_lost_run(self, record: MessageRecord, ts: float, worker: str, reason: str) -> None:
+        """``worker`` finished the message after the broker took its delivery back: worked, never acked.
+
+        Usually the delivery was taken back while in progress (``returned`` with
+        ``reason``). If the worker had reported it done and the ack had not left yet
+        when the channel closed, that done is undone: the broker has the message again.
+        """
+        self.ack_lost += 1
+        outcome = f"{ACK_LOST} ({reason.replace('-', ' ')})"
+        deliveries = record.deliveries
+        # The delivery taken back, wherever it is: a redelivery to the same worker may follow it.
+        for delivery in reversed(deliveries):
+            if delivery.worker == worker and delivery.outcome in _TAKEN_BACK_OUTCOMES:
+                delivery.outcome = outcome
+                return
+        last = deliveries[-1] if deliveries else None
+        if last is None or last.worker != worker or last.outcome != "done" or record.state != DONE:
+            return
+        record.done_count -= 1
+        self.done_runs -= 1
+        if record.done_count == 1:
+            self.duplicates -= 1
+        if record.done_count == 0:
+            record.finished = False
+            self.done_messages -= 1
+            record.next_why = RETURN_REASONS.get(reason, REDELIVERED)
+            self._move(record, READY)
+        last.ended, last.outcome = ts, outcome
+
+    def orphan(self, record: MessageRecord, worker: str) -> None:
+        """``worker`` holds the message and its queue was just deleted: the broker forgot it.
+
+        The worker still works it (its ack is accepted and goes nowhere); if it gives
+        it back, or dies, the message is gone with the queue rather than requeued.
+        A done-but-never-acked one (ack none) is gone at once.
+        """
+        deliveries = record.deliveries
+        if not deliveries or deliveries[-1].worker != worker:
+            return
+        deliveries[-1].orphaned = True
+        if record.state == UNACKED_DONE:
+            self.deleted += 1
+            self._move(record, DELETED)
+
+    def queue_deleted(self, ts: float) -> int:
+        """The queue was deleted at ``ts``: the messages waiting in it went with it; returns how many.
+
+        Only messages we know to be ready (as ``purge`` does): one published elsewhere
+        and never delivered to us is not in the record.
+        """
+        gone = [r for r in self.records.values() if r.state == READY and _ready_since(r) <= ts]
+        for record in gone:
+            self._move(record, DELETED)
+        self.deleted += len(gone)
+        return len(gone)
 
     def lost_in_restart(self, ts: float) -> int:
         """A transient queue or transient messages: what was waiting in the queue is gone."""

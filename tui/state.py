@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tui import observations as obs
-from tui.ledger import AFTER_LOST_LINK, DONE, HELD, LOST, PURGED, READY, UNACKED_DONE, Ledger, MessageRecord
+from tui.ledger import AFTER_LOST_LINK, DONE, HELD, LOST, PURGED, READY, TAKEN_BACK, UNACKED_DONE, Ledger, MessageRecord
 from tui.others import OtherConsumers
 from workers import protocol
 from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
@@ -47,6 +47,11 @@ RATE_SECONDS = 60
 STARTING, IDLE, BUSY, STOPPING, KILLED, EXITED, RECONNECTING = (
     "starting", "idle", "busy", "stopping", "killed", "exited", "reconnecting",
 )  # fmt: skip
+CANCELLED = "cancelled"
+"""The broker cancelled the worker's consumer (its queue was deleted); it declares the queue again."""
+CHANNEL_CLOSED = "channel closed"
+"""The broker closed the worker's channel (an ack timeout); it consumes again on a new one."""
+QUEUE_DELETED = "queue deleted; consumer cancelled by the broker"
 
 
 @dataclass(slots=True)
@@ -98,6 +103,14 @@ class WorkerState:
     kill_requested: bool = False
     heartbeat: int = 0
     connection_attempt: int = 0
+    ack_lost: int = 0
+    """Tasks it finished after the broker had taken them back (ack timeout): worked, never acked."""
+    finishing: CurrentTask | None = None
+    """The task it still works on though the broker took it back; it consumes again once done."""
+    taken_back: dict[int, MessageRecord] = field(default_factory=dict)
+    """Those tasks' records, by tag, until their ``ack_lost``."""
+    closed_by_broker: str = ""
+    """The broker's words when it last closed this worker's channel or connection."""
 
     @property
     def alive(self) -> bool:
@@ -114,7 +127,8 @@ class WorkerState:
         if not self.alive:
             return 0
         # Each delivery keeps the ack mode it was made under: a live switch leaves old ones as they were.
-        manual = sum(1 for r in self.held.values() if not r.deliveries or r.deliveries[-1].ack != "auto")
+        # A delivery of a deleted queue stays unacked on its channel, not in the queue this figure is about.
+        manual = sum(1 for r in self.held.values() if not r.deliveries or r.deliveries[-1].in_queue_unacked)
         return manual + len(self.unacked_done)
 
     def silent_for(self, now: float) -> float | None:
@@ -221,6 +235,16 @@ class Model:
         self.publish_blocked_since = 0.0
         self.publish_failure: tuple[str, str] | None = None
         """The last failed publish: its task's label and why, in the publisher's words (the broker's reason)."""
+        self.queue_deleted_at: float | None = None
+        """When a worker last found the queue deleted under its consumer (basic.cancel)."""
+        self.cancelled: dict[str, bool] = {}
+        """Workers whose consumer the broker cancelled lately, and whether each consumes again."""
+        self.cancelled_at: float | None = None
+        """When the broker last cancelled one of our consumers; cancels within seconds of it are the same step."""
+        self.cancel_note = ""
+        """What that step was, in words: the queue deleted, or a cancel for a reason no worker could see."""
+        self.broker_closed: tuple[float, str, str] | None = None
+        """When the broker last closed one of our channels or connections, whose, and its words."""
 
     # ----- folding
 
@@ -268,6 +292,14 @@ class Model:
     def _on_ready(self, e: protocol.Ready) -> None:
         w = self._worker(e.worker)
         w.pid, w.prefetch, w.ack, w.last_seen = e.pid, e.prefetch, e.ack, e.ts
+        if w.status in (CANCELLED, CHANNEL_CLOSED):
+            w.log.append(
+                " [*] queue declared again; consuming" if w.status == CANCELLED else " [*] new channel; consuming"
+            )
+            if e.worker in self.cancelled:
+                self.cancelled[e.worker] = True
+            w.status = BUSY if w.current else IDLE
+            return
         if w.status in (STARTING, RECONNECTING):
             w.status = BUSY if w.current else IDLE
         w.log.append(" [*] Waiting for messages. To exit press CTRL+C")
@@ -318,7 +350,7 @@ class Model:
         record = w.release(tag, e.msg_id)
         if record is not None:
             self.ledger.done(record, ts, e.acked, e.worker)
-            if not e.acked:
+            if not e.acked and record.state == UNACKED_DONE:  # else its queue is gone (Ledger.done)
                 w.unacked_done[tag] = record
         current = w.current
         if current is not None and current.tag == tag:
@@ -346,6 +378,13 @@ class Model:
         record = w.release(e.tag, e.msg_id)
         if record is not None:
             self.ledger.returned(record, e.ts, e.reason, e.worker)
+        if w.current is not None and w.current.tag == e.tag and e.reason in TAKEN_BACK:
+            # The broker took it back while the worker works on it: it goes on (its lane block too).
+            w.finishing, w.current = w.current, None
+            if record is not None:
+                w.taken_back[e.tag] = record
+            if w.status == BUSY:
+                w.status = IDLE
         if w.current is not None and w.current.tag == e.tag:
             w.current = None
             if w.lane and w.lane[-1].end is None:
@@ -360,6 +399,10 @@ class Model:
 
     def _on_connection(self, e: protocol.Connection) -> None:
         w = self._worker(e.worker)
+        if e.state == "lost" and e.reason:
+            w.closed_by_broker = e.reason
+            w.log.append(f" [!] {e.reason}")
+            self.broker_closed = (e.ts, f"{e.worker}'s connection", e.reason)
         if e.state == "restored":
             w.status = BUSY if w.current else IDLE
             w.connection_attempt = 0
@@ -368,11 +411,74 @@ class Model:
             w.status = RECONNECTING
             w.connection_attempt = e.attempt
             if e.state == "lost":
+                self._stop_finishing(w, e.ts, "returned")  # the worker cuts it short with the link
                 w.log.append(" [!] connection lost")
                 # The broker requeued what this connection held, done-but-unacked ones too.
                 for record in w.unacked_done.values():
                     self.ledger.worker_gone(record, e.ts, killed=False, worker=e.worker, why=AFTER_LOST_LINK)
                 w.unacked_done.clear()
+
+    def _on_cancelled(self, e: protocol.Cancelled) -> None:
+        w = self._worker(e.worker)
+        w.last_seen = e.ts
+        deleted = e.reason == "queue-deleted"
+        if w.alive:
+            w.status = CANCELLED
+        w.log.append(f" [!] {QUEUE_DELETED}" if deleted else " [!] consumer cancelled by the broker")
+        # What it holds is no longer in any queue: it still works them, their acks go nowhere.
+        for record in [*w.held.values(), *w.unacked_done.values()]:
+            self.ledger.orphan(record, e.worker)
+        w.unacked_done.clear()
+        if self.cancelled_at is None or e.ts - self.cancelled_at > 5:
+            self.cancelled, self.cancel_note = {}, ""  # a new step; every worker is cancelled at once in one
+        self.cancelled_at = e.ts
+        self.cancelled[e.worker] = False
+        if deleted or not self.cancel_note:
+            self.cancel_note = QUEUE_DELETED if deleted else "consumer cancelled by the broker"
+        if deleted:
+            self.queue_deleted_at = e.ts
+            self.ledger.queue_deleted(e.ts)
+
+    def _on_channel_closed(self, e: protocol.ChannelClosed) -> None:
+        w = self._worker(e.worker)
+        w.last_seen = e.ts
+        reason = protocol.taken_back_reason(e.code, e.reason)
+        if w.alive:
+            w.status = CHANNEL_CLOSED
+        w.closed_by_broker = e.reason
+        self.broker_closed = (e.ts, f"{e.worker}'s channel", e.reason)
+        w.log.append(f" [!] {'ack timeout: ' if reason == 'ack-timeout' else ''}the broker closed the channel")
+        w.log.append(f" [!] {e.reason}")
+        self.last_error = f"{e.worker}: the broker closed its channel: {e.reason}"
+        # Done but never acked (ack none): requeued with the channel's other deliveries.
+        for record in w.unacked_done.values():
+            self.ledger.returned(record, e.ts, reason, e.worker)
+        w.unacked_done.clear()
+
+    def _on_ack_lost(self, e: protocol.AckLost) -> None:
+        w = self._worker(e.worker)
+        w.last_seen = e.ts
+        w.ack_lost += 1
+        record = w.taken_back.pop(e.tag, None)
+        if record is None or (e.msg_id is not None and record.msg_id != e.msg_id):
+            # Reported done before the channel closed, its ack not yet sent: the ledger knows it by id.
+            record = self.ledger.records.get(e.msg_id) if e.msg_id is not None else None
+        if record is not None:
+            self.ledger.ack_lost_run(record, e.ts, e.worker, e.reason)
+        finishing = w.finishing
+        if finishing is not None and finishing.tag == e.tag:
+            w.finishing = None
+            if w.lane and w.lane[-1].end is None:
+                w.lane[-1].end, w.lane[-1].outcome = e.ts, "ack lost"
+        w.log.append(" [x] Done, but the broker had taken it back: ack lost")
+
+    @staticmethod
+    def _stop_finishing(w: WorkerState, ts: float, outcome: str) -> None:
+        """The worker stopped working on a task the broker had taken back, without finishing it."""
+        if w.finishing is not None and w.current is None and w.lane and w.lane[-1].end is None:
+            w.lane[-1].end, w.lane[-1].outcome = ts, outcome
+        w.finishing = None
+        w.taken_back.clear()
 
     def _on_error(self, e: protocol.Error) -> None:
         w = self._worker(e.worker)
@@ -397,6 +503,7 @@ class Model:
             self.ledger.worker_gone(record, e.ts, killed=killed or e.code != 0, worker=e.worker)
         w.held.clear()
         w.unacked_done.clear()
+        self._stop_finishing(w, e.ts, "killed" if killed else "exited")
         if w.current is not None:
             if w.lane and w.lane[-1].end is None:
                 w.lane[-1].end, w.lane[-1].outcome = e.ts, "killed" if killed else "exited"
@@ -527,6 +634,9 @@ class Model:
         if e.state != self.broker_state:
             self.broker_since = e.ts
         self.broker_state, self.broker_attempt, self.broker_message = e.state, e.attempt, e.message
+        # workers.monitor.QueueMonitor's words for a close that came with the broker's reason.
+        if e.state == "lost" and e.message.startswith("the broker closed the connection: "):
+            self.broker_closed = (e.ts, "the dashboard's connection", e.message.split(": ", 1)[1])
 
     def _on_purged(self, e: obs.Purged) -> None:
         self.ledger.purge(e.count)
@@ -582,7 +692,7 @@ class Model:
         return self.broker_state != "connected" or sampled is None or now - sampled > STALE_AFTER
 
     def our_consumers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.alive and w.status not in (STARTING, STOPPING))
+        return sum(1 for w in self.workers.values() if w.alive and w.status not in (STARTING, STOPPING, *NOT_CONSUMING))
 
     def rate(self, now: float, seconds: int = 5) -> float:
         """Tasks done per second over the last few whole seconds."""
@@ -597,7 +707,7 @@ class Model:
         return [float(counts.get(s, 0)) for s in range(end - seconds, end)]
 
     def balance(self, now: float) -> tuple[int, int, bool | None]:
-        """(published + from elsewhere) vs (done + ready + unacked + lost + purged + taken by others).
+        """(published + from elsewhere) vs (done + ready + unacked + lost + purged + taken by others + deleted).
 
         The sides come from independent sources: published is the publisher's
         confirmed record, done and lost the workers' events, ready the broker's
@@ -619,6 +729,7 @@ class Model:
             # What other consumers hold is theirs: ours among it are counted as taken by them.
             unacked = max(0, unacked - others.unacked)
         rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged + ledger.taken
+        rhs += ledger.deleted  # went with a deleted queue
         settling = source == FROM_MANAGEMENT and (now - self.last_activity < MGMT_LAG or others.settling(now, MGMT_LAG))
         quiet = (
             not self.stale(now)
@@ -646,6 +757,10 @@ class Model:
         return 0 if self.counted_by_api(now) else self.others.surplus
 
 
+NOT_CONSUMING = (CANCELLED, CHANNEL_CLOSED)
+"""Live workers the broker counts no consumer for, until they consume again."""
+
+
 def _ack(value: str) -> AckMode:
     try:
         return check_ack(value)
@@ -654,6 +769,7 @@ def _ack(value: str) -> AckMode:
 
 
 _MOVES = frozenset({protocol.Received, protocol.Done, protocol.Returned, obs.WorkerExited, obs.Confirmed, obs.Purged})
+_MOVES |= {protocol.AckLost, protocol.Cancelled, protocol.ChannelClosed}
 
 _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.Ready: Model._on_ready,
@@ -666,6 +782,9 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.Alive: Model._on_alive,
     protocol.Error: Model._on_error,
     protocol.Stopped: Model._on_stopped,
+    protocol.Cancelled: Model._on_cancelled,
+    protocol.ChannelClosed: Model._on_channel_closed,
+    protocol.AckLost: Model._on_ack_lost,
     obs.WorkerSpawned: Model._on_spawned,
     obs.WorkerExited: Model._on_exited,
     obs.WorkerStderr: Model._on_stderr,

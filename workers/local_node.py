@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import math
 import os
 import secrets
 import shutil
@@ -122,6 +123,13 @@ class LocalNode:
     system temp dir).
     ``max_message_size`` (bytes) makes the broker refuse bigger messages, as a
     production broker may (RabbitMQ's default is 128 MiB).
+
+    ``ack_timeout`` is RabbitMQ's ``consumer_timeout`` in seconds (the broker's
+    default is 30 minutes): a channel whose oldest delivery stays unacked longer is
+    closed, and its deliveries requeued. RabbitMQ 3.x checks it on each channel
+    tick (``channel_tick_interval``, 60 s by default), so ``channel_tick`` (seconds)
+    defaults to a quarter of the timeout, at most 60 s: a short timeout then acts
+    within about 1.25 times its value, not up to a minute late.
     """
 
     def __init__(
@@ -130,9 +138,16 @@ class LocalNode:
         base_dir: Path | None = None,
         management: bool = True,
         max_message_size: int | None = None,
+        ack_timeout: float | None = None,
+        channel_tick: float | None = None,
     ) -> None:
         self.management = management
         self.max_message_size = max_message_size
+        self.ack_timeout_ms = _milliseconds(ack_timeout, "ack_timeout")
+        tick_ms = _milliseconds(channel_tick, "channel_tick")
+        if tick_ms is None and self.ack_timeout_ms is not None:
+            tick_ms = min(60_000, max(100, self.ack_timeout_ms // 4))
+        self.channel_tick_ms = tick_ms
         self.node_name = f"dlab-{secrets.token_hex(4)}@localhost"
         self.amqp_port, self.management_port, self.dist_port = free_ports(3)
         self.dir = Path(tempfile.mkdtemp(prefix="dlab-node-", dir=base_dir))
@@ -179,8 +194,15 @@ class LocalNode:
             lines += [f"management.tcp.ip = {HOST}", f"management.tcp.port = {self.management_port}"]
         if self.max_message_size is not None:
             lines.append(f"max_message_size = {self.max_message_size}")
+        if self.ack_timeout_ms is not None:
+            lines.append(f"consumer_timeout = {self.ack_timeout_ms}")
         (self.dir / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.dir / "enabled_plugins").write_text(plugins + "\n")
+        if self.channel_tick_ms is not None:
+            # Not in rabbitmq.conf's schema: an application setting, so advanced.config.
+            (self.dir / "advanced.config").write_text(
+                f"[{{rabbit, [{{channel_tick_interval, {self.channel_tick_ms}}}]}}].\n"
+            )
 
     def environment(self) -> dict[str, str]:
         """The environment for rabbitmq-server and rabbitmqctl aimed at this node."""
@@ -365,6 +387,26 @@ class LocalNode:
             for pid in node_pids(self.node_name):
                 _kill(pid, signal.SIGKILL)
 
+    def rabbitmqctl(self, *args: str, timeout: float = _CTL_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        """Run ``rabbitmqctl -n <this node> args`` with the node's environment (its cookie); output as text.
+
+        For what an operator does to a broker: ``close_connection <pid> "reason"``,
+        ``list_queues name messages_unacknowledged`` (the queue's own figures, not
+        the management API's, which trail by seconds).
+        """
+        server = rabbitmq_server_path()
+        if server is None:
+            raise LocalNodeError(NOT_INSTALLED)
+        return subprocess.run(
+            [str(Path(server).with_name("rabbitmqctl")), "-n", self.node_name, *args],
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def _rabbitmqctl_stop(self) -> bool:
         """Ask the node to stop; True when rabbitmqctl says it is stopping."""
         server = rabbitmq_server_path()
@@ -393,6 +435,15 @@ class LocalNode:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.destroy()
+
+
+def _milliseconds(seconds: float | None, what: str) -> int | None:
+    """Seconds as the whole milliseconds RabbitMQ's settings take; None stays None."""
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds) or seconds < 0.001:
+        raise ValueError(f"{what} must be at least 0.001 seconds, not {seconds!r}")
+    return round(seconds * 1000)
 
 
 def _wait_quietly(process: subprocess.Popen[bytes], timeout: float) -> None:

@@ -148,6 +148,8 @@ class QueueMonitor:
                 self._sample_until_stopped(connection)
             except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError) as exc:
                 message = "the broker closed the connection" if str(exc) == "" else type(exc).__name__
+                if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):  # an operator's close_connection text
+                    message = f"the broker closed the connection: {exc.reply_text}"
                 self.listener.broker_status(time.time(), "lost", 0, message)
             finally:
                 try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 _T = TypeVar("_T")
@@ -89,7 +89,9 @@ class Done:
 class Returned:
     """A delivery the worker held and gave back unworked (nack with requeue).
 
-    ``reason`` is ``mode-change``, ``stop`` or ``connection-lost``.
+    ``reason`` is ``mode-change``, ``stop`` or ``connection-lost``; or ``ack-timeout``
+    or ``channel-closed`` when the broker closed the channel and took the delivery
+    back itself (the one in progress too: its late finish is an ``ack_lost``).
     """
 
     worker: str
@@ -111,12 +113,78 @@ class Mode:
 
 @event
 class Connection:
-    """The worker's link to the broker changed: ``lost``, ``reconnecting`` or ``restored``."""
+    """The worker's link to the broker changed: ``lost``, ``reconnecting`` or ``restored``.
+
+    ``reason`` (added later, so it may be missing: then "") is why a ``lost`` link
+    was lost, as the broker said it, e.g. an operator's ``rabbitmqctl close_connection``
+    text: ``CONNECTION_FORCED - <their reason>``.
+    """
 
     worker: str
     ts: float
     state: str
     attempt: int
+    reason: str = ""
+
+
+@event
+class Cancelled:
+    """The broker cancelled the worker's consumer (basic.cancel): it sends that when the queue goes.
+
+    ``reason`` is ``queue-deleted`` when the queue was missing as the worker looked
+    at once, or ``unknown`` when it was there (already declared again by another
+    consumer, or cancelled for another reason). The deliveries the worker held stay
+    unacked on its channel and it still works them; their acks are accepted and go
+    nowhere, as the queue's messages went with it. A ``ready`` follows once the
+    worker has declared the queue again and consumes from it.
+    """
+
+    worker: str
+    ts: float
+    reason: str
+
+
+@event
+class ChannelClosed:
+    """The broker closed the worker's channel (its connection lives on): ``code`` and ``reason`` as sent.
+
+    RabbitMQ does this when the oldest delivery stays unacked past its
+    ``consumer_timeout`` (406, ``PRECONDITION_FAILED - delivery acknowledgement on
+    channel 1 timed out...``) and requeues every unacked delivery of that channel.
+    The ``returned`` events of the deliveries the worker held follow; a ``ready``
+    once a new channel consumes.
+    """
+
+    worker: str
+    ts: float
+    code: int
+    reason: str
+
+
+def taken_back_reason(code: int, text: str) -> str:
+    """Why the broker took a channel's deliveries back: ``ack-timeout`` or else ``channel-closed``.
+
+    RabbitMQ's consumer_timeout closes the channel with 406 and, in 3.x, the text
+    ``PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. ...``.
+    """
+    return "ack-timeout" if code == 406 and "acknowledgement" in text and "timed out" in text else "channel-closed"
+
+
+@event
+class AckLost:
+    """Work on a delivery finished, but no ack for it can reach the broker: its channel was closed.
+
+    The broker had taken the delivery back (``reason`` is ``ack-timeout`` or
+    ``channel-closed``, as in the ``returned`` of the same tag) and hands the message
+    out again: the work happened, the broker never saw it done. Written in place of
+    ``done``, so a reader that knows only ``done`` counts no finish the broker never got.
+    """
+
+    worker: str
+    ts: float
+    tag: int
+    msg_id: str | None
+    reason: str
 
 
 @event
@@ -150,7 +218,10 @@ class Stopped:
     reason: str
 
 
-Event = Ready | Received | Started | Done | Returned | Mode | Connection | Alive | Error | Stopped
+Event = (
+    Ready | Received | Started | Done | Returned | Mode | Connection | Alive | Error | Stopped
+    | Cancelled | ChannelClosed | AckLost
+)  # fmt: skip
 
 EVENT_NAMES: dict[type[Event], str] = {
     Ready: "ready",
@@ -163,6 +234,9 @@ EVENT_NAMES: dict[type[Event], str] = {
     Alive: "alive",
     Error: "error",
     Stopped: "stopped",
+    Cancelled: "cancelled",
+    ChannelClosed: "channel_closed",
+    AckLost: "ack_lost",
 }
 _BY_NAME: dict[str, type[Event]] = {name: cls for cls, name in EVENT_NAMES.items()}
 FIELDS: dict[type[Event], tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in EVENT_NAMES}
@@ -187,6 +261,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "attempt": (int,),
     "heartbeat": (int,),
     "message": (str,),
+    "code": (int,),
 }
 _BOOL_FIELDS = frozenset({"redelivered", "acked"})
 
@@ -208,13 +283,14 @@ def _no_constants(name: str) -> None:
 _json_decode = json.JSONDecoder(parse_constant=_no_constants).decode
 _detect_encoding = json.detect_encoding
 _FLOAT_FIELDS = frozenset({"ts", "seconds"})
-# Per kind: the class and, for each field, the exact types json may give it. json
-# only ever makes exact dict/list/str/int/float/bool/None, so `type(v) in set`
-# is the isinstance check above without its bool-is-an-int trap.
-_SPECS: dict[str, tuple[type[Event], tuple[tuple[str, frozenset[type], bool], ...]]] = {
+# Per kind: the class and, for each field, the exact types json may give it and its
+# default (MISSING for a key every line has; a key added later has one, so older lines
+# still decode). json only ever makes exact dict/list/str/int/float/bool/None, so
+# `type(v) in set` is the isinstance check above without its bool-is-an-int trap.
+_SPECS: dict[str, tuple[type[Event], tuple[tuple[str, frozenset[type], bool, Any], ...]]] = {
     name: (
         cls,
-        tuple((f, frozenset(_FIELD_TYPES[f]), f in _FLOAT_FIELDS) for f in FIELDS[cls]),
+        tuple((f.name, frozenset(_FIELD_TYPES[f.name]), f.name in _FLOAT_FIELDS, f.default) for f in fields(cls)),
     )
     for cls, name in EVENT_NAMES.items()
 }
@@ -238,9 +314,12 @@ def _decode_json(line: str | bytes) -> Event | None:
         return None
     cls, fields = spec
     values: list[Any] = []
-    for name, types, to_float in fields:
+    for name, types, to_float, default in fields:
         if name not in data:
-            return None  # every listed key is present, even when null (msg_id)
+            if default is MISSING:
+                return None  # every listed key is present, even when null (msg_id)
+            values.append(default)
+            continue
         value: Any = data[name]
         kind_of = type(value)
         if kind_of not in types:

@@ -167,6 +167,44 @@ class Task:
     text: str
     seconds: float
     ack: AckMode
+    lost: str = ""
+    """Set when the broker took this delivery back while it was worked on: its finish is an ack_lost."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerCancelled:
+    """The broker cancelled our consumer (basic.cancel): noted on the connection's thread, handled after the cycle."""
+
+    channel: Any
+    consumer_tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelTakenAway:
+    """The broker closed our channel (an ack timeout, most often), with its code and text."""
+
+    channel: Any
+    code: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The task the broker took back is finished: consume again on the new channel."""
+
+
+Notice = ConsumerCancelled | ChannelTakenAway | Resume
+"""What the broker did, queued among the commands: pika's callbacks only note it (nothing per message)."""
+
+
+def lost_reason(exc: BaseException) -> str:
+    """Why a connection was lost as the broker said it (an operator's close_connection text); "" when it said nothing.
+
+    A reset socket or a missed heartbeat has no words from the broker: the event then claims none.
+    """
+    if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
+        return str(exc.reply_text)
+    return ""
 
 
 def shown(text: str) -> str:
@@ -221,7 +259,7 @@ class Worker:
         self._interrupt = threading.Event()
         self._finished: collections.deque[Task] = collections.deque()
         self._wake_pending = False
-        self._commands: queue.SimpleQueue[protocol.Command] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[protocol.Command | Notice] = queue.SimpleQueue()
         self._never_acked: set[int] = set()
 
         self._connection: pika.BlockingConnection | None = None
@@ -320,6 +358,8 @@ class Worker:
         finished = self._finished
         if not finished:
             return
+        if self._channel is not None and self._channel.is_closed:
+            return  # closed by the broker: the notice later in this cycle reports these as ack_lost
         # A task is queued here only after its done line was added to the writer, but the
         # work thread may have queued it after this cycle's flush: write those dones first.
         count = len(finished)
@@ -338,8 +378,16 @@ class Worker:
             # One FIFO work line: every tag up to the last finished one is finished.
             channel.basic_ack(last, multiple=True)
 
-    def _obey(self, command: protocol.Command) -> None:
-        if isinstance(command, protocol.SetMode):
+    def _obey(self, command: protocol.Command | Notice) -> None:
+        if isinstance(command, ConsumerCancelled):
+            self._on_cancelled(command)
+        elif isinstance(command, ChannelTakenAway):
+            self._on_channel_taken(command)
+        elif isinstance(command, Resume):
+            if self._channel is not None and self._consumer_tag is None and not self._draining:
+                self._consume()
+                self._announce_ready()
+        elif isinstance(command, protocol.SetMode):
             try:
                 mode = DispatchMode(check_prefetch(command.prefetch), check_ack(command.ack))
             except SettingsError as exc:
@@ -399,6 +447,103 @@ class Worker:
             auto_ack=self.mode.ack == "auto",
         )
 
+    # ----- when the broker steps in
+
+    def _new_channel(self, *, consume: bool = True) -> None:
+        """A channel that reports what the broker does to it, the queue declared, consuming (if asked)."""
+        assert self._connection is not None
+        channel = self._connection.channel()
+        channel.add_on_cancel_callback(
+            lambda frame: self._commands.put(ConsumerCancelled(channel, frame.method.consumer_tag))
+        )
+
+        def closed(_impl: object, reason: BaseException) -> None:
+            if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+                self._commands.put(ChannelTakenAway(channel, reason.reply_code, str(reason.reply_text)))
+
+        # BlockingChannel has no close callback of its own; the channel it wraps has, with the broker's reason.
+        channel._impl.add_on_close_callback(closed)
+        declare_task_queue(channel, self.queue_name, durable=self.durable)
+        channel.basic_qos(prefetch_count=self.mode.prefetch)
+        self._channel = channel
+        if consume:
+            self._consume()
+
+    def _on_cancelled(self, notice: ConsumerCancelled) -> None:
+        """The queue went (deleted): say so, declare it again and consume from it.
+
+        What the worker holds stays unacked on its channel (the broker keeps the
+        tags; measured on 3.10: acks of them are accepted, even after the queue is
+        declared again, and touch nothing in the new queue): it works them as usual.
+        """
+        if notice.channel is not self._channel or notice.consumer_tag != self._consumer_tag:
+            return  # an older channel's, or a consumer we cancelled ourselves
+        self._consumer_tag = None
+        reason = "unknown" if self._queue_exists() else "queue-deleted"
+        self.writer.emit(protocol.Cancelled(self.name, time.time(), reason))
+        self._say(f" [!] consumer cancelled by the broker ({reason.replace('-', ' ')})")
+        if self._draining:
+            return
+        declare_task_queue(self._channel, self.queue_name, durable=self.durable)
+        self._consume()
+        self._say(" [*] queue declared again; waiting for messages")
+        self._announce_ready()
+
+    def _queue_exists(self) -> bool:
+        """A passive declare on a channel of its own (a missing queue closes the channel that asks)."""
+        assert self._connection is not None
+        probe = self._connection.channel()
+        try:
+            probe.queue_declare(queue=self.queue_name, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            return bool(exc.reply_code != 404)
+        probe.close()
+        return True
+
+    def _on_channel_taken(self, notice: ChannelTakenAway) -> None:
+        """The broker closed the channel and requeued what it had delivered on it: report, then a new channel.
+
+        The task in progress is finished all the same (the work is under way); its
+        finish is an ``ack_lost``, as is every task done but not yet acked.
+        Auto-acked tasks were the worker's from delivery: they stay. The new channel
+        consumes once that task is finished: a delivery taken meanwhile would wait
+        behind it with its own ack timeout running (measured: a lone worker then
+        timed out on its own redeliveries for good), and the broker can hand the
+        message to a free consumer instead.
+        """
+        if notice.channel is not self._channel:
+            return
+        reason = protocol.taken_back_reason(notice.code, notice.text)
+        now = time.time()
+        self.writer.add(protocol.encode(protocol.ChannelClosed(self.name, now, notice.code, notice.text)))
+        self._say(f" [!] the broker closed the channel: {notice.text}")
+        with self._lock:
+            self._gen += 1
+            kept = [t for t in self._waiting if t.ack == "auto"]
+            given = [t for t in self._waiting if t.ack != "auto"]
+            for task in kept:
+                task.gen = self._gen
+            self._waiting = collections.deque(kept)
+            current = self._current
+            if current is not None and current.ack == "auto":
+                current.gen = self._gen
+            elif current is not None and not current.lost:
+                current.lost = reason
+                given.insert(0, current)
+            finishing = current is not None and bool(current.lost)
+        unsent = list(self._finished)
+        self._finished.clear()
+        self._give_back(given, reason, nack=False)
+        for task in unsent:
+            self.writer.add(protocol.encode(protocol.AckLost(self.name, now, task.tag, task.msg_id, reason)))
+        self._never_acked.clear()
+        self._channel = self._consumer_tag = None
+        if not self._draining:
+            self._new_channel(consume=not finishing)
+            if not finishing:
+                self._announce_ready()
+        self.writer.flush()
+
     def _begin_drain(self, reason: str) -> None:
         """Stop taking deliveries, give back the waiting ones, finish the current task."""
         if self._draining:
@@ -435,8 +580,12 @@ class Worker:
             self._waiting = collections.deque(t for t in kept if t is not self._current)
             if self._current is not None and self._current in given:
                 self._interrupt.set()
+            # Taken back by the broker already (and reported so): cut short now, it is neither returned nor worked.
+            taken = [t for t in given if t.lost]
+            for task in taken:
+                task.lost = ""
             self._work_ready.notify()
-        self._give_back(given, reason, nack=nack)
+        self._give_back([t for t in given if t not in taken], reason, nack=nack)
         finished = list(self._finished)
         self._finished.clear()
         self._never_acked.clear()
@@ -478,7 +627,16 @@ class Worker:
                 self._interrupt.wait(task.seconds)
             with self._lock:
                 if task.gen != self._gen:
-                    continue  # given back while we worked on it
+                    if not task.lost or self._current is not task:
+                        continue  # given back while we worked on it
+                    # The broker took it back while we worked: the work is done, no ack can reach it.
+                    self._current = None
+                    lost = protocol.AckLost(self.name, time.time(), task.tag, task.msg_id, task.lost)
+                    writer.add(protocol.encode(lost))
+                    writer.flush()
+                    self._say(" [x] Done, but the broker had taken it back: no ack")
+                    self._commands.put(Resume())  # the connection's loop looks within POLL_INTERVAL
+                    continue
                 self._current = None
                 if writer.enabled:
                     writer.done(time.time(), task.tag, task.msg_id, task.ack != "none")
@@ -511,15 +669,13 @@ class Worker:
 
     def _open(self) -> None:
         connection = connect(self.url, name=f"dispatch-lab {self.name} (pid {os.getpid()})", heartbeat=self.heartbeat)
+        self._connection = connection
         try:
-            channel = connection.channel()
-            declare_task_queue(channel, self.queue_name, durable=self.durable)
-            channel.basic_qos(prefetch_count=self.mode.prefetch)
+            self._new_channel()
         except BaseException:
+            self._connection = self._channel = self._consumer_tag = None
             _close_quietly(connection)
             raise
-        self._connection, self._channel = connection, channel
-        self._consume()
         _keep_ticking(connection)
 
     def _reconnect(self) -> bool:
@@ -552,6 +708,8 @@ class Worker:
                 command = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(command, (ConsumerCancelled, ChannelTakenAway, Resume)):
+                continue  # about the connection that was lost (a new one consumes at once)
             if isinstance(command, protocol.SetMode):
                 self.mode = DispatchMode(command.prefetch, check_ack(command.ack))
                 self.writer.emit(protocol.Mode(self.name, time.time(), command.prefetch, command.ack))
@@ -601,8 +759,10 @@ class Worker:
                 pika.exceptions.ConnectionWrongStateError,
                 pika.exceptions.ChannelWrongStateError,
                 pika.exceptions.StreamLostError,
-            ):
-                self.writer.emit(protocol.Connection(self.name, time.time(), "lost", 0))
+            ) as exc:
+                reason = scrub(lost_reason(exc), self.url)
+                self.writer.emit(protocol.Connection(self.name, time.time(), "lost", 0, reason))
+                self._say(f" [!] connection lost: {reason}" if reason else " [!] connection lost")
                 self._abandon("connection-lost", nack=False)
                 self._connection = self._channel = self._consumer_tag = None
                 if not self._reconnect():

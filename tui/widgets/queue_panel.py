@@ -51,10 +51,12 @@ class QueuePanel(Vertical):
         yield Sparkline([0.0], id="rate", summary_function=max)
         yield Static(id="rate-label")
         yield Static(id="external")
+        yield Static(id="broker-steps")
         yield Static(id="recent")
 
     def on_mount(self) -> None:
         self._shown: dict[str, object] = {}
+        self.query_one("#broker-steps").display = False
 
     def _put(self, selector: str, key: object, build: Callable[[], RenderableType], *, layout: bool) -> None:
         """Update a part only when what it shows changed: each update costs a repaint, maybe a layout."""
@@ -85,6 +87,10 @@ class QueuePanel(Vertical):
         )  # fmt: skip
         external_key = (model.queue.external, model.queue.mgmt_refused)
         self._put("#external", external_key, lambda: _external(model), layout=True)
+        steps = _broker_steps(model, now)
+        if self._shown.get("#broker-steps", ()) != steps:
+            self.query_one("#broker-steps").display = bool(steps)  # no blank line while there is nothing to tell
+        self._put("#broker-steps", steps, lambda: Text("\n".join(steps), "yellow"), layout=True)
         if not details:
             return
         recent = model.ledger.recent(RECENT)
@@ -126,6 +132,10 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     rows.append(("done", str(ledger.done_messages), "bold", f"runs {ledger.done_runs}, duplicates {ledger.duplicates}"))
     rows.append(("redelivered", str(ledger.redeliveries), "bold", "flagged by the broker"))
     rows.append(("lost", str(ledger.lost), "bold red" if ledger.lost else "bold", "auto ack, worker died"))
+    if ledger.ack_lost:  # finished after an ack timeout: the broker had handed the task out again
+        rows.append(("ack lost", str(ledger.ack_lost), "bold red", "worked; the broker took it back"))
+    if ledger.deleted:
+        rows.append(("deleted", str(ledger.deleted), "bold", "went with the deleted queue"))
     if ledger.purged:
         rows.append(("purged", str(ledger.purged), "bold", "removed by purge"))
     published, accounted, holds = model.balance(now)
@@ -141,6 +151,8 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
         rows.append(("balance", verdict[0], verdict[1], f"{word}: {published} in {relation} {accounted} out"))
     if stale:
         why = f"broker {model.broker_state}" + (f", attempt {model.broker_attempt}" if model.broker_attempt else "")
+        if model.broker_message:
+            why += f": {model.broker_message}"
         rows.append(("", "STALE", "bold red", why))
     return tuple(rows)
 
@@ -199,6 +211,27 @@ def _widen(widths: list[int], spare: int) -> list[int]:
         spare -= share
         total -= column_width
     return widened
+
+
+BROKER_STEPS_SHOWN = 120.0
+"""Seconds a closed channel or connection stays told in the panel."""
+
+
+def _broker_steps(model: Model, now: float) -> tuple[str, ...]:
+    """What the broker did lately, in words: a cancelled consumer, a closed channel or connection."""
+    lines: list[str] = []
+    if model.cancelled:
+        lines.append(model.cancel_note)
+        back = [name for name, again in model.cancelled.items() if again]
+        waiting = [name for name, again in model.cancelled.items() if not again]
+        if back:
+            lines.append(f"declared again, consuming: {' '.join(back)}")
+        if waiting:
+            lines.append(f"not consuming yet: {' '.join(waiting)}")
+    closed = model.broker_closed
+    if closed is not None and now - closed[0] < BROKER_STEPS_SHOWN:
+        lines.append(f"the broker closed {closed[1]}: {closed[2]}")
+    return tuple(lines)
 
 
 def _n(value: int | None) -> str:

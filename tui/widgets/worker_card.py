@@ -11,7 +11,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.state import BUSY, KILLED, STOPPING, WorkerState
+from tui.state import BUSY, KILLED, NOT_CONSUMING, STOPPING, WorkerState
 from tui.text import for_toast, printable
 
 STATUS_CLASSES = ("-busy", "-idle", "-dead", "-stopping", "-starting", "-reconnecting")
@@ -81,12 +81,15 @@ class WorkerCard(Widget, can_focus=True):
         """
         current = worker.current
         elapsed = round(now - current.started, 1) if current else 0.0
+        if current is None and worker.finishing is not None:
+            elapsed = round(now - worker.finishing.started, 1)
         silent = worker.silent_for(now)
         key = (
             worker.status, worker.pid, None if silent is None else round(silent),
             worker.received, worker.done, worker.in_hand,
             worker.redelivered, worker.returned, worker.prefetch, worker.ack, elapsed,
             len(worker.log), worker.log[-1] if worker.log else "", len(worker.stderr), worker.unacked,
+            worker.ack_lost, worker.finishing is None,
         )  # fmt: skip
         if key == self._last:
             return
@@ -102,6 +105,8 @@ class WorkerCard(Widget, can_focus=True):
             self.border_title, self.border_subtitle = Text(borders[0]), Text(borders[1])
         self.set_class(silent is not None, "-unresponsive")
         status = "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
+        if worker.alive and worker.status in NOT_CONSUMING:
+            status = "-reconnecting"  # not consuming until it has a queue or channel again: the same warning
         # One atomic change, and none when the status is the same: each change restyles the card's subtree.
         self.update_classes({**dict.fromkeys(STATUS_CLASSES, False), status: True})
         counts = Text.assemble(
@@ -114,6 +119,8 @@ class WorkerCard(Widget, can_focus=True):
             counts.append(f" returned {worker.returned}", "dim")
         if worker.unacked_done:
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
+        if worker.ack_lost:
+            counts.append(f" ack lost {worker.ack_lost}", "bold red")
         _put(self._counts_part, counts)
         if not details:
             return
@@ -127,6 +134,15 @@ class WorkerCard(Widget, can_focus=True):
     @staticmethod
     def _task_line(worker: WorkerState, now: float) -> Text:
         current = worker.current
+        finishing = worker.finishing
+        if current is None and finishing is not None:
+            # The broker took it back (ack timeout) and hands it out again; the work here goes on.
+            elapsed = max(0.0, now - finishing.started)
+            text = Text(f"{finishing.label} taken back by the broker, finishing ", "bold yellow")
+            if finishing.seconds > 0:
+                text.append(progress_bar(min(1.0, elapsed / finishing.seconds)), "yellow")
+                text.append(f" {elapsed:.1f}/{finishing.seconds:.1f}s")
+            return text
         if current is None:
             if worker.status == STOPPING:
                 return Text("stopping: finishing nothing, giving back the rest", "dim")
