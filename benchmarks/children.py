@@ -21,6 +21,7 @@ from typing import Literal
 from tui.observations import WorkerGarbage
 from tui.pool import PIPE_BYTES, READ_PAUSE, EventReader, Inbox, WorkerOutput, complete_lines, widen_pipe
 from workers import protocol
+from workers.settings import AckMode
 
 ROOT = Path(__file__).resolve().parent.parent
 Kind = Literal["ours", "bare"]
@@ -57,7 +58,7 @@ class Consumer:
         if kind == "ours":
             args: Sequence[str] = (
                 *("-m", "workers.worker", "--events", "--prefetch", str(prefetch)),
-                *("--ack", "manual", "--seconds-per-dot", "0", "--queue", queue),
+                *("--ack", AckMode.MANUAL.value, "--seconds-per-dot", "0", "--queue", queue),
             )
         else:
             args = ("-m", "benchmarks.bare_consumer", "--prefetch", str(prefetch), "--queue", queue)

@@ -32,7 +32,7 @@ from tui.screen_updates import call_after_each_screen_update
 from tui.state import Model
 from tui.widgets.queue_panel import QueuePanel
 from workers import protocol
-from workers.settings import DispatchMode
+from workers.settings import AckMode, DispatchMode
 
 SIZES = {"full": (1_000_000, 20_000, 1_000_000, 60), "quick": (200_000, 6_000, 200_000, 30),
          "smoke": (20_000, 300, 20_000, 3)}  # fmt: skip
@@ -158,7 +158,7 @@ class _TappedInbox(Inbox):
 
 def _lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backend, _TappedInbox]:
     config = LabConfig(url=bench.url, queue=bench.control.queue, workers=workers,
-                       mode=DispatchMode(prefetch, "manual"), seconds_per_dot=0.0)  # fmt: skip
+                       mode=DispatchMode(prefetch, AckMode.MANUAL), seconds_per_dot=0.0)  # fmt: skip
     inbox = _TappedInbox()
     backend = Backend(config, pipeline=build_pipeline(config, inbox=inbox))
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)

@@ -334,7 +334,7 @@ def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, m
     app = DispatchLab(LabConfig(url="amqp://guest:***@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
     app.node = BrokenNode(f"The private RabbitMQ node exited during boot: {text}")  # type: ignore[assignment]
     folder = tmp_path / "runs [b]x"
-    monkeypatch.setattr("tui.app.session_folder", lambda runs_dir=None: folder)
+    monkeypatch.setattr("tui.actions.session_folder", lambda runs_dir=None: folder)
     said: dict[str, str] = {}
 
     async def drive() -> None:

@@ -14,14 +14,16 @@ from textual.app import App
 from textual.notifications import SeverityLevel
 
 from tui.backend import Backend, LabConfig, Refused
+from tui.export import not_saved, save_session, session_folder
 from tui.runner import RunResult, apply_action, check, settled
 from tui.scenarios import Action, Scenario
+from tui.session_log import SessionLog
 from tui.state import Model
 from tui.text import ERROR_CHARS, for_toast
 from tui.widgets.compare_screen import CompareScreen
 from tui.widgets.mode_dialog import PrefetchDialog
 from tui.widgets.publisher import PublisherPane
-from workers.settings import ACK_MODES, DispatchMode
+from workers.settings import ACK_MODES, AckMode, DispatchMode
 
 PREFETCH_CYCLE = (0, 1, 10)
 
@@ -30,13 +32,20 @@ class LabActions:
     """Actions on the lab; every one is a non-blocking request to the backend (none in a replay)."""
 
     def __init__(
-        self, app: App[int], config: LabConfig, model: Model, backend: Backend | None, presets: dict[str, Scenario]
+        self,
+        app: App[int],
+        config: LabConfig,
+        model: Model,
+        backend: Backend | None,
+        presets: dict[str, Scenario],
+        log: SessionLog | None = None,
     ) -> None:
         self.app = app
         self.config = config
         self.model = model
         self.backend = backend
         self.presets = presets
+        self.session_log = log
         self.compare_results: list[list[RunResult]] = []
         """Every comparison run in this session, newest last (the compare screen shows them all)."""
 
@@ -130,7 +139,8 @@ class LabActions:
         if not self.backend.kill(name):
             self.notify(f"{for_toast(name)} is not running.", severity="warning")
             return
-        fate = "lost (auto ack)" if self.model.workers[name].ack == "auto" else "requeued by the broker"
+        ack = self.model.workers[name].ack
+        fate = "lost (auto ack)" if ack is not None and ack.lost_with_worker else "requeued by the broker"
         self.notify(f"Killed {for_toast(name)} with SIGKILL: {held} task(s) it held will be {fate}.")
 
     def stop(self, selected: str | None) -> None:
@@ -173,7 +183,12 @@ class LabActions:
             self.notify("Read-only view: no broker to run a comparison on.", severity="warning")
             return
         spd = min(self.config.seconds_per_dot, 0.2) or 0.2  # a comparison should take seconds, not minutes
-        ack = self.mode.ack if self.mode.ack != "none" else "manual"  # never-acked runs never finish
+        # Never-acked runs never finish: those compare under manual ack.
+        ack = (
+            self.mode.ack
+            if self.mode.ack.worker_acks_after_work or self.mode.ack.broker_acks_on_delivery
+            else AckMode.MANUAL
+        )
         screen = CompareScreen(self.config.url, self.presets, self.compare_results, seconds_per_dot=spd, ack=ack)
         self.app.push_screen(screen)
 
@@ -223,3 +238,29 @@ class LabActions:
         if self.backend is not None:
             self.backend.purge()
             self.notify("Purging the queue's ready messages", timeout=2)
+
+    def save(self) -> None:
+        """Save a screenshot, the ledger and the event log into runs/session-…/ (files written off the UI thread).
+
+        runs/ is in the current folder unless --runs-dir says otherwise. A folder that cannot be
+        written (``cd /sys``) is a toast that says why; the dashboard runs on.
+        """
+        try:
+            folder = session_folder(self.config.runs_dir)
+            self.app.save_screenshot(filename="screen.svg", path=str(folder))
+        except OSError as exc:
+            self.notify(not_saved(exc), severity="error", timeout=10)
+            return
+        # A copy taken here, between two folds: the thread then reads records nobody adds to or drops.
+        records = list(self.model.ledger.records.values())
+
+        def write() -> None:
+            try:
+                said = save_session(folder, records, self.session_log)
+            except OSError as exc:  # a full disk, a folder removed meanwhile: say so, as for the screenshot
+                failed = not_saved(exc)
+                self._from_thread(lambda: self.notify(failed, severity="error", timeout=10))
+                return
+            self._from_thread(lambda: self.notify(said, timeout=8))
+
+        self.app.run_worker(write, name="save", group="save", thread=True, exit_on_error=False)

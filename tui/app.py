@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-from textual import events, work
+from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -17,8 +16,6 @@ from textual.widgets import Footer
 from tui.actions import LabActions
 from tui.backend import Backend, LabConfig
 from tui.commands import lab_commands
-from tui.export import not_saved, save_session, session_folder
-from tui.ledger import MessageRecord
 from tui.pacing import Pacer
 from tui.scenarios import Scenario, builtin
 from tui.screen_updates import call_after_each_screen_update
@@ -81,7 +78,7 @@ class DispatchLab(App[int]):
         self.presets = builtin() if presets is None else presets
         self.session_log = log
         self.selected: str | None = None
-        self.actions = LabActions(self, config, model, backend, self.presets)
+        self.actions = LabActions(self, config, model, backend, self.presets, log)
         """What the keys and the palette do; each binding below hands on to it."""
         self.pacer = Pacer(
             backend.inbox if backend is not None else None,
@@ -206,28 +203,7 @@ class DispatchLab(App[int]):
         self.push_screen(MessagesScreen(self.model, self.clock))
 
     def action_save(self) -> None:
-        """Save a screenshot, the ledger and the event log into runs/session-…/ (files written off the UI thread).
-
-        runs/ is in the current folder unless --runs-dir says otherwise. A folder that cannot be
-        written (``cd /sys``) is a toast that says why; the dashboard runs on.
-        """
-        try:
-            folder = session_folder(self.config.runs_dir)
-            self.save_screenshot(filename="screen.svg", path=str(folder))
-        except OSError as exc:
-            self.notify(not_saved(exc), severity="error", timeout=10, markup=False)
-            return
-        # A copy taken here, between two folds: the thread then reads records nobody adds to or drops.
-        self._save_files(folder, list(self.model.ledger.records.values()))
-
-    @work(thread=True, group="save", exit_on_error=False)
-    def _save_files(self, folder: Path, records: list[MessageRecord]) -> None:
-        try:
-            said = save_session(folder, records, self.session_log)
-        except OSError as exc:  # a full disk, a folder removed meanwhile: say so, as for the screenshot
-            self.call_from_thread(self.notify, not_saved(exc), severity="error", timeout=10, markup=False)
-            return
-        self.call_from_thread(self.notify, said, timeout=8, markup=False)
+        self.actions.save()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

@@ -26,9 +26,9 @@ from workers.broker import ConsumerInfo, ManagementApi
 from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
 from workers.new_task import new_session_prefix
-from workers.settings import DispatchMode
+from workers.settings import AckMode, DispatchMode
 
-ROUND_ROBIN = DispatchMode(prefetch=0, ack="manual")
+ROUND_ROBIN = DispatchMode(prefetch=0, ack=AckMode.MANUAL)
 _OUR_CONNECTION = re.compile(r"^dispatch-lab (?P<name>\S+) \(pid (?P<pid>\d+)\)$")
 
 

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds-per-dot", type=positive_float, default=0.2, metavar="F")
     parser.add_argument("--modes", type=parse_modes, default=[0, 1], help="prefetch values, e.g. 0,1,10")
-    parser.add_argument("--ack", type=ack_arg, default="manual")
+    parser.add_argument("--ack", type=ack_arg, default=AckMode.MANUAL)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", type=Path, default=None, help="save events, ledgers and an SVG here")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _mode_name(mode: DispatchMode) -> str:
     return {0: "round-robin 0", 1: "fair 1"}.get(mode.prefetch, f"prefetch {mode.prefetch}") + (
-        "" if mode.ack == "manual" else f" {mode.ack}"
+        "" if mode.ack is AckMode.MANUAL else f" {mode.ack}"
     )
 
 

@@ -27,6 +27,7 @@ from tui.text import printable
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
 from workers.local_node import LocalNode, LocalNodeError, port_open
 from workers.settings import (
+    AckMode,
     DispatchMode,
     add_connection_args,
     mask_url,
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_args(parser)
     parser.add_argument("--workers", type=int, default=2, help="worker processes to start (default 2)")
     parser.add_argument("--prefetch", type=prefetch_arg, default=0, help="0 = round-robin (default), 1 = fair")
-    parser.add_argument("--ack", type=ack_arg, default="manual", help="manual (default), auto, none")
+    parser.add_argument("--ack", type=ack_arg, default=AckMode.MANUAL, help="manual (default), auto, none")
     parser.add_argument("--seconds-per-dot", type=positive_float, default=1.0, metavar="F")
     parser.add_argument("--transient", action="store_true", help="a non-durable queue (lost on restart)")
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")

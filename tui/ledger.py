@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from workers.settings import AckMode
+
 # Why a message was delivered (again).
 FIRST = "first delivery"
 AFTER_CRASH = "after a crash"
@@ -66,7 +68,7 @@ class Delivery:
     ts: float
     redelivered: bool
     why: str
-    ack: str
+    ack: AckMode
     ended: float | None = None
     outcome: str | None = None
     started: float | None = None
@@ -79,7 +81,7 @@ class Delivery:
     @property
     def in_queue_unacked(self) -> bool:
         """Counted in its queue's unacked while held: a manual delivery whose queue still exists."""
-        return self.ack != "auto" and not self.orphaned
+        return self.ack.unacked_while_held and not self.orphaned
 
 
 @dataclass(slots=True)
@@ -248,7 +250,7 @@ class Ledger:
     # ----- worker side
 
     def received(
-        self, msg_id: str | None, body: str, worker: str, ts: float, redelivered: bool, ack: str
+        self, msg_id: str | None, body: str, worker: str, ts: float, redelivered: bool, ack: AckMode
     ) -> MessageRecord:
         if msg_id is None:
             self._anonymous += 1
@@ -336,7 +338,7 @@ class Ledger:
         if worker is not None and self._superseded(record, worker, outcome, why):
             return
         delivery = record.deliveries[-1] if record.deliveries else None
-        if record.state == HELD and delivery is not None and delivery.ack == "auto":
+        if record.state == HELD and delivery is not None and delivery.ack.lost_with_worker:
             delivery.ended, delivery.outcome = ts, "killed, lost" if killed else "exited, lost"
             self.lost += 1
             self.lost_ids.append(record.msg_id)

@@ -401,7 +401,7 @@ class WorkerPool:
             "--name", name,
             "--queue", self.queue,
             "--prefetch", str(self.mode.prefetch),
-            "--ack", self.mode.ack,
+            "--ack", self.mode.ack.value,
             "--seconds-per-dot", repr(self.seconds_per_dot),
         ]  # fmt: skip
         if self.heartbeat is not None:

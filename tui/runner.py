@@ -27,7 +27,7 @@ from tui.ledger import DONE, HELD, TERMINAL
 from tui.pool import WorkerPool
 from tui.scenarios import EXPECTATIONS, Action, Scenario
 from tui.session_log import SessionLog
-from tui.state import Model
+from tui.state import Model, WorkerStatus
 from workers.broker import BrokerError, connect, declare_task_queue
 from workers.local_node import LocalNode
 from workers.settings import DispatchMode, check_ack
@@ -284,7 +284,7 @@ class ScenarioRun:
 
     def _ready_or_dead(self, name: str) -> bool:
         worker = self.model.workers.get(name)
-        return worker is not None and (worker.status == "idle" or not worker.alive)
+        return worker is not None and (worker.status is WorkerStatus.IDLE or not worker.alive)
 
     def _do(self, action: Action) -> None:
         if action.do == "restart_broker":
@@ -405,7 +405,7 @@ class ScenarioRun:
             now = time.monotonic()
             if _waiting_work(self.model):
                 for worker in self.model.workers.values():
-                    if worker.alive and worker.current is None and worker.status == "idle":
+                    if worker.alive and worker.current is None and worker.status is WorkerStatus.IDLE:
                         self._idle[worker.name] = self._idle.get(worker.name, 0.0) + (now - last)
             last = now
             if (self.until_settled or not pending) and not self.restarting and settled(self.model):

@@ -11,6 +11,7 @@ import collections
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from tui import observations as obs
@@ -44,13 +45,46 @@ LOG_LINES = 6
 LANE_BLOCKS = 400
 RATE_SECONDS = 60
 
-STARTING, IDLE, BUSY, STOPPING, KILLED, EXITED, RECONNECTING = (
-    "starting", "idle", "busy", "stopping", "killed", "exited", "reconnecting",
-)  # fmt: skip
-CANCELLED = "cancelled"
-"""The broker cancelled the worker's consumer (its queue was deleted); it declares the queue again."""
-CHANNEL_CLOSED = "channel closed"
-"""The broker closed the worker's channel (an ack timeout); it consumes again on a new one."""
+
+class WorkerStatus(str, Enum):
+    """Where a worker is, as its events and the pool's tell: what the card shows and the figures count."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    KILLED = "killed"
+    EXITED = "exited"
+    RECONNECTING = "reconnecting"
+    CANCELLED = "cancelled"
+    """The broker cancelled the worker's consumer (its queue was deleted); it declares the queue again."""
+    CHANNEL_CLOSED = "channel closed"
+    """The broker closed the worker's channel (an ack timeout); it consumes again on a new one."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def alive(self) -> bool:
+        """The process runs (whatever its link to the broker)."""
+        return self not in (WorkerStatus.KILLED, WorkerStatus.EXITED)
+
+    @property
+    def consuming(self) -> bool:
+        """Alive and counted by the broker as a consumer on the queue."""
+        return self.alive and self not in _NOT_CONSUMING
+
+    @property
+    def broker_stepped_in(self) -> bool:
+        """Alive, but the broker took its consumer or channel away until it consumes again."""
+        return self in (WorkerStatus.CANCELLED, WorkerStatus.CHANNEL_CLOSED)
+
+
+STARTING, IDLE, BUSY, STOPPING, KILLED, EXITED, RECONNECTING, CANCELLED, CHANNEL_CLOSED = WorkerStatus
+_NOT_CONSUMING = frozenset({STARTING, STOPPING, CANCELLED, CHANNEL_CLOSED})
 QUEUE_DELETED = "queue deleted; consumer cancelled by the broker"
 
 
@@ -82,10 +116,10 @@ class WorkerState:
 
     name: str
     pid: int | None = None
-    status: str = STARTING
+    status: WorkerStatus = STARTING
     exit_code: int | None = None
     prefetch: int | None = None
-    ack: str | None = None
+    ack: AckMode | None = None
     received: int = 0
     done: int = 0
     returned: int = 0
@@ -114,7 +148,7 @@ class WorkerState:
 
     @property
     def alive(self) -> bool:
-        return self.status not in (KILLED, EXITED)
+        return self.status.alive
 
     @property
     def in_hand(self) -> int:
@@ -291,7 +325,7 @@ class Model:
 
     def _on_ready(self, e: protocol.Ready) -> None:
         w = self._worker(e.worker)
-        w.pid, w.prefetch, w.ack, w.last_seen = e.pid, e.prefetch, e.ack, e.ts
+        w.pid, w.prefetch, w.ack, w.last_seen = e.pid, e.prefetch, _ack(e.ack), e.ts
         if w.status in (CANCELLED, CHANNEL_CLOSED):
             w.log.append(
                 " [*] queue declared again; consuming" if w.status == CANCELLED else " [*] new channel; consuming"
@@ -310,7 +344,7 @@ class Model:
         w.last_seen = e.ts
         if e.redelivered:
             w.redelivered += 1
-        record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or "manual")
+        record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or AckMode.MANUAL)
         held, tag = w.held, e.tag
         if tag in held:  # the same tag on a new channel: see WorkerState.held_delivery
             kept = held.pop(tag)
@@ -394,8 +428,8 @@ class Model:
 
     def _on_mode(self, e: protocol.Mode) -> None:
         w = self._worker(e.worker)
-        w.prefetch, w.ack = e.prefetch, e.ack
-        w.log.append(f" [~] mode: {DispatchMode(e.prefetch, _ack(e.ack)).describe()}")
+        w.prefetch, w.ack = e.prefetch, _ack(e.ack)
+        w.log.append(f" [~] mode: {DispatchMode(e.prefetch, w.ack).describe()}")
 
     def _on_connection(self, e: protocol.Connection) -> None:
         w = self._worker(e.worker)
@@ -496,7 +530,7 @@ class Model:
         killed = e.code == -9 or (e.code < 0 and w.kill_requested)
         w.status = KILLED if killed else EXITED
         w.exit_code = e.code
-        if e.code != 0 and w.ack == "auto":
+        if e.code != 0 and w.ack is not None and w.ack.lost_with_worker:
             self.last_auto_death = e.ts
         w.log.append(" [!] killed (SIGKILL)" if killed else f" [*] exited with code {e.code}")
         for record in [*w.held.values(), *w.unacked_done.values()]:
@@ -692,7 +726,7 @@ class Model:
         return self.broker_state != "connected" or sampled is None or now - sampled > STALE_AFTER
 
     def our_consumers(self) -> int:
-        return sum(1 for w in self.workers.values() if w.alive and w.status not in (STARTING, STOPPING, *NOT_CONSUMING))
+        return sum(1 for w in self.workers.values() if w.status.consuming)
 
     def rate(self, now: float, seconds: int = 5) -> float:
         """Tasks done per second over the last few whole seconds."""
@@ -757,15 +791,11 @@ class Model:
         return 0 if self.counted_by_api(now) else self.others.surplus
 
 
-NOT_CONSUMING = (CANCELLED, CHANNEL_CLOSED)
-"""Live workers the broker counts no consumer for, until they consume again."""
-
-
 def _ack(value: str) -> AckMode:
     try:
         return check_ack(value)
     except SettingsError:
-        return "manual"
+        return AckMode.MANUAL
 
 
 _MOVES = frozenset({protocol.Received, protocol.Done, protocol.Returned, obs.WorkerExited, obs.Confirmed, obs.Purged})

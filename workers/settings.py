@@ -7,19 +7,89 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_QUEUE = "task_queue"
 URL_ENV = "AMQP_URL"
 
-AckMode = Literal["manual", "auto", "none"]
-ACK_MODES: tuple[AckMode, ...] = ("manual", "auto", "none")
 MAX_PREFETCH = 65535
 MAX_QUEUE_BYTES = 255
 """AMQP 0-9-1 sends a queue name as a short string: 255 bytes at most, in UTF-8."""
 MAX_WORKERS = 64
+
+
+class AckMode(str, Enum):
+    """How a worker acknowledges its tasks, and everything that differs between the modes.
+
+    A ``str`` enum: it equals, prints and encodes (JSON, argv) as its value, so the
+    protocol and the command line keep their words. Adding a mode means adding it here,
+    with its policy and its words; nothing else compares mode names.
+    """
+
+    MANUAL = "manual"
+    AUTO = "auto"
+    NONE = "none"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def broker_acks_on_delivery(self) -> bool:
+        """The broker forgets the message once it is written to the consumer (``auto_ack``); prefetch limits nothing."""
+        return self is AckMode.AUTO
+
+    @property
+    def worker_acks_after_work(self) -> bool:
+        """The worker sends ``basic.ack`` when the task is done."""
+        return self is AckMode.MANUAL
+
+    @property
+    def acked(self) -> bool:
+        """Each task is acknowledged at some point (at delivery or after the work): a run of them can finish."""
+        return self is not AckMode.NONE
+
+    @property
+    def unacked_while_held(self) -> bool:
+        """The broker counts a delivery as unacked until the worker acks it or goes away."""
+        return self is not AckMode.AUTO
+
+    @property
+    def lost_with_worker(self) -> bool:
+        """A task the worker held is gone for good when the worker dies (the broker forgot it at delivery)."""
+        return self is AckMode.AUTO
+
+    @property
+    def words(self) -> str:
+        """The mode in the tutorial's words."""
+        return _ACK_WORDS[self]
+
+    @property
+    def help(self) -> tuple[str, str]:
+        """What the mode means, and what to watch for (the help screen's table)."""
+        return _ACK_HELP[self]
+
+
+ACK_MODES: tuple[AckMode, ...] = tuple(AckMode)
+_ACK_WORDS = {AckMode.MANUAL: "manual ack", AckMode.AUTO: "auto ack", AckMode.NONE: "no ack (forgotten)"}
+_ACK_HELP = {
+    AckMode.MANUAL: (
+        "ack after the work",
+        "kill a worker: its tasks go back (ready rises) and arrive elsewhere *redelivered*",
+    ),
+    AckMode.AUTO: (
+        "the broker forgets a message on delivery; prefetch is ignored",
+        "one worker swallows the backlog; kill it and its tasks are **lost**",
+    ),
+    AckMode.NONE: (
+        "never acks (the tutorial's *forgotten ack*)",
+        "unacked grows; when the worker goes, all of it comes back",
+    ),
+}
 
 
 class SettingsError(ValueError):
@@ -137,12 +207,12 @@ class DispatchMode:
     """How the broker hands tasks to a worker: prefetch window and ack mode."""
 
     prefetch: int = 1
-    ack: AckMode = "manual"
+    ack: AckMode = AckMode.MANUAL
 
     def describe(self) -> str:
         """The mode in the tutorial's words, for headers and tables."""
-        ack = {"manual": "manual ack", "auto": "auto ack", "none": "no ack (forgotten)"}[self.ack]
-        if self.ack == "auto":
+        ack = self.ack.words
+        if self.ack.broker_acks_on_delivery:
             return f"auto ack: prefetch ignored ({self.prefetch}), broker forgets on delivery"
         if self.prefetch == 0:
             return f"round-robin: prefetch 0 (unlimited), {ack}"
@@ -159,11 +229,12 @@ def check_prefetch(value: int) -> int:
 
 
 def check_ack(value: str) -> AckMode:
-    """One of manual, auto, none, or SettingsError."""
-    for mode in ACK_MODES:
-        if value == mode:
-            return mode
-    raise SettingsError(f"--ack must be one of manual, auto, none, not {value!r}.")
+    """One of the ack modes by its name, or SettingsError."""
+    try:
+        return AckMode(value)
+    except ValueError:
+        names = ", ".join(mode.value for mode in AckMode)
+        raise SettingsError(f"--ack must be one of {names}, not {value!r}.") from None
 
 
 def check_seconds_per_dot(value: float) -> float:

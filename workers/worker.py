@@ -295,7 +295,7 @@ class Worker:
         now = time.time()
         writer = self.writer
         events = writer.enabled
-        if seconds == 0 and ack == "manual" and mode.prefetch == 1 and events and not self._finished:
+        if seconds == 0 and ack.worker_acks_after_work and mode.prefetch == 1 and events and not self._finished:
             # Prefetch 1: the broker sends nothing more until this ack, so the time from here to
             # the ack is the throughput. Done line first (done before ack), then the ack, at once.
             with self._lock:
@@ -305,7 +305,7 @@ class Worker:
                 channel.basic_ack(tag, multiple=False)
                 return
         task = Task(self._gen, tag, msg_id, text, seconds, ack)
-        if ack == "none":
+        if not ack.acked:
             self._never_acked.add(tag)
         with self._lock:
             inline = seconds == 0 and self._current is None and not self._waiting
@@ -320,8 +320,8 @@ class Worker:
             self._say(f" [x] Received {shown(text)}")
             self._say(" [x] Done")
         if events:
-            writer.worked(now, tag, msg_id, text, method.redelivered, ack != "none")
-        if ack == "manual":
+            writer.worked(now, tag, msg_id, text, method.redelivered, ack.acked)
+        if ack.worker_acks_after_work:
             self._finished.append(task)
 
     def _wake(self) -> None:
@@ -404,7 +404,7 @@ class Worker:
         """Report held deliveries as returned, and requeue them if the channel lives."""
         now = time.time()
         for task in tasks:
-            if task.ack == "auto":
+            if task.ack.broker_acks_on_delivery:
                 continue  # the broker forgot it at delivery: nothing to give back
             self._never_acked.discard(task.tag)
             if nack and self._channel is not None:
@@ -414,8 +414,8 @@ class Worker:
     def _take_waiting(self, *, keep_auto: bool) -> list[Task]:
         """Remove waiting tasks from the work line (auto-acked ones stay if asked)."""
         with self._lock:
-            taken = [t for t in self._waiting if not (keep_auto and t.ack == "auto")]
-            kept = [t for t in self._waiting if keep_auto and t.ack == "auto"]
+            taken = [t for t in self._waiting if not (keep_auto and t.ack.broker_acks_on_delivery)]
+            kept = [t for t in self._waiting if keep_auto and t.ack.broker_acks_on_delivery]
             self._waiting.clear()
             self._waiting.extend(kept)
         return taken
@@ -444,7 +444,7 @@ class Worker:
         self._consumer_tag = self._channel.basic_consume(
             queue=self.queue_name,
             on_message_callback=self._on_message,
-            auto_ack=self.mode.ack == "auto",
+            auto_ack=self.mode.ack.broker_acks_on_delivery,
         )
 
     # ----- when the broker steps in
@@ -519,13 +519,13 @@ class Worker:
         self._say(f" [!] the broker closed the channel: {notice.text}")
         with self._lock:
             self._gen += 1
-            kept = [t for t in self._waiting if t.ack == "auto"]
-            given = [t for t in self._waiting if t.ack != "auto"]
+            kept = [t for t in self._waiting if t.ack.broker_acks_on_delivery]
+            given = [t for t in self._waiting if not t.ack.broker_acks_on_delivery]
             for task in kept:
                 task.gen = self._gen
             self._waiting = collections.deque(kept)
             current = self._current
-            if current is not None and current.ack == "auto":
+            if current is not None and current.ack.broker_acks_on_delivery:
                 current.gen = self._gen
             elif current is not None and not current.lost:
                 current.lost = reason
@@ -572,7 +572,7 @@ class Worker:
             held = list(self._waiting)
             if self._current is not None:
                 held.insert(0, self._current)
-            given = [t for t in held if not (keep_auto and t.ack == "auto")]
+            given = [t for t in held if not (keep_auto and t.ack.broker_acks_on_delivery)]
             self._gen += 1
             kept = [t for t in held if t not in given]
             for task in kept:
@@ -639,8 +639,8 @@ class Worker:
                     continue
                 self._current = None
                 if writer.enabled:
-                    writer.done(time.time(), task.tag, task.msg_id, task.ack != "none")
-                if task.ack == "manual":
+                    writer.done(time.time(), task.tag, task.msg_id, task.ack.acked)
+                if task.ack.worker_acks_after_work:
                     self._finished.append(task)
             self._say(" [x] Done")
             # Written before the ack is even requested: a kill in between shows as a
@@ -904,7 +904,7 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
     parser.add_argument(
         "--ack",
         type=ack_arg,
-        default="manual",
+        default=AckMode.MANUAL,
         help="manual (after the work; default), auto (on delivery), none (never)",
     )
     parser.add_argument("--seconds-per-dot", type=positive_float, default=1.0, metavar="F")

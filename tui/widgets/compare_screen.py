@@ -16,7 +16,7 @@ from tui.compare import checks, compare_modes, prefetch_list, table, verdict
 from tui.runner import RunResult
 from tui.scenarios import Scenario
 from tui.text import ERROR_CHARS, for_toast
-from workers.settings import SettingsError, check_ack
+from workers.settings import AckMode, SettingsError
 
 
 class CompareScreen(ModalScreen[None]):
@@ -32,7 +32,7 @@ class CompareScreen(ModalScreen[None]):
         *,
         workers: int = 2,
         seconds_per_dot: float = 0.2,
-        ack: str = "manual",
+        ack: AckMode = AckMode.MANUAL,
     ) -> None:
         super().__init__()
         self.url = url
@@ -94,7 +94,7 @@ class CompareScreen(ModalScreen[None]):
         def say(text: str) -> None:
             self.app.call_from_thread(self._status, text)
 
-        runs, error = compare_modes(self.url, scenario, modes, ack=check_ack(self.ack), workers=self.worker_count,
+        runs, error = compare_modes(self.url, scenario, modes, ack=self.ack, workers=self.worker_count,
                                     seconds_per_dot=self.seconds_per_dot, progress=say)  # fmt: skip
         self.app.call_from_thread(self._finished, runs, error)
 

@@ -8,6 +8,8 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
+from workers.settings import AckMode
+
 HELP = """\
 # dispatch-lab: what you are looking at
 
@@ -25,9 +27,7 @@ or from the broker; the queue panel names each figure's source.
 
 | ack | meaning | watch for |
 | --- | --- | --- |
-| **manual** | ack after the work | kill a worker: its tasks go back (ready rises) and arrive elsewhere *redelivered* |
-| **auto** | the broker forgets a message on delivery; prefetch is ignored | one worker swallows the backlog; kill it and its tasks are **lost** |
-| **none** | never acks (the tutorial's *forgotten ack*) | unacked grows; when the worker goes, all of it comes back |
+{ack_rows}
 
 A live change is *cancel, qos, consume* between tasks: waiting tasks are returned
 and come back marked *redelivered*; the ledger calls that "returned by a mode
@@ -59,7 +59,7 @@ change", not a crash.
 2. **Fair dispatch**: send *odd-heavy* at prefetch 0, then press F6 to 1 and send it again.
 3. **Redelivery**: send long tasks, kill a busy worker with F3: its task comes back.
 4. **Loss**: F7 to auto, send a backlog, kill a worker: the lost count rises.
-"""
+""".format(ack_rows="\n".join(f"| **{mode.value}** | {mode.help[0]} | {mode.help[1]} |" for mode in AckMode))
 
 
 class HelpScreen(ModalScreen[None]):

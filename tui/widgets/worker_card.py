@@ -6,15 +6,24 @@ import re
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.css.scalar import Unit
 from textual.css.tokenize import IDENTIFIER
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.state import BUSY, KILLED, NOT_CONSUMING, STOPPING, WorkerState
+from tui.state import WorkerState, WorkerStatus
 from tui.text import for_toast, printable
 
-STATUS_CLASSES = ("-busy", "-idle", "-dead", "-stopping", "-starting", "-reconnecting")
+
+def status_class(status: WorkerStatus) -> str:
+    """The card's class for a status (app.tcss styles each): the dead look alike, and so does every broken link."""
+    if not status.alive:
+        return "-dead"
+    return "-reconnecting" if status.broker_stepped_in else f"-{status}"
+
+
+STATUS_CLASSES = tuple(sorted({status_class(status) for status in WorkerStatus}))
 _ID = re.compile(IDENTIFIER)
 NAME_CHARS = 24
 """A card's title shows this much of a worker's name at most: its status must stay in view."""
@@ -32,13 +41,11 @@ def describe_status(worker: WorkerState, now: float) -> str:
         dropped = worker.dropped_in(now)
         countdown = f", broker drops it in ~{dropped:.0f}s" if dropped else ", broker should drop it now"
         return f"UNRESPONSIVE {silent:.0f}s{countdown}"
-    if worker.status == KILLED:
-        return "killed"
-    if worker.status == "exited":
+    if worker.status is WorkerStatus.EXITED:
         return f"exited, code {worker.exit_code}"
-    if worker.status == "reconnecting":
+    if worker.status is WorkerStatus.RECONNECTING:
         return f"reconnecting, attempt {worker.connection_attempt}"
-    return worker.status
+    return str(worker.status)
 
 
 class WorkerCard(Widget, can_focus=True):
@@ -56,7 +63,6 @@ class WorkerCard(Widget, can_focus=True):
         card_id = f"card-{worker_name}"
         super().__init__(id=card_id if _ID.fullmatch(card_id) else None, classes="worker-card")
         self.worker_name = worker_name
-        self._last: tuple[object, ...] = ()
         self._borders: tuple[str, str] = ("", "")
         self._counts_part = Static(classes="counts")
         self._task_part = Static(classes="task")
@@ -74,26 +80,12 @@ class WorkerCard(Widget, can_focus=True):
         self.post_message(self.Selected(self.worker_name))
 
     def show(self, worker: WorkerState, now: float, *, details: bool = True) -> None:
-        """Render the worker; skips the work when nothing visible changed.
+        """Render the worker: each part is compared with what it shows, and only a part that reads differently is drawn.
 
         With ``details=False`` only the title, status and counts: the task and log lines
         wait for the next full show (the dashboard draws them less often in a flood).
         """
-        current = worker.current
-        elapsed = round(now - current.started, 1) if current else 0.0
-        if current is None and worker.finishing is not None:
-            elapsed = round(now - worker.finishing.started, 1)
         silent = worker.silent_for(now)
-        key = (
-            worker.status, worker.pid, None if silent is None else round(silent),
-            worker.received, worker.done, worker.in_hand,
-            worker.redelivered, worker.returned, worker.prefetch, worker.ack, elapsed,
-            len(worker.log), worker.log[-1] if worker.log else "", len(worker.stderr), worker.unacked,
-            worker.ack_lost, worker.finishing is None,
-        )  # fmt: skip
-        if key == self._last:
-            return
-        self._last = key if details else ()  # after a show without details the next full one draws all
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
@@ -104,11 +96,10 @@ class WorkerCard(Widget, can_focus=True):
             # As Text: a title given as a string is read as markup, and a worker's name is outside text.
             self.border_title, self.border_subtitle = Text(borders[0]), Text(borders[1])
         self.set_class(silent is not None, "-unresponsive")
-        status = "-dead" if not worker.alive else f"-{worker.status}" if worker.status != BUSY else "-busy"
-        if worker.alive and worker.status in NOT_CONSUMING:
-            status = "-reconnecting"  # not consuming until it has a queue or channel again: the same warning
-        # One atomic change, and none when the status is the same: each change restyles the card's subtree.
-        self.update_classes({**dict.fromkeys(STATUS_CLASSES, False), status: True})
+        status = status_class(worker.status)
+        if not self.has_class(status):
+            # One atomic change, and only when the status changed: each change restyles the card's subtree.
+            self.update_classes({**dict.fromkeys(STATUS_CLASSES, False), status: True})
         counts = Text.assemble(
             ("received ", "dim"), (f"{worker.received:<7}", "bold"),
             ("done ", "dim"), (f"{worker.done}", "bold"),
@@ -125,8 +116,10 @@ class WorkerCard(Widget, can_focus=True):
         if not details:
             return
         _put(self._task_part, self._task_line(worker, now))
-        lines = list(worker.stderr)[-3:] if worker.stderr and worker.status in ("exited", KILLED) else []
-        log = Text("\n".join(printable(line) for line in list(worker.log)[-4:]))
+        # The last lines that fit the part (its height is set in app.tcss, and read here, not assumed).
+        room = _height(self._log_part, len(worker.log))
+        lines = list(worker.stderr)[-(room - 1) :] if worker.stderr and not worker.alive and room > 1 else []
+        log = Text("\n".join(printable(line) for line in list(worker.log)[len(worker.log) - (room - len(lines)) :]))
         if lines:
             log.append("\n" + "\n".join(printable(line) for line in lines), "red")
         _put(self._log_part, log)
@@ -144,7 +137,7 @@ class WorkerCard(Widget, can_focus=True):
                 text.append(f" {elapsed:.1f}/{finishing.seconds:.1f}s")
             return text
         if current is None:
-            if worker.status == STOPPING:
+            if worker.status is WorkerStatus.STOPPING:
                 return Text("stopping: finishing nothing, giving back the rest", "dim")
             return Text("idle" if worker.alive else "", "dim")
         elapsed = max(0.0, now - current.started)
@@ -163,6 +156,14 @@ class WorkerCard(Widget, can_focus=True):
         if waiting:
             text.append(f" +{waiting} waiting", "bold yellow")
         return text
+
+
+def _height(part: Static, otherwise: int) -> int:
+    """How many lines a part of fixed height holds, as the stylesheet sets it; ``otherwise`` when it sets none."""
+    height = part.styles.height
+    if height is None or height.unit is not Unit.CELLS:
+        return otherwise
+    return max(1, int(height.value))
 
 
 def _put(part: Static, text: Text) -> None:
