@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
-from tui.observations import WorkerGarbage
-from tui.pool import PIPE_BYTES, READ_PAUSE, EventReader, Inbox, WorkerOutput, complete_lines, widen_pipe
+from tui.engine.pool import PIPE_BYTES, READ_PAUSE, EventReader, Inbox, WorkerOutput, complete_lines, widen_pipe
+from tui.model.observations import WorkerGarbage
 from workers import protocol
 from workers.settings import AckMode
 

@@ -2,7 +2,7 @@
 
 The app runs headless (Textual's ``run_test``) with real workers on the bench
 queue. "The screen shows" a change at the end of the first screen update the
-app hands to its driver after the change was made (tui.screen_updates):
+app hands to its driver after the change was made (tui.view.screen_updates):
 a value set on a widget is not on screen before that. The machine is noisy and
 shared, so latencies come with an idle reference measured in the same run.
 """
@@ -23,14 +23,14 @@ from typing import Any
 from textual import events
 
 from benchmarks.figures import Bench, Figure, Target
-from tui import observations as obs
-from tui.app import DispatchLab
-from tui.backend import Backend, FeedBackend, LabConfig, build_pipeline
-from tui.pacing import tune_process
-from tui.pool import Arrival, Inbox, WorkerOutput
-from tui.screen_updates import call_after_each_screen_update
-from tui.state import Model
-from tui.widgets.queue_panel import QueuePanel
+from tui.engine.backend import Backend, FeedBackend, LabConfig, build_pipeline
+from tui.engine.pacing import tune_process
+from tui.engine.pool import Arrival, Inbox, WorkerOutput
+from tui.model import observations as obs
+from tui.model.state import Model
+from tui.view.app import DispatchLab
+from tui.view.screen_updates import call_after_each_screen_update
+from tui.view.widgets.queue_panel import QueuePanel
 from workers import protocol
 from workers.settings import AckMode, DispatchMode
 
@@ -80,7 +80,7 @@ def model_throughput(bench: Bench) -> list[Figure]:
     return [
         Figure(
             key="model_throughput",
-            what=f"model throughput: {len(items):,} recorded events folded into tui.state.Model "
+            what=f"model throughput: {len(items):,} recorded events folded into tui.model.state.Model "
             f"(best of 3) vs the 200,000 ev/s target",
             unit="ev/s",
             ours=best,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tui import observations as obs
-from tui.state import Model
+from tui.model import observations as obs
+from tui.model.state import Model
 from workers import protocol
 from workers.settings import DispatchMode
 

@@ -24,14 +24,14 @@ from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
-from tui import observations as obs
-from tui.app import DispatchLab
-from tui.backend import Backend, FeedBackend, LabConfig
+from tui.engine.backend import Backend, FeedBackend, LabConfig
 from tui.launch import preflight
-from tui.ledger import AFTER_CRASH, DONE, FIRST, LOST, MODE_CHANGE, MessageRecord
-from tui.screen_updates import call_after_each_screen_update
-from tui.state import Model
-from tui.widgets.worker_card import WorkerCard
+from tui.model import observations as obs
+from tui.model.ledger import AFTER_CRASH, DONE, FIRST, LOST, MODE_CHANGE, MessageRecord
+from tui.model.state import Model
+from tui.view.app import DispatchLab
+from tui.view.screen_updates import call_after_each_screen_update
+from tui.view.widgets.worker_card import WorkerCard
 from workers import protocol
 from workers.settings import AckMode, DispatchMode
 
@@ -524,7 +524,7 @@ def test_selected_styles_only_the_card_itself() -> None:
     """show_selection restyles the two cards alone: no rule may style a card's parts through -selected."""
     import re
 
-    css = (Path(__file__).resolve().parent.parent / "tui" / "app.tcss").read_text()
+    css = (Path(__file__).resolve().parent.parent / "tui" / "view" / "app.tcss").read_text()
     selectors = [rule.strip() for rule in re.findall(r"([^{}]+)\{", css)]
     with_selected = [s for s in selectors if "-selected" in s]
     assert with_selected, "app.tcss no longer styles the selected card"
@@ -535,8 +535,8 @@ def test_selected_styles_only_the_card_itself() -> None:
 
 def test_a_big_read_is_folded_a_slice_at_a_time() -> None:
     """A read of thousands of lines is cut at line ends: each fold step stays short, nothing is lost."""
-    from tui.pacing import FOLD_SLICE
-    from tui.pool import WorkerOutput
+    from tui.engine.pacing import FOLD_SLICE
+    from tui.engine.pool import WorkerOutput
 
     tasks = 1000
     lines = [protocol.encode_started('"w1"', 1.0 + n, n, f"m-{n}", 0.0) for n in range(1, tasks + 1)]
@@ -575,10 +575,10 @@ def fed_app() -> tuple[DispatchLab, Model, FeedBackend]:
 def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
     """While a backlog waits, the queue figures are drawn every BEHIND_DRAW_SECONDS at most, the timeline
     every DETAIL_SECONDS at most; once the backlog is folded both show it all."""
-    from tui.pacing import BEHIND_DRAW_SECONDS, DETAIL_SECONDS
-    from tui.pool import WorkerOutput
-    from tui.widgets.queue_panel import QueuePanel
-    from tui.widgets.timeline_view import TimelineView
+    from tui.engine.pacing import BEHIND_DRAW_SECONDS, DETAIL_SECONDS
+    from tui.engine.pool import WorkerOutput
+    from tui.view.widgets.queue_panel import QueuePanel
+    from tui.view.widgets.timeline_view import TimelineView
 
     tasks = 40_000
     reads = flood(tasks, workers=1)
@@ -623,8 +623,8 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Behind a flood, a key's screen update waits for no fold slice and no further part of the view."""
-    from tui import pacing
-    from tui.pool import WorkerOutput
+    from tui.engine import pacing
+    from tui.engine.pool import WorkerOutput
 
     monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
     tasks = 20_000
@@ -678,7 +678,7 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
 
 
 def test_textual_still_hands_each_screen_update_to_app_display() -> None:
-    """tui.screen_updates hooks a private method of Textual's App: this fails if Textual renames or skips it."""
+    """tui.view.screen_updates hooks a private method of Textual's App: this fails if Textual renames or skips it."""
     from textual.app import App
 
     assert callable(getattr(App, "_display", None)), "Textual's App has no _display any more"

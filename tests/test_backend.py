@@ -12,9 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tui import observations as obs
-from tui.backend import Backend, InboxReport, LabConfig, Refused, build_pipeline
-from tui.pool import Inbox
+from tui.engine.backend import Backend, InboxReport, LabConfig, Refused, build_pipeline
+from tui.engine.pool import Inbox
+from tui.model import observations as obs
 from workers import protocol
 
 

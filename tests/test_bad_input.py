@@ -37,15 +37,15 @@ from textual.widgets import Static
 from tests.conftest import WorkerFactory
 from tests.helpers import ROOT, SPAWNED, CliResult, child_env, publish_raw, run_module, wait_figures, wait_until
 from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
-from tui import observations as obs
-from tui.app import DispatchLab
-from tui.backend import Backend, LabConfig
+from tui.engine.backend import Backend, LabConfig
+from tui.engine.pool import Inbox, WorkerPool
+from tui.engine.session_log import SessionLog
 from tui.launch import parse_config, replay_main
-from tui.ledger import DONE
-from tui.pool import Inbox, WorkerPool
-from tui.session_log import SessionLog
-from tui.state import EXITED, Model
-from tui.widgets.worker_card import WorkerCard
+from tui.model import observations as obs
+from tui.model.ledger import DONE
+from tui.model.state import EXITED, Model
+from tui.view.app import DispatchLab
+from tui.view.widgets.worker_card import WorkerCard
 from workers import protocol
 from workers.settings import DispatchMode, url_parts
 
@@ -481,7 +481,7 @@ def test_ctrl_s_whose_files_fail_on_their_thread_says_why(tmp_path: Path, monkey
     def disk_full(records: object, path: Path) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("tui.app.write_ledger_csv", disk_full)
+    monkeypatch.setattr("tui.view.app.write_ledger_csv", disk_full)
     [toast], _ = asyncio.run(press_ctrl_s(saving_app(tmp_path / "runs")))
     [folder] = (tmp_path / "runs").iterdir()
     assert (folder / "screen.svg").is_file()

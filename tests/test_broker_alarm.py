@@ -22,11 +22,11 @@ import pika
 import pytest
 
 from tests.helpers import ROOT, SPAWNED, child_env, figures, run_module, wait_figures, wait_until
-from tui.backend import Backend, LabConfig
-from tui.ledger import DONE, FAILED, PUBLISHING
-from tui.pool import Inbox
-from tui.state import Model
-from tui.widgets.publisher import publish_status
+from tui.engine.backend import Backend, LabConfig
+from tui.engine.pool import Inbox
+from tui.model.ledger import DONE, FAILED, PUBLISHING
+from tui.model.state import Model
+from tui.view.widgets.publisher import publish_status
 from workers.local_node import LocalNode, rabbitmq_server_path
 
 pytestmark = pytest.mark.skipif(rabbitmq_server_path() is None, reason="rabbitmq-server is not installed")

@@ -20,9 +20,9 @@ import pytest
 
 from tests.conftest import WorkerFactory
 from tests.helpers import WorkerProc, delete_queue, figures, publish, wait_until
-from tui import observations as obs
-from tui.ledger import AFTER_ACK_TIMEOUT, DELETED, DONE, FIRST
-from tui.state import BUSY, CHANNEL_CLOSED, IDLE, QUEUE_DELETED, Model
+from tui.model import observations as obs
+from tui.model.ledger import AFTER_ACK_TIMEOUT, DELETED, DONE, FIRST
+from tui.model.state import BUSY, CHANNEL_CLOSED, IDLE, QUEUE_DELETED, Model
 from workers import local_node, protocol
 from workers.broker import ConsumerInfo
 from workers.local_node import LocalNode

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.recordings import PREFIX, SETTLE, T0, Recorder, msg_id, replay
-from tui import observations as obs
-from tui.ledger import AFTER_ACK_TIMEOUT, DELETED, DONE, FIRST, HELD, READY
-from tui.session_log import SessionLog, read
-from tui.state import BUSY, CANCELLED, CHANNEL_CLOSED, IDLE, QUEUE_DELETED, Model
-from tui.widgets.queue_panel import _broker_steps as broker_steps
-from tui.widgets.queue_panel import _rows as queue_rows
+from tui.engine.session_log import SessionLog, read
+from tui.model import observations as obs
+from tui.model.ledger import AFTER_ACK_TIMEOUT, DELETED, DONE, FIRST, HELD, READY
+from tui.model.state import BUSY, CANCELLED, CHANNEL_CLOSED, IDLE, QUEUE_DELETED, Model
+from tui.view.widgets.queue_panel import _broker_steps as broker_steps
+from tui.view.widgets.queue_panel import _rows as queue_rows
 from workers import protocol
 
 TIMED_OUT = (

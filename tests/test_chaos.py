@@ -33,12 +33,12 @@ from pathlib import Path
 
 import pytest
 
-from tui import observations as obs
-from tui.ledger import LOST
-from tui.runner import RunResult, ScenarioRun, random_kills
-from tui.scenarios import Action, Scenario
-from tui.session_log import SessionLog, read
-from tui.state import Model
+from tui.engine.runner import RunResult, ScenarioRun, random_kills
+from tui.engine.session_log import SessionLog, read
+from tui.model import observations as obs
+from tui.model.ledger import LOST
+from tui.model.scenarios import Action, Scenario
+from tui.model.state import Model
 from workers import protocol
 from workers.local_node import LocalNode, LocalNodeError, rabbitmq_server_path
 from workers.settings import AckMode, DispatchMode

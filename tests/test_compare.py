@@ -19,13 +19,13 @@ import pytest
 from rich.console import Console
 
 from tests.helpers import CliResult, figures, run_module
-from tui.compare import table, verdict
-from tui.export import LEDGER_COLUMNS
-from tui.ledger import DONE, LOST
-from tui.runner import RunResult, ScenarioRun
-from tui.scenarios import Scenario, find
-from tui.session_log import read
-from tui.state import KILLED, Model
+from tui.engine.runner import RunResult, ScenarioRun
+from tui.engine.session_log import read
+from tui.model.ledger import DONE, LOST
+from tui.model.scenarios import Scenario, find
+from tui.model.state import KILLED, Model
+from tui.teaching.compare import table, verdict
+from tui.teaching.export import LEDGER_COLUMNS
 from workers.settings import AckMode, DispatchMode
 
 pytestmark = pytest.mark.broker

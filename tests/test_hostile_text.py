@@ -37,25 +37,25 @@ from tests.recordings import PREFIX, T0, Recorder
 from tests.test_app import Lab, run_lab
 from tests.test_bad_input import screen_text
 from tests.test_replay import opened_by_replay_main
-from tui import export
-from tui import observations as obs
-from tui.app import DispatchLab
-from tui.backend import FeedBackend, LabConfig
-from tui.compare import report
-from tui.ledger import DONE
-from tui.pool import Arrival
-from tui.runner import Check, RunResult, WorkerFigures
-from tui.scenarios import Action, Scenario
-from tui.session_log import SessionLog
-from tui.state import Model
+from tui.engine.backend import FeedBackend, LabConfig
+from tui.engine.pool import Arrival
+from tui.engine.runner import Check, RunResult, WorkerFigures
+from tui.engine.session_log import SessionLog
+from tui.model import observations as obs
+from tui.model.ledger import DONE
+from tui.model.scenarios import Action, Scenario
+from tui.model.state import Model
+from tui.teaching import export
+from tui.teaching.compare import report
 from tui.text import ERROR_CHARS, TOAST_CHARS, for_toast, printable, quoted
-from tui.widgets.compare_screen import CompareScreen
-from tui.widgets.lab_header import LabHeader
-from tui.widgets.messages_screen import MessagesScreen
-from tui.widgets.publisher import PublisherPane
-from tui.widgets.queue_panel import QueuePanel
-from tui.widgets.timeline_view import TimelineView
-from tui.widgets.worker_card import NAME_CHARS, WorkerCard
+from tui.view.app import DispatchLab
+from tui.view.widgets.compare_screen import CompareScreen
+from tui.view.widgets.lab_header import LabHeader
+from tui.view.widgets.messages_screen import MessagesScreen
+from tui.view.widgets.publisher import PublisherPane
+from tui.view.widgets.queue_panel import QueuePanel
+from tui.view.widgets.timeline_view import TimelineView
+from tui.view.widgets.worker_card import NAME_CHARS, WorkerCard
 from workers import protocol
 from workers.local_node import LocalNodeError
 from workers.settings import DispatchMode, mask_url
@@ -334,7 +334,7 @@ def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, m
     app = DispatchLab(LabConfig(url="amqp://guest:***@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
     app.node = BrokenNode(f"The private RabbitMQ node exited during boot: {text}")  # type: ignore[assignment]
     folder = tmp_path / "runs [b]x"
-    monkeypatch.setattr("tui.actions.session_folder", lambda runs_dir=None: folder)
+    monkeypatch.setattr("tui.view.actions.session_folder", lambda runs_dir=None: folder)
     said: dict[str, str] = {}
 
     async def drive() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.recordings import PREFIX, SETTLE, T0, Recorder, replay
-from tui.ledger import (
+from tui.model.ledger import (
     AFTER_CRASH,
     DONE,
     FAILED,

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 from rich.console import Console
 
-from tui import observations as obs
-from tui.backend import Backend, LabConfig
+from tui.engine.backend import Backend, LabConfig
 from tui.launch import parse_config, preflight
-from tui.state import DERIVED_IGNORED, FROM_MANAGEMENT, Model
-from tui.widgets.queue_panel import _rows as queue_rows
+from tui.model import observations as obs
+from tui.model.state import DERIVED_IGNORED, FROM_MANAGEMENT, Model
+from tui.view.widgets.queue_panel import _rows as queue_rows
 from workers import local_node
 from workers.broker import ManagementApi, connect, server_cluster_name
 from workers.local_node import LocalNode

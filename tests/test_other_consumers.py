@@ -19,11 +19,11 @@ import pytest
 from rich.console import Console
 
 from tests.helpers import run_module
-from tui.backend import Backend, LabConfig
+from tui.engine.backend import Backend, LabConfig
 from tui.launch import preflight
-from tui.ledger import READY, TAKEN
-from tui.state import Model
-from tui.widgets.queue_panel import _rows as queue_rows
+from tui.model.ledger import READY, TAKEN
+from tui.model.state import Model
+from tui.view.widgets.queue_panel import _rows as queue_rows
 from workers.broker import ManagementApi
 from workers.settings import DispatchMode
 

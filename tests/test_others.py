@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.recordings import T0, Recorder, replay
-from tui import observations as obs
-from tui import session_log
-from tui.ledger import DONE, FROM_OTHERS, HELD, READY, TAKEN
-from tui.state import DERIVED_IGNORED, FROM_MANAGEMENT, Model
-from tui.widgets.queue_panel import _rows as queue_rows
+from tui.engine import session_log
+from tui.model import observations as obs
+from tui.model.ledger import DONE, FROM_OTHERS, HELD, READY, TAKEN
+from tui.model.state import DERIVED_IGNORED, FROM_MANAGEMENT, Model
+from tui.view.widgets.queue_panel import _rows as queue_rows
 from workers import protocol
 
 CHANNEL = "127.0.0.1:55064 -> 127.0.0.1:5672 (1)"

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tui import observations as obs
-from tui import pacing
-from tui.pacing import FOLD_SLICE, Pacer
-from tui.pool import Arrival, Inbox, WorkerOutput
+from tui.engine import pacing
+from tui.engine.pacing import FOLD_SLICE, Pacer
+from tui.engine.pool import Arrival, Inbox, WorkerOutput
+from tui.model import observations as obs
 from workers import protocol
 
 

@@ -21,9 +21,9 @@ import pika
 import pytest
 
 from tests.helpers import publish, wait_until
-from tui import observations as obs
-from tui.pool import WORKER_NICENESS, Inbox, PoolClosed, WorkerOutput, WorkerPool, head_lines, lines_in
-from tui.state import Model
+from tui.engine.pool import WORKER_NICENESS, Inbox, PoolClosed, WorkerOutput, WorkerPool, head_lines, lines_in
+from tui.model import observations as obs
+from tui.model.state import Model
 from workers import protocol
 from workers.settings import DispatchMode, url_parts
 
@@ -429,9 +429,9 @@ out.flush()
 
 def test_a_backlog_nobody_decodes_stops_the_reading_until_it_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory stays bounded: past BACKLOG_BYTES the pipes stay full and the worker waits on its write."""
-    import tui.pool
+    import tui.engine.pool
 
-    monkeypatch.setattr(tui.pool, "BACKLOG_BYTES", 64 * 1024)
+    monkeypatch.setattr(tui.engine.pool, "BACKLOG_BYTES", 64 * 1024)
     fake_worker(monkeypatch, FLOOD_SCRIPT)
     inbox = Inbox()
     pool = WorkerPool("amqp://guest:guest@127.0.0.1:5672/%2F", "q", inbox, mode=ROUND_ROBIN, seconds_per_dot=0)
@@ -439,7 +439,7 @@ def test_a_backlog_nobody_decodes_stops_the_reading_until_it_is_decoded(monkeypa
         pool.spawn()
         time.sleep(1.5)  # the script alone writes its 30,000 lines (about 4 MB) in well under a second
         held = inbox.undecoded
-        assert 64 * 1024 < held <= 64 * 1024 + tui.pool.PIPE_BYTES + 65536, held
+        assert 64 * 1024 < held <= 64 * 1024 + tui.engine.pool.PIPE_BYTES + 65536, held
         assert pool.processes["w1"].running, "the worker should be waiting on a full pipe"
         seen: list[obs.Observation] = []
         deadline = time.monotonic() + 20

@@ -15,13 +15,13 @@ import threading
 import pytest
 
 from tests.recordings import PREFIX, T0, replay
-from tui import observations as obs
-from tui.app import DispatchLab
-from tui.backend import LabConfig
-from tui.ledger import COPY, DONE, FAILED, HELD, PUBLISHING, READY
-from tui.session_log import decode, encode
-from tui.state import Model
-from tui.widgets.publisher import publish_status
+from tui.engine.backend import LabConfig
+from tui.engine.session_log import decode, encode
+from tui.model import observations as obs
+from tui.model.ledger import COPY, DONE, FAILED, HELD, PUBLISHING, READY
+from tui.model.state import Model
+from tui.view.app import DispatchLab
+from tui.view.widgets.publisher import publish_status
 from workers import monitor, protocol
 from workers.broker import BrokerError
 from workers.monitor import PublisherThread

@@ -8,7 +8,7 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from tui.widgets.queue_panel import Row, figures
+from tui.view.widgets.queue_panel import Row, figures
 
 PANEL = 44
 """The figures' width in the queue panel (48 columns less its border and padding)."""

@@ -18,16 +18,17 @@ from textual.widgets import Static
 
 from tests.helpers import run_module
 from tests.recordings import PREFIX, T0, replay, session_kill
-from tui import export, timeline
-from tui import observations as obs
-from tui.app import DispatchLab
+from tui.engine.session_log import SessionLog, encode
 from tui.launch import replay_main
-from tui.session_log import SessionLog, encode
-from tui.state import KILLED, Model
-from tui.widgets.lab_header import LabHeader
-from tui.widgets.messages_screen import MessagesScreen
-from tui.widgets.timeline_view import TimelineView
-from tui.widgets.worker_card import WorkerCard
+from tui.model import observations as obs
+from tui.model.state import KILLED, Model
+from tui.teaching import export
+from tui.view import timeline
+from tui.view.app import DispatchLab
+from tui.view.widgets.lab_header import LabHeader
+from tui.view.widgets.messages_screen import MessagesScreen
+from tui.view.widgets.timeline_view import TimelineView
+from tui.view.widgets.worker_card import WorkerCard
 from workers.settings import DispatchMode
 
 MODE = DispatchMode(0, "manual")

@@ -23,9 +23,9 @@ from tests.recordings import (
     session_kill,
     session_round_robin,
 )
-from tui.runner import check
-from tui.scenarios import EXPECTATIONS, SCENARIO_DIR, Action, Scenario, ScenarioError, builtin, find, load, parse
-from tui.state import Model
+from tui.engine.runner import check
+from tui.model.scenarios import EXPECTATIONS, SCENARIO_DIR, Action, Scenario, ScenarioError, builtin, find, load, parse
+from tui.model.state import Model
 from workers.settings import MAX_PREFETCH
 
 BUILTIN = {"burst", "kill-one", "mixed-random", "odd-heavy", "tutorial"}

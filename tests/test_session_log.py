@@ -29,10 +29,11 @@ from tests.recordings import (
     session_mode_change,
     session_round_robin,
 )
-from tui import observations as obs
-from tui import session_log, timeline
-from tui.session_log import SessionLog, decode, encode, read
-from tui.state import Model
+from tui.engine import session_log
+from tui.engine.session_log import SessionLog, decode, encode, read
+from tui.model import observations as obs
+from tui.model.state import Model
+from tui.view import timeline
 from workers import protocol
 from workers.settings import DispatchMode
 
@@ -280,7 +281,7 @@ def test_a_session_replayed_from_its_log_is_the_session(tmp_path: Path, session:
 
 def test_worker_output_is_logged_as_it_came_unless_it_holds_garbage(tmp_path: Path) -> None:
     """Clean worker lines go to the log verbatim; a blob with a bad line goes as decoded events, masked."""
-    from tui.pool import Inbox, WorkerOutput
+    from tui.engine.pool import Inbox, WorkerOutput
 
     secret = "Zq9-log-PW"
     inbox = Inbox()
@@ -307,7 +308,7 @@ def test_worker_output_is_logged_as_it_came_unless_it_holds_garbage(tmp_path: Pa
 
 def test_tasks_lines_are_logged_as_they_came_and_read_back_as_their_events(tmp_path: Path) -> None:
     """The compact form the dashboard asks its workers for stays compact in the log; replay expands it."""
-    from tui.pool import Inbox, WorkerOutput
+    from tui.engine.pool import Inbox, WorkerOutput
 
     items = [
         protocol.item_received(T0, 1, f"{PREFIX}-1", "a.", False),

@@ -14,10 +14,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from tests.recordings import ODD_HEAVY, SNAPSHOT_NOW, TUTORIAL, replay, session_snapshot
-from tui.app import DispatchLab
-from tui.backend import LabConfig
-from tui.scenarios import Scenario
-from tui.state import FROM_MANAGEMENT
+from tui.engine.backend import LabConfig
+from tui.model.scenarios import Scenario
+from tui.model.state import FROM_MANAGEMENT
+from tui.view.app import DispatchLab
 
 SIZE = (120, 36)
 PASSWORD = "s3cret"

@@ -15,13 +15,13 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
 from tests.recordings import ODD_HEAVY, T0, TUTORIAL, Recorder, Recording, replay
-from tui import observations as obs
-from tui import timeline
-from tui.app import DispatchLab
-from tui.backend import LabConfig
-from tui.ledger import AFTER_CRASH, LOST
-from tui.scenarios import Scenario
-from tui.state import BUSY, IDLE, KILLED
+from tui.engine.backend import LabConfig
+from tui.model import observations as obs
+from tui.model.ledger import AFTER_CRASH, LOST
+from tui.model.scenarios import Scenario
+from tui.model.state import BUSY, IDLE, KILLED
+from tui.view import timeline
+from tui.view.app import DispatchLab
 from workers import protocol
 from workers.settings import DispatchMode
 

@@ -21,8 +21,8 @@ from tests.recordings import (
     session_mode_change,
     session_round_robin,
 )
-from tui import observations as obs
-from tui.ledger import (
+from tui.model import observations as obs
+from tui.model.ledger import (
     AFTER_CRASH,
     AFTER_LOST_LINK,
     AFTER_STOP,
@@ -35,8 +35,8 @@ from tui.ledger import (
     REDELIVERED,
     UNACKED_DONE,
 )
-from tui.state import BUSY, DERIVED, EXITED, FROM_MANAGEMENT, IDLE, KILLED, RECONNECTING, STALE_AFTER, Model
-from tui.widgets.queue_panel import _rows as queue_rows
+from tui.model.state import BUSY, DERIVED, EXITED, FROM_MANAGEMENT, IDLE, KILLED, RECONNECTING, STALE_AFTER, Model
+from tui.view.widgets.queue_panel import _rows as queue_rows
 from workers import protocol
 from workers.settings import DispatchMode
 

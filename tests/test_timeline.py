@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.text import Span, Text
 
-from tui import timeline
-from tui.state import LANE_BLOCKS, Block
+from tui.model.state import LANE_BLOCKS, Block
+from tui.view import timeline
 
 
 def tiles(text: Text) -> bool:

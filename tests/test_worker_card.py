@@ -9,9 +9,9 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
-from tui.app import DispatchLab
-from tui.backend import LabConfig
-from tui.widgets.worker_card import WorkerCard
+from tui.engine.backend import LabConfig
+from tui.view.app import DispatchLab
+from tui.view.widgets.worker_card import WorkerCard
 from workers import protocol
 
 CONFIG = LabConfig(url="amqp://guest:guest@localhost:5672/%2F", queue="task_queue")

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return broker_main(args[1:], prog="dispatch-lab broker")
     if command == "compare":
-        from tui.compare import main as compare_main
+        from tui.teaching.compare import main as compare_main
 
         return compare_main(args[1:])
     if command == "replay":

@@ -17,12 +17,12 @@ from types import FrameType
 
 from rich.console import Console
 
-from tui.backend import Backend, LabConfig
-from tui.observations import SessionStarted
-from tui.pool import WorkerPool
-from tui.session_log import SessionLog
-from tui.session_log import read as read_log
-from tui.state import Model
+from tui.engine.backend import Backend, LabConfig
+from tui.engine.pool import WorkerPool
+from tui.engine.session_log import SessionLog
+from tui.engine.session_log import read as read_log
+from tui.model.observations import SessionStarted
+from tui.model.state import Model
 from tui.text import printable
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
 from workers.local_node import LocalNode, LocalNodeError, port_open
@@ -218,8 +218,8 @@ def main(argv: list[str]) -> int:
         if node is not None:
             node.destroy()
         return 2
-    from tui.app import DispatchLab
-    from tui.pacing import tune_process
+    from tui.engine.pacing import tune_process
+    from tui.view.app import DispatchLab
 
     tune_process()
     backend = Backend(config, management=management, node=node)
@@ -306,7 +306,7 @@ def replay_main(argv: list[str]) -> int:
         return 2
     model.apply_all(items)
     end = max(getattr(item, "ts", 0.0) for item in items)
-    from tui.app import DispatchLab
+    from tui.view.app import DispatchLab
 
     config = LabConfig(
         url=model.broker or "replay",

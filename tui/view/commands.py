@@ -8,9 +8,9 @@ from typing import Protocol
 from textual.app import SystemCommand
 from textual.message import Message
 
-from tui.actions import LabActions
 from tui.text import for_toast
-from tui.widgets.publisher import PublisherPane
+from tui.view.actions import LabActions
+from tui.view.widgets.publisher import PublisherPane
 from workers.settings import ACK_MODES, DispatchMode
 
 

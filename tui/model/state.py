@@ -1,7 +1,7 @@
 """Provides the dashboard's pure model: workers, queue figures and the ledger, folded from events.
 
 ``Model.apply`` takes worker protocol events and the observations of
-``tui.observations`` in the order they happened; widgets only read the model.
+``tui.model.observations`` in the order they happened; widgets only read the model.
 Nothing here imports Textual or touches the network, so tests replay lists.
 """
 
@@ -14,9 +14,20 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from tui import observations as obs
-from tui.ledger import AFTER_LOST_LINK, DONE, HELD, LOST, PURGED, READY, TAKEN_BACK, UNACKED_DONE, Ledger, MessageRecord
-from tui.others import OtherConsumers
+from tui.model import observations as obs
+from tui.model.ledger import (
+    AFTER_LOST_LINK,
+    DONE,
+    HELD,
+    LOST,
+    PURGED,
+    READY,
+    TAKEN_BACK,
+    UNACKED_DONE,
+    Ledger,
+    MessageRecord,
+)
+from tui.model.others import OtherConsumers
 from workers import protocol
 from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 

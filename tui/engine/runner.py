@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tui import observations as obs
-from tui.backend import Backend, LabConfig
-from tui.ledger import DONE, HELD, TERMINAL
-from tui.pool import WorkerPool
-from tui.scenarios import EXPECTATIONS, Action, Scenario
-from tui.session_log import SessionLog
-from tui.state import Model, WorkerStatus
+from tui.engine.backend import Backend, LabConfig
+from tui.engine.pool import WorkerPool
+from tui.engine.session_log import SessionLog
+from tui.model import observations as obs
+from tui.model.ledger import DONE, HELD, TERMINAL
+from tui.model.scenarios import EXPECTATIONS, Action, Scenario
+from tui.model.state import Model, WorkerStatus
 from workers.broker import BrokerError, connect, declare_task_queue
 from workers.local_node import LocalNode
 from workers.settings import DispatchMode, check_ack

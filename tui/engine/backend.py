@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tui import observations as obs
-from tui.pool import Inbox, PoolClosed, WorkerPool
+from tui.engine.pool import Inbox, PoolClosed, WorkerPool
+from tui.model import observations as obs
 from workers.broker import ConsumerInfo, ManagementApi
 from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterator, Mapping
 
 from textual.containers import Grid
 
-from tui.state import WorkerState
-from tui.widgets.worker_card import WorkerCard
+from tui.model.state import WorkerState
+from tui.view.widgets.worker_card import WorkerCard
 
 CARD_PARTS = 4
 """Worker cards are shown in at most this many groups, each drawn in a frame of its own."""

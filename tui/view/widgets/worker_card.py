@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.state import WorkerState, WorkerStatus
+from tui.model.state import WorkerState, WorkerStatus
 from tui.text import for_toast, printable
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from rich.cells import cell_len, set_cell_size
 from rich.text import Span, Text
 
-from tui.state import Block, Model
+from tui.model.state import Block, Model
 from tui.text import printable
 
 MIN_WINDOW = 20.0

@@ -14,8 +14,8 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
-from tui.ledger import TAKEN, MessageRecord
-from tui.state import FROM_MANAGEMENT, Model
+from tui.model.ledger import TAKEN, MessageRecord
+from tui.model.state import FROM_MANAGEMENT, Model
 from tui.text import printable
 
 

@@ -14,8 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from tui import observations as obs
-from tui.pool import Arrival, Inbox, head_lines, lines_in
+from tui.engine.pool import Arrival, Inbox, head_lines, lines_in
+from tui.model import observations as obs
 
 REFRESH_SECONDS = 1 / 8
 FOLD_SLICE = 250

@@ -13,8 +13,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from tui.ledger import LOST, TAKEN, MessageRecord
-from tui.state import Model
+from tui.model.ledger import LOST, TAKEN, MessageRecord
+from tui.model.state import Model
 from tui.text import printable, quoted
 
 ROWS = 300

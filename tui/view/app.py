@@ -13,22 +13,22 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from tui.actions import LabActions
-from tui.backend import Backend, LabConfig
-from tui.commands import lab_commands
-from tui.pacing import Pacer
-from tui.scenarios import Scenario, builtin
-from tui.screen_updates import call_after_each_screen_update
-from tui.session_log import SessionLog
-from tui.state import Model
-from tui.widgets.help_screen import HelpScreen
-from tui.widgets.lab_header import LabHeader
-from tui.widgets.messages_screen import MessagesScreen
-from tui.widgets.publisher import PublisherPane
-from tui.widgets.queue_panel import QueuePanel
-from tui.widgets.timeline_view import TimelineView
-from tui.widgets.worker_card import WorkerCard
-from tui.widgets.worker_grid import WorkerGrid
+from tui.engine.backend import Backend, LabConfig
+from tui.engine.pacing import Pacer
+from tui.engine.session_log import SessionLog
+from tui.model.scenarios import Scenario, builtin
+from tui.model.state import Model
+from tui.view.actions import LabActions
+from tui.view.commands import lab_commands
+from tui.view.screen_updates import call_after_each_screen_update
+from tui.view.widgets.help_screen import HelpScreen
+from tui.view.widgets.lab_header import LabHeader
+from tui.view.widgets.messages_screen import MessagesScreen
+from tui.view.widgets.publisher import PublisherPane
+from tui.view.widgets.queue_panel import QueuePanel
+from tui.view.widgets.timeline_view import TimelineView
+from tui.view.widgets.worker_card import WorkerCard
+from tui.view.widgets.worker_grid import WorkerGrid
 from workers.settings import mask_url
 
 

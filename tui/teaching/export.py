@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from tui.ledger import Ledger, MessageRecord
-from tui.session_log import SessionLog
+from tui.engine.session_log import SessionLog
+from tui.model.ledger import Ledger, MessageRecord
 from tui.text import printable
 
 LEDGER_COLUMNS = ("msg_id", "label", "body", "published", "state", "deliveries", "done_count", "why_last", "lifeline")

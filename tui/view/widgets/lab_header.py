@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.state import Model
+from tui.model.state import Model
 from tui.text import for_toast, printable
 
 REASON_CELLS = 40

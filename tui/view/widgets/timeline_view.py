@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from textual.widgets import Static
 
-from tui import timeline
-from tui.state import Model
+from tui.model.state import Model
+from tui.view import timeline
 
 
 class TimelineView(Static):

@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tui.export import write_ledger_csv
-from tui.observations import SessionStarted
-from tui.runner import Progress, RunResult, ScenarioRun
-from tui.scenarios import Scenario, ScenarioError, find
-from tui.session_log import SessionLog
+from tui.engine.runner import Progress, RunResult, ScenarioRun
+from tui.engine.session_log import SessionLog
+from tui.model.observations import SessionStarted
+from tui.model.scenarios import Scenario, ScenarioError, find
+from tui.teaching.export import write_ledger_csv
 from tui.text import for_toast, printable
 from workers.broker import BrokerError
 from workers.settings import (

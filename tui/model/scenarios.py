@@ -1,4 +1,4 @@
-"""Provides named workloads, stored as data (tui/scenarios/*.json): tasks, timed actions, expectations.
+"""Provides named workloads, stored as data (tui/model/scenarios/*.json): tasks, timed actions, expectations.
 
 A scenario file::
 

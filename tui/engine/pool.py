@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tui import observations as obs
+from tui.model import observations as obs
 from workers import protocol
 from workers.settings import URL_ENV, DispatchMode, scrub
 

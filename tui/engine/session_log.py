@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tui import observations as obs
-from tui.pool import Arrival, WorkerOutput, lines_in
+from tui.engine.pool import Arrival, WorkerOutput, lines_in
+from tui.model import observations as obs
 from workers import protocol
 
 _OBSERVATIONS: dict[str, type[Any]] = {

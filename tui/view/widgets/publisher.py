@@ -8,9 +8,9 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, Input, Label, Static
 
-from tui.ledger import PUBLISHING
-from tui.scenarios import Scenario
-from tui.state import Model
+from tui.model.ledger import PUBLISHING
+from tui.model.scenarios import Scenario
+from tui.model.state import Model
 from tui.text import for_toast, quoted
 
 MAX_COUNT = 100_000

@@ -1,7 +1,7 @@
 """Provides LabActions: what the dashboard's keys, palette and scenario timers do to workers, modes and the broker.
 
 The app owns one and hands each key on to it; every action here is one request
-to the backend (tui/backend.py, the only door for commands) told in a toast.
+to the backend (tui/engine/backend.py, the only door for commands) told in a toast.
 No widgets: toasts and dialogs go through the app's public API.
 """
 
@@ -13,16 +13,16 @@ from collections.abc import Callable
 from textual.app import App
 from textual.notifications import SeverityLevel
 
-from tui.backend import Backend, LabConfig, Refused
-from tui.export import not_saved, save_session, session_folder
-from tui.runner import RunResult, apply_action, check, settled
-from tui.scenarios import Action, Scenario
-from tui.session_log import SessionLog
-from tui.state import Model
+from tui.engine.backend import Backend, LabConfig, Refused
+from tui.engine.runner import RunResult, apply_action, check, settled
+from tui.engine.session_log import SessionLog
+from tui.model.scenarios import Action, Scenario
+from tui.model.state import Model
+from tui.teaching.export import not_saved, save_session, session_folder
 from tui.text import ERROR_CHARS, for_toast
-from tui.widgets.compare_screen import CompareScreen
-from tui.widgets.mode_dialog import PrefetchDialog
-from tui.widgets.publisher import PublisherPane
+from tui.view.widgets.compare_screen import CompareScreen
+from tui.view.widgets.mode_dialog import PrefetchDialog
+from tui.view.widgets.publisher import PublisherPane
 from workers.settings import ACK_MODES, AckMode, DispatchMode
 
 PREFETCH_CYCLE = (0, 1, 10)

@@ -12,15 +12,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, LoadingIndicator, Select, Static
 
-from tui.compare import checks, compare_modes, prefetch_list, table, verdict
-from tui.runner import RunResult
-from tui.scenarios import Scenario
+from tui.engine.runner import RunResult
+from tui.model.scenarios import Scenario
+from tui.teaching.compare import checks, compare_modes, prefetch_list, table, verdict
 from tui.text import ERROR_CHARS, for_toast
 from workers.settings import AckMode, SettingsError
 
 
 class CompareScreen(ModalScreen[None]):
-    """Shows comparisons while they run and after; tui.compare runs them, each on a fresh queue of its own."""
+    """Shows comparisons while they run and after; tui.teaching.compare runs them, each on a fresh queue of its own."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
 
@@ -89,7 +89,7 @@ class CompareScreen(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def run_comparison(self, scenario: Scenario, modes: list[int]) -> None:
-        """Waits for tui.compare on a thread of its own: the runs take seconds to minutes."""
+        """Waits for tui.teaching.compare on a thread of its own: the runs take seconds to minutes."""
 
         def say(text: str) -> None:
             self.app.call_from_thread(self._status, text)

@@ -1,0 +1,1 @@
+"""Provides the pure model: observations, ledger, state, scenarios; stdlib and workers.protocol/settings only."""

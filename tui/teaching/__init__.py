@@ -1,0 +1,1 @@
+"""Provides the teaching layer: comparisons of modes and exports of a session."""

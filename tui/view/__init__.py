@@ -1,0 +1,1 @@
+"""Provides the view: the Textual app, its actions, commands, widgets and screens."""
