@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tui import observations as obs
+from tui.model import observations as obs
 
 ATTACHED_FOR = 0.6
 """Seconds the passive declare must count more consumers than our live workers before others count as attached.
