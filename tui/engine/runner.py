@@ -26,7 +26,7 @@ from tui.engine.pool import WorkerPool
 from tui.engine.session_log import SessionLog
 from tui.model import observations as obs
 from tui.model.ledger import DONE, HELD, TERMINAL
-from tui.model.scenarios import EXPECTATIONS, Action, Scenario
+from tui.model.scenarios import EXPECTATIONS, Action, Do, Scenario
 from tui.model.state import Model, WorkerStatus
 from workers.broker import BrokerError, connect, declare_task_queue
 from workers.local_node import LocalNode
@@ -95,7 +95,7 @@ def random_kills(
         live.remove(victim)
         number += 1
         live.append(f"w{number}")
-        actions += [Action(at, "kill", victim), Action(at, "start", f"w{number}")]
+        actions += [Action(at, Do.KILL, victim), Action(at, Do.START, f"w{number}")]
         at += every
     return actions
 
@@ -106,15 +106,15 @@ def apply_action(action: Action, backend: Backend, set_mode: Callable[[DispatchM
     ``set_mode``: the backend's, or one that also tells the user. ``restart_broker``
     needs a broker of our own and is left to the caller.
     """
-    if action.do == "kill" and action.worker:
+    if action.do is Do.KILL and action.worker:
         backend.kill(action.worker)
-    elif action.do == "stop" and action.worker:
+    elif action.do is Do.STOP and action.worker:
         backend.stop(action.worker)
-    elif action.do == "start":
+    elif action.do is Do.START:
         backend.add_worker(action.worker)
-    elif action.do == "prefetch" and isinstance(action.value, int):
+    elif action.do is Do.PREFETCH and isinstance(action.value, int):
         set_mode(DispatchMode(action.value, backend.mode.ack))
-    elif action.do == "ack" and isinstance(action.value, str):
+    elif action.do is Do.ACK and isinstance(action.value, str):
         set_mode(DispatchMode(backend.mode.prefetch, check_ack(action.value)))
 
 
@@ -287,9 +287,9 @@ class ScenarioRun:
         return worker is not None and (worker.status is WorkerStatus.IDLE or not worker.alive)
 
     def _do(self, action: Action) -> None:
-        if action.do == "restart_broker":
+        if action.do is Do.RESTART_BROKER:
             self._restart_broker()
-        elif action.do == "kill" and action.worker:
+        elif action.do is Do.KILL and action.worker:
             self.kills += self.backend.kill(action.worker)
         else:
             apply_action(action, self.backend, self.backend.set_mode)
@@ -370,7 +370,7 @@ class ScenarioRun:
         elapsed = time.monotonic() - started - self._paused
         due = [a for a in pending if a.at <= elapsed]
         for action in due:
-            if action.do == "restart_broker" and (self._publishing or self.restarting):
+            if action.do is Do.RESTART_BROKER and (self._publishing or self.restarting):
                 continue  # after the last publish (see the module docstring), one restart at a time
             pending.remove(action)
             self._do(action)

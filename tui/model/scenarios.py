@@ -16,13 +16,38 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from workers.settings import ACK_MODES, MAX_PREFETCH
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
-ACTIONS = ("kill", "stop", "start", "prefetch", "ack", "restart_broker")
+
+
+class Do(str, Enum):
+    """What a scenario's timed action does to the running lab (its ``do`` in the JSON)."""
+
+    KILL = "kill"
+    STOP = "stop"
+    START = "start"
+    PREFETCH = "prefetch"
+    ACK = "ack"
+    RESTART_BROKER = "restart_broker"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def names_a_worker(self) -> bool:
+        """The action is aimed at one worker, named in ``worker``."""
+        return self in (Do.KILL, Do.STOP)
+
+
+ACTIONS = tuple(do.value for do in Do)
 """``restart_broker`` needs a private broker: headless runs handed a LocalNode carry it out."""
 EXPECTATIONS = {
     "all_done": "every published task finished",
@@ -42,9 +67,12 @@ class Action:
     """Something done to the running lab at ``at`` seconds after publishing starts."""
 
     at: float
-    do: str
+    do: Do
     worker: str | None = None
     value: int | str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "do", Do(self.do))  # "kill" as written in JSON or a test is Do.KILL
 
     def describe(self) -> str:
         target = f" {self.worker}" if self.worker else ""
@@ -77,13 +105,14 @@ def _action(raw: Any, where: str) -> Action:
     if do not in ACTIONS:
         raise ScenarioError(f"{where}: 'do' must be one of {', '.join(ACTIONS)}, not {do!r}.")
     worker, value = raw.get("worker"), raw.get("value")
-    if do in ("kill", "stop") and not isinstance(worker, str):
+    do = Do(do)
+    if do.names_a_worker and not isinstance(worker, str):
         raise ScenarioError(f"{where}: a {do} action names its 'worker' (w1, w2, ...).")
-    if do == "prefetch" and not (_whole(value) and 0 <= value <= MAX_PREFETCH):
+    if do is Do.PREFETCH and not (_whole(value) and 0 <= value <= MAX_PREFETCH):
         raise ScenarioError(f"{where}: a prefetch action needs a 'value' from 0 to {MAX_PREFETCH}.")
-    if do == "ack" and value not in ACK_MODES:
+    if do is Do.ACK and value not in ACK_MODES:
         raise ScenarioError(f"{where}: an ack action needs a 'value' of manual, auto or none.")
-    return Action(float(at), str(do), worker if isinstance(worker, str) else None, value)
+    return Action(float(at), do, worker if isinstance(worker, str) else None, value)
 
 
 def parse(data: Any, where: str) -> Scenario:

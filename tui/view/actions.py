@@ -16,7 +16,7 @@ from textual.notifications import SeverityLevel
 from tui.engine.backend import Backend, LabConfig, Refused
 from tui.engine.runner import RunResult, apply_action, check, settled
 from tui.engine.session_log import SessionLog
-from tui.model.scenarios import Action, Scenario
+from tui.model.scenarios import Action, Do, Scenario
 from tui.model.state import Model
 from tui.teaching.export import not_saved, save_session, session_folder
 from tui.text import ERROR_CHARS, for_toast
@@ -83,7 +83,7 @@ class LabActions:
         for action in scenario.actions:
 
             def act(action: Action = action) -> None:
-                if action.do == "restart_broker":
+                if action.do is Do.RESTART_BROKER:
                     self.restart_broker()
                 else:
                     apply_action(action, backend, self.set_mode)
