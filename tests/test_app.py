@@ -651,7 +651,7 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
     async def run() -> None:
         async with app.run_test(size=SIZE):
             feed.inbox.put_many([WorkerOutput("w1", read) for read in reads[:2]])
-            while len(app._grid.cards) < 2:
+            while len(app.view.grid.cards) < 2:
                 await asyncio.sleep(0.02)
             feed.inbox.put_many([WorkerOutput("w1", read) for read in reads[2:]])
             presses = 0

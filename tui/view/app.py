@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -20,16 +19,12 @@ from tui.model.scenarios import Scenario, builtin
 from tui.model.state import Model
 from tui.view.actions import LabActions
 from tui.view.commands import lab_commands
+from tui.view.main_view import MainView
 from tui.view.screen_updates import call_after_each_screen_update
 from tui.view.widgets.help_screen import HelpScreen
-from tui.view.widgets.lab_header import LabHeader
 from tui.view.widgets.messages_screen import MessagesScreen
 from tui.view.widgets.publisher import PublisherPane
-from tui.view.widgets.queue_panel import QueuePanel
-from tui.view.widgets.timeline_view import TimelineView
 from tui.view.widgets.worker_card import WorkerCard
-from tui.view.widgets.worker_grid import WorkerGrid
-from workers.settings import mask_url
 
 
 class DispatchLab(App[int]):
@@ -77,31 +72,19 @@ class DispatchLab(App[int]):
         self.clock = clock
         self.presets = builtin() if presets is None else presets
         self.session_log = log
-        self.selected: str | None = None
+        self.view = MainView(config, model, self.presets)
         self.actions = LabActions(self, config, model, backend, self.presets, log)
         """What the keys and the palette do; each binding below hands on to it."""
         self.pacer = Pacer(
             backend.inbox if backend is not None else None,
             model.apply_all,
-            lambda details: self._render_parts(details=details),
+            lambda details: self.view.parts(self.clock(), self.title, lambda: self.is_running, details=details),
             record=log.add if log is not None else None,
         )
         call_after_each_screen_update(self, self.pacer.screen_updated)
 
     def compose(self) -> ComposeResult:
-        # Kept as attributes: the refresh timer must find them whichever screen is on top.
-        self._header = LabHeader(id="header")
-        self._queue_panel = QueuePanel(id="queue")
-        self._grid = WorkerGrid(id="workers")
-        self._timeline = TimelineView(id="timeline")
-        yield self._header
-        with Horizontal(id="main"):
-            yield self._queue_panel
-            with Vertical(id="right"):
-                yield self._grid
-                yield self._timeline
-        self._publisher = PublisherPane(self.presets)
-        yield self._publisher
+        yield from self.view.compose()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -119,50 +102,28 @@ class DispatchLab(App[int]):
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
         self.pacer.fold_all()
-        for _ in self._render_parts():
+        for _ in self.view.parts(self.clock(), self.title, lambda: self.is_running):
             pass
 
-    def _render_parts(self, *, details: bool = True) -> Iterator[None]:
-        """Show the model; yields between parts (the queue figures, groups of cards, the timeline).
+    @property
+    def selected(self) -> str | None:
+        return self.view.selected
 
-        With ``details=False`` the figures only: no timeline, lifelines, or the cards' task and log lines.
-        """
-        now = self.clock()
-        if not self._header.is_attached:
-            return  # shutting down
-        self._header.show(self.model, mask_url(self.config.url), self.config.durable, now, self.title)
-        self._queue_panel.show(self.model, now, self.config.durable, details=details)
-        self._publisher.show(self.model, now)
-        yield from self._grid.show(self.model.workers, now, self._selection, details=details)
-        if details:
-            yield
-            if self.is_running:
-                self._timeline.show(self.model, now)
-
-    def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:
-        self.selected = message.name
-        self.show_selection()
-
-    def _selection(self) -> str | None:
-        """The selected worker; the first card to appear is selected."""
-        if self.selected is None and self._grid.cards:
-            self.selected = next(iter(self._grid.cards))
-        return self.selected
+    @selected.setter
+    def selected(self, name: str | None) -> None:
+        self.view.selected = name
 
     def show_selection(self) -> None:
-        """Mark the selected card at once, without waiting for (or doing) a full refresh."""
-        self._grid.mark_selected(self.selected)
+        self.view.select(self.view.selected)
+
+    def on_worker_card_selected(self, message: WorkerCard.Selected) -> None:
+        self.view.select(message.name)
 
     def on_publisher_pane_publish_tasks(self, message: PublisherPane.PublishTasks) -> None:
         self.actions.publish(message)
 
     def action_select(self, step: int) -> None:
-        names = list(self.model.workers)
-        if not names:
-            return
-        index = names.index(self.selected) if self.selected in names else -step
-        self.selected = names[(index + step) % len(names)]
-        self.show_selection()
+        self.view.step(step)
 
     # ----- the keys: each hands on to the actions, or opens a screen of the view
 
