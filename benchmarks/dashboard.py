@@ -274,10 +274,10 @@ def _press_latencies(app: DispatchLab, presses: int) -> Any:
     measuring adds no work to the event loop it measures.
     """
     state: dict[str, Any] = {}
-    original_show = app.show_selection
+    original_select = app.view.select
 
-    def show_selection() -> None:
-        original_show()
+    def select(name: str | None) -> None:
+        original_select(name)
         if "shown" in state and "marked" not in state:
             state["marked"] = _card_selected(app)  # the handler ran: the card must carry the class now
 
@@ -286,7 +286,7 @@ def _press_latencies(app: DispatchLab, presses: int) -> Any:
         if "marked" in state and shown is not None and not shown.done():
             shown.set_result(time.perf_counter() if state["marked"] else None)
 
-    app.show_selection = show_selection  # type: ignore[method-assign]
+    app.view.select = select  # type: ignore[method-assign]
     call_after_each_screen_update(app, displayed)
 
     async def measure(pilot: Any) -> list[float]:

@@ -631,7 +631,7 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
     reads = flood(tasks, workers=2)
     app, _, feed = fed_app()
     trace: list[str] = []
-    fold_slice, show_selection = app.pacer.fold_slice, app.show_selection
+    fold_slice, select = app.pacer.fold_slice, app.view.select
     card_show = WorkerCard.show
 
     def on_fold(*, refill: bool = True) -> bool:
@@ -640,9 +640,9 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
             trace.append("fold")
         return folded
 
-    def on_select() -> None:
+    def on_select(name: str | None) -> None:
         trace.append("key")
-        show_selection()
+        select(name)
 
     def on_card(card: WorkerCard, worker: Any, now: float, *, details: bool = True) -> None:
         trace.append("draw")
@@ -663,7 +663,7 @@ def test_after_a_key_press_nothing_is_folded_or_drawn_until_the_screen_shows_it(
                 assert time.monotonic() < deadline
 
     app.pacer.fold_slice = on_fold  # type: ignore[method-assign]
-    app.show_selection = on_select  # type: ignore[method-assign]
+    app.view.select = on_select  # type: ignore[method-assign]
     call_after_each_screen_update(app, lambda: trace.append("screen"))
     WorkerCard.show = on_card  # type: ignore[method-assign]
     try:

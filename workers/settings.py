@@ -209,6 +209,10 @@ class DispatchMode:
     prefetch: int = 1
     ack: AckMode = AckMode.MANUAL
 
+    def __post_init__(self) -> None:
+        # "manual" as read from a command, a log or a test is AckMode.MANUAL; anything else is a ValueError.
+        object.__setattr__(self, "ack", AckMode(self.ack))
+
     def describe(self) -> str:
         """The mode in the tutorial's words, for headers and tables."""
         ack = self.ack.words
