@@ -18,8 +18,9 @@ import csv
 import io
 import json
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,17 +254,26 @@ def test_a_replay_titles_itself_with_the_path_escaped(tmp_path: Path, monkeypatc
 # ----- toasts
 
 
-class FakePool:
-    """Enough of WorkerPool for the keys: every worker is running, a kill always lands."""
+class PublishingFeed(FeedBackend):
+    """Enough of the Backend for the keys: it keeps what it is asked to publish and kill; nothing reaches a broker.
 
-    MAX_WORKERS = 8
+    Its private node fails to restart with ``node_error``, reported from a thread as the real one does.
+    """
+
     mode = DispatchMode(1, "manual")
+    tasks_survive_restart = True
 
-    def __init__(self) -> None:
+    def __init__(self, node_error: str) -> None:
+        super().__init__()
+        self.node = BrokenNode(node_error)  # type: ignore[assignment]
+        self.published: list[list[str]] = []
         self.killed: list[str] = []
 
-    def running(self) -> list[str]:
-        return []
+    def publish(self, bodies: list[str]) -> None:
+        self.published.append(bodies)
+
+    def set_mode(self, mode: DispatchMode) -> None:
+        pass
 
     def kill(self, name: str) -> bool:
         self.killed.append(name)
@@ -272,23 +282,19 @@ class FakePool:
     def stop(self, name: str) -> bool:
         return False
 
-    def spawn(self, name: str | None = None) -> str:
+    def add_worker(self, name: str | None = None) -> str:
         return name or "w9"
 
+    def restart_broker(self, done: Callable[[float], None], failed: Callable[[str], None]) -> threading.Thread:
+        def restart() -> None:
+            try:
+                self.node.restart()
+            except LocalNodeError as exc:
+                failed(str(exc))
 
-class PublishingFeed(FeedBackend):
-    """A backend that keeps what it is asked to publish; nothing reaches a broker."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pool = FakePool()
-        self.published: list[list[str]] = []
-
-    def publish(self, bodies: list[str]) -> None:
-        self.published.append(bodies)
-
-    def set_mode(self, mode: DispatchMode) -> None:
-        pass
+        thread = threading.Thread(target=restart)
+        thread.start()
+        return thread
 
 
 class BrokenNode:
@@ -319,7 +325,7 @@ async def wait_for_toast(app: DispatchLab, fragment: str, timeout: float = 10) -
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("text", sweep())
 def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    feed = PublishingFeed()
+    feed = PublishingFeed(f"The private RabbitMQ node exited during boot: {text}")
     model = Model(queue="q", mode=DispatchMode(1, "manual"), prefix=PREFIX)
     name = text[:NAME]
     model.apply_all(
@@ -332,7 +338,6 @@ def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, m
         ]
     )
     app = DispatchLab(LabConfig(url="amqp://guest:***@localhost/%2F", queue="q"), model, feed)  # type: ignore[arg-type]
-    app.node = BrokenNode(f"The private RabbitMQ node exited during boot: {text}")  # type: ignore[assignment]
     folder = tmp_path / "runs [b]x"
     monkeypatch.setattr("tui.view.actions.session_folder", lambda runs_dir=None: folder)
     said: dict[str, str] = {}
@@ -359,7 +364,7 @@ def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, m
             said["save"] = await wait_for_toast(app, "Saved")
 
     asyncio.run(drive())
-    assert feed.published[0] == [text] and feed.pool.killed == [text, text]
+    assert feed.published[0] == [text] and feed.killed == [text, text]
     assert said["publish"] == f"Publishing {quoted(text)} ×1 (1 tasks)", said["publish"]
     assert said["task line"].startswith(f"{printable(name)} "), said["task line"]
     assert said["kill"] == f"Killed {for_toast(text)} with SIGKILL: 1 task(s) it held will be requeued by the broker."

@@ -116,10 +116,10 @@ class WorkerCard(Widget, can_focus=True):
         if not details:
             return
         _put(self._task_part, self._task_line(worker, now))
-        # The last lines that fit the part (its height is set in app.tcss, and read here, not assumed).
+        # The last log lines that fit the part (its height is set in app.tcss, and read here, not assumed).
         room = _height(self._log_part, len(worker.log))
-        lines = list(worker.stderr)[-(room - 1) :] if worker.stderr and not worker.alive and room > 1 else []
-        log = Text("\n".join(printable(line) for line in list(worker.log)[len(worker.log) - (room - len(lines)) :]))
+        lines = list(worker.stderr)[-3:] if worker.stderr and not worker.alive else []
+        log = Text("\n".join(printable(line) for line in list(worker.log)[-room:]))
         if lines:
             log.append("\n" + "\n".join(printable(line) for line in lines), "red")
         _put(self._log_part, log)
