@@ -481,7 +481,7 @@ def test_ctrl_s_whose_files_fail_on_their_thread_says_why(tmp_path: Path, monkey
     def disk_full(records: object, path: Path) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("tui.view.app.write_ledger_csv", disk_full)
+    monkeypatch.setattr("tui.teaching.export.write_ledger_csv", disk_full)
     [toast], _ = asyncio.run(press_ctrl_s(saving_app(tmp_path / "runs")))
     [folder] = (tmp_path / "runs").iterdir()
     assert (folder / "screen.svg").is_file()

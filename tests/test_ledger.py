@@ -15,6 +15,7 @@ from tui.model.ledger import (
     REDELIVERED,
     Ledger,
 )
+from workers.settings import AckMode
 
 
 def mid(n: int) -> str:
@@ -25,14 +26,14 @@ def finish(ledger: Ledger, n: int, worker: str = "w1") -> None:
     """Publish, confirm, deliver and finish task ``n``."""
     ledger.published_task(mid(n), "task.", T0 + n)
     ledger.confirmed_task(mid(n))
-    record = ledger.received(mid(n), "task.", worker, T0 + n, False, "manual")
+    record = ledger.received(mid(n), "task.", worker, T0 + n, False, AckMode.MANUAL)
     ledger.done(record, T0 + n + 0.5, acked=True)
 
 
 def hold(ledger: Ledger, n: int, worker: str = "w2") -> None:
     ledger.published_task(mid(n), "task.", T0 + n)
     ledger.confirmed_task(mid(n))
-    ledger.received(mid(n), "task.", worker, T0 + n, False, "manual")
+    ledger.received(mid(n), "task.", worker, T0 + n, False, AckMode.MANUAL)
 
 
 # ----- labels and lookups
@@ -53,8 +54,8 @@ def test_labels_number_our_tasks_and_name_everyone_elses() -> None:
 
 def test_deliveries_without_an_id_get_their_own_records() -> None:
     ledger = Ledger(prefix=PREFIX)
-    first = ledger.received(None, "a", "w1", T0, False, "manual")
-    second = ledger.received(None, "b", "w1", T0, False, "manual")
+    first = ledger.received(None, "a", "w1", T0, False, AckMode.MANUAL)
+    second = ledger.received(None, "b", "w1", T0, False, AckMode.MANUAL)
     assert (first.msg_id, second.msg_id) == ("?1", "?2")
     assert (first.published, first.state) == (None, HELD)
     assert ledger.count(HELD) == 2
@@ -92,7 +93,7 @@ def test_publish_confirm_and_failure() -> None:
 def test_a_delivery_that_beats_the_confirm_counts_as_confirmed_once() -> None:
     ledger = Ledger(prefix=PREFIX)
     ledger.published_task(mid(1), "a", T0)
-    record = ledger.received(mid(1), "a", "w1", T0, False, "manual")
+    record = ledger.received(mid(1), "a", "w1", T0, False, AckMode.MANUAL)
     assert (record.state, record.confirmed, ledger.confirmed) == (HELD, True, 1)
     ledger.confirmed_task(mid(1))
     assert ledger.confirmed == 1
@@ -107,11 +108,11 @@ def test_why_follows_the_story() -> None:
     hold(ledger, 1, "w1")
     record = ledger.records[mid(1)]
     ledger.worker_gone(record, T0 + 2, killed=True)
-    ledger.received(mid(1), "task.", "w2", T0 + 3, True, "manual")
+    ledger.received(mid(1), "task.", "w2", T0 + 3, True, AckMode.MANUAL)
     ledger.returned(record, T0 + 4, "mode-change")
-    ledger.received(mid(1), "task.", "w2", T0 + 5, True, "manual")
+    ledger.received(mid(1), "task.", "w2", T0 + 5, True, AckMode.MANUAL)
     ledger.returned(record, T0 + 6, "something new")
-    ledger.received(mid(1), "task.", "w3", T0 + 7, True, "manual")
+    ledger.received(mid(1), "task.", "w3", T0 + 7, True, AckMode.MANUAL)
     assert [d.why for d in record.deliveries] == [FIRST, AFTER_CRASH, "returned by a mode change", REDELIVERED]
     assert record.lifeline() == (
         "#1 -> w1 -> killed -> requeued -> w2 (redelivered) -> returned (mode-change) -> requeued"
@@ -122,7 +123,7 @@ def test_why_follows_the_story() -> None:
 
 def test_a_redelivery_flag_on_a_first_sight_is_called_redelivered() -> None:
     ledger = Ledger(prefix=PREFIX)
-    record = ledger.received(mid(1), "a", "w1", T0, True, "manual")  # queued before we came, then requeued
+    record = ledger.received(mid(1), "a", "w1", T0, True, AckMode.MANUAL)  # queued before we came, then requeued
     assert record.deliveries[0].why == REDELIVERED
 
 
@@ -130,7 +131,7 @@ def test_a_graceful_exit_under_auto_ack_loses_what_was_held() -> None:
     ledger = Ledger(prefix=PREFIX)
     ledger.published_task(mid(1), "a", T0)
     ledger.confirmed_task(mid(1))
-    record = ledger.received(mid(1), "a", "w1", T0, False, "auto")
+    record = ledger.received(mid(1), "a", "w1", T0, False, AckMode.AUTO)
     ledger.worker_gone(record, T0 + 1, killed=False)
     assert (ledger.lost, list(ledger.lost_ids), record.state) == (1, [mid(1)], "lost")
     assert record.lifeline() == "#1 -> w1 -> exited -> lost"
@@ -144,12 +145,12 @@ def test_purge_marks_the_oldest_ready_tasks_and_takes_back_a_wrong_guess() -> No
     for n in range(1, 6):
         ledger.published_task(mid(n), "b", T0)
         ledger.confirmed_task(mid(n))
-    ledger.received(mid(1), "b", "w1", T0, False, "manual")
+    ledger.received(mid(1), "b", "w1", T0, False, AckMode.MANUAL)
     ledger.purge(3)
     assert [r.label() for r in ledger.records.values() if r.state == PURGED] == ["#2", "#3", "#4"]
     assert (ledger.purged, ledger.count(READY), ledger.count(PURGED)) == (3, 1, 3)
     # The broker purged #5 and delivered #4 after all: the delivery proves #4 was not purged.
-    ledger.received(mid(4), "b", "w2", T0 + 1, False, "manual")
+    ledger.received(mid(4), "b", "w2", T0 + 1, False, AckMode.MANUAL)
     assert (ledger.purged, ledger.count(PURGED)) == (2, 2)
     ledger.purge(10)  # more than we know of: only what we saw ready
     assert ledger.purged == 3
