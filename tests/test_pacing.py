@@ -105,8 +105,9 @@ def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeyp
         loop = asyncio.create_task(pacer.run())
         await asyncio.sleep(0.05)
         for _ in range(3):
-            pacer.key_pressed()
+            pacer.key_arrived()
             seen.trace.append("key")
+            pacer.key_handled()
             await asyncio.sleep(0.2)  # the screen is slow: nothing may happen meanwhile
             seen.trace.append("screen")
             pacer.screen_updated()
@@ -129,8 +130,40 @@ def test_a_screen_that_never_updates_stalls_the_folding_for_input_wait_only(monk
     pacer = Pacer(inbox, seen.fold, seen.draw)
 
     async def run() -> None:
-        pacer.key_pressed()
+        pacer.key_arrived()
+        pacer.key_handled()
         await asyncio.wait_for(pacer.tick(time.perf_counter()), 5)
 
     asyncio.run(run())
     assert len(seen.folded) > 0
+
+
+def test_a_key_that_comes_as_the_last_one_is_shown_waits_for_its_own_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The screen shows key 1 and key 2 is handled before the pacer's turn: no slice until key 2 is shown too."""
+    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)
+    inbox, seen = Inbox(), Recorder()
+    seen.slow = 0.002
+    for first in range(1, 50_001, 1000):
+        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+
+    async def run() -> None:
+        loop = asyncio.create_task(pacer.run())
+        await asyncio.sleep(0.05)
+        pacer.key_arrived()
+        pacer.key_handled()
+        await asyncio.sleep(0.1)  # the pacer waits for key 1's update
+        pacer.screen_updated()  # key 1 shown; the pacer's wake-up is due, but key 2 comes first
+        pacer.key_arrived()
+        seen.trace.append("key 2")
+        pacer.key_handled()
+        await asyncio.sleep(0.2)
+        seen.trace.append("screen 2")
+        pacer.screen_updated()
+        await asyncio.sleep(0.05)
+        loop.cancel()
+
+    asyncio.run(run())
+    second = seen.trace.index("key 2")
+    assert seen.trace[second + 1] == "screen 2", seen.trace[second : second + 4]
+    assert "fold" in seen.trace[second:], "folding went on after key 2's update"

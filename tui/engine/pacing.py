@@ -82,16 +82,27 @@ class Pacer:
         self._drawn = 0.0
         self._input_shown: asyncio.Event | None = None
         """Set once the screen shows what the last key press changed; None when nothing waits for it."""
+        self._handling: asyncio.Event | None = None
+        """The event of the key whose handler is running: set by the screen update after it ran."""
         self._paint_waiters: list[asyncio.Event] = []
         """Key presses' events to set at the next screen update."""
 
     # ----- what the view tells the pacer
 
-    def key_pressed(self) -> None:
-        """A key was handled: fold and draw nothing more until the screen shows what it changed."""
+    def key_arrived(self) -> None:
+        """A key is about to be handled: fold and draw nothing until the screen shows what it changed.
+
+        Said before the handler runs, not after: the handler awaits (bindings, actions), and
+        a slice folded in such a gap would stand between the key and its screen update.
+        """
         shown = asyncio.Event()
-        self._input_shown = shown
-        self._paint_waiters.append(shown)
+        self._input_shown = self._handling = shown
+
+    def key_handled(self) -> None:
+        """The key's handler has run: the next screen update shows what it changed."""
+        if self._handling is not None:
+            self._paint_waiters.append(self._handling)
+            self._handling = None
 
     def screen_updated(self) -> None:
         """The screen update that shows what the keys pressed so far changed has gone to the terminal."""
@@ -210,9 +221,10 @@ class Pacer:
         if shown is None:
             await asyncio.sleep(0)  # a key press waiting in the queue is handled here
             shown, self._input_shown = self._input_shown, None
-            if shown is None:
-                return
-        try:
-            await asyncio.wait_for(shown.wait(), INPUT_WAIT)
-        except asyncio.TimeoutError:
-            pass  # the screen is slow to settle: fold on rather than stall
+        while shown is not None:
+            try:
+                await asyncio.wait_for(shown.wait(), INPUT_WAIT)
+            except asyncio.TimeoutError:
+                pass  # the screen is slow to settle: fold on rather than stall
+            # Another key may have come while this one waited (between the update and this task's turn).
+            shown, self._input_shown = self._input_shown, None

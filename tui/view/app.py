@@ -94,10 +94,14 @@ class DispatchLab(App[int]):
         self.run_worker(self.pacer.run(), name="view", group="view")
 
     async def on_event(self, event: events.Event) -> None:
-        await super().on_event(event)
-        if isinstance(event, events.Key):
-            # Priority bindings have run by now; a forwarded key is handled before the screen is idle.
-            self.pacer.key_pressed()
+        if not isinstance(event, events.Key):
+            await super().on_event(event)
+            return
+        self.pacer.key_arrived()
+        try:
+            await super().on_event(event)  # priority bindings run here; a forwarded key before the screen is idle
+        finally:
+            self.pacer.key_handled()
 
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
