@@ -160,7 +160,7 @@ def run_lab(
     *,
     workers: int = 2,
     prefetch: int = 0,
-    ack: AckMode = "manual",
+    ack: AckMode = AckMode.MANUAL,
     seconds_per_dot: float = DOT,
 ) -> Lab:
     """Build the app as ``tui.launch`` does, run ``scenario`` in it, and always shut the backend down."""
