@@ -209,3 +209,58 @@ def test_a_session_log_replays_the_same_runs(tmp_path: Path) -> None:
     assert repr(again.runs) == repr(original.runs)
     assert [r.label() for r in again.ledger.records.values()] == [r.label() for r in original.ledger.records.values()]
     assert again.ledger.prefix == PREFIX
+
+
+# ----- on screen: the timeline's run marks, the latest run alone, the summary
+
+
+def test_the_timeline_marks_each_run_and_can_show_the_latest_alone() -> None:
+    from tui.view import timeline
+
+    model = replay(three_runs().events)
+    now = T0 + 47
+    lines = timeline.render(model, now, 80).plain.splitlines()
+    # The whole session (+0 to +47 s): each run named where it begins, shorter where the next follows.
+    assert lines[0] == "      ▏r1 tutorial      ▏r2 odd-heavy · round-robin 0      ▏r3 odd-heavy        "
+    assert [line[:4] for line in lines[1:3]] == ["w1  ", "w2  "]
+    alone = timeline.render(model, now, 80, run=model.runs.all[1]).plain.splitlines()
+    # Run 2 alone (20 s, padded 3 % each side): round-robin gives w1 the run's heavy odd tasks.
+    assert alone == [
+        "       ▏r2 odd-heavy · round-robin 0                                            ",
+        "w1   ··#1               #3                #5                #7               ···",
+        "w2   ··#2 #4  #6 #8  " + "·" * 59,
+        "                        |5s               |10s              |15s                ",  # seconds into the run
+    ]
+    # Before any run, the timeline is as it always was: no marks row.
+    assert len(timeline.render(replay(three_runs().until("tutorial over")[:5]), now, 80).plain.splitlines()) == 3
+
+
+def test_the_summary_shows_the_last_runs_and_the_verdict_with_outside_names_as_text() -> None:
+    import io
+
+    from rich.console import Console
+
+    from tui.view.widgets import run_summary
+
+    model = replay(three_runs().events)
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(run_summary.render(model, T0 + 47))
+    assert [line.rstrip() for line in console.file.getvalue().splitlines()] == [  # type: ignore[attr-defined]
+        "r1 tutorial   round-robin 0   9.0 s  w1 9.0/0.0  w2 6.0/0.0",
+        "r2 odd-heavy  round-robin 0  20.0 s  w1 20.0/0.0  w2 4.0/11.0",
+        "r3 odd-heavy  fair 1         12.0 s  w1 12.0/0.0  w2 12.0/0.0",
+        "r3 fair 1 finished 1.7x sooner than r2 round-robin 0; there w2 sat idle 11.0s while tasks waited.",
+    ]
+    rows = run_summary.summary_rows(model.runs.all, model.runs.comparable(), T0 + 47)
+    assert [str(row[2].style) for row in rows] == ["bold", "bold", "bold green"]  # the fastest of its workload
+    # A scenario file names its run: its name is text, never markup; a run still going says how far it is.
+    r = Recorder()
+    r.spawn("w1", 4101, prefetch=1)
+    run_started(r, "[bold red]x[/]\x1b[2J", 1, 2, 1)
+    r.publish("a.", "b.")
+    r.receive("w1", 1)
+    r.start("w1", 1)
+    model = replay(r.events)
+    (row,) = run_summary.summary_rows(model.runs.all, model.runs.comparable(), T0 + 0.5)
+    assert row[0].plain == "r1 [bold red]x[/]\\x1b[2J" and row[0].spans == []
+    assert (row[2].plain, row[3].plain) == ("0.5 s…", "running: 0/2 done")
