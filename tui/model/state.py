@@ -294,6 +294,8 @@ class Model:
         """When the broker last closed one of our channels or connections, whose, and its words."""
         self.runs = Runs()
         """Presets and scenarios published as runs: their tasks numbered from 1, their figures."""
+        self._runs_losses = 0
+        """The ledger's losses when the runs' open tasks were last looked at after news about many tasks."""
 
     # ----- folding
 
@@ -716,11 +718,22 @@ class Model:
 
     def _runs_tick(self, ts: float) -> None:
         """Count the time up to ``ts`` as idle for each live worker with nothing to do while tasks waited."""
-        workers = self.workers.values()
-        waiting = self.ledger.count(READY) + sum(w.waiting for w in workers if w.alive)
-        idle = [w.name for w in workers if w.status is IDLE and w.current is None] if waiting else []
-        for run in self.runs.active:
-            run.tick(ts, idle)
+        active = self.runs.active
+        clock = active[0].clock if len(active) == 1 else min(r.clock for r in active)
+        if not ts > clock:  # nothing to count (NaN counts nothing either)
+            return
+        waiting = self.ledger.state_counts[READY] > 0
+        idle = []
+        for w in self.workers.values():
+            if w.current is None:
+                if w.status is IDLE:
+                    idle.append(w.name)
+                if w.held and w.status.alive:  # delivered, not started yet
+                    waiting = True
+            elif len(w.held) > 1 and w.status.alive:  # a task waits behind the current one
+                waiting = True
+        for run in active:
+            run.tick(ts, idle if waiting else ())
 
     def _runs_heard(self, item: obs.Observation) -> None:
         """What a fold's item did to the runs still going: a task finished, settled, or a mode asked for."""
@@ -741,9 +754,16 @@ class Model:
                 if delivery.worker == worker and delivery.ended == ts and delivery.outcome in ("done", UNACKED_DONE):
                     run.finished_task(worker, record.short_label(), delivery.started or delivery.ts, ts)
                     break
-        # One task's news settles at most that task; the others (exits, purges, samples, restarts) any number.
+        # One task's news settles at most that task. The others (exits, purges, samples, restarts) any
+        # number, but only by a loss: the open tasks are looked at again only when a loss was counted.
+        if msg_id is None:
+            ledger = self.ledger
+            losses = ledger.lost + ledger.purged + ledger.taken + ledger.deleted + ledger.failed
+            if losses == self._runs_losses:
+                return
+            self._runs_losses = losses
         for each in list(self.runs.active) if msg_id is None else ([run] if run is not None else []):
-            self._settle(each, ts, None if msg_id is None else msg_id)
+            self._settle(each, ts, msg_id)
 
     def _settle(self, run: Run, ts: float, msg_id: str | None) -> None:
         records = self.ledger.records
