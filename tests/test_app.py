@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import re
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -160,7 +161,7 @@ def run_lab(
     *,
     workers: int = 2,
     prefetch: int = 0,
-    ack: AckMode = "manual",
+    ack: AckMode = AckMode.MANUAL,
     seconds_per_dot: float = DOT,
 ) -> Lab:
     """Build the app as ``tui.launch`` does, run ``scenario`` in it, and always shut the backend down."""
@@ -269,6 +270,63 @@ def test_typed_task_and_count_publish_that_many(broker_url: str, queue_name: str
         assert [r.body for r in lab.ours()] == ["typed."] * 4
         assert ledger.published == ledger.confirmed == 4
         assert sorted(w.done for w in lab.model.workers.values()) == [2, 2]
+
+    run_lab(broker_url, queue_name, scenario)
+
+
+def shown(renderable: object, width: int = SIZE[0]) -> str:
+    """What a widget's content reads as on a terminal of ``width`` columns, as plain text."""
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_presets_publish_runs_numbered_from_1_and_summed_up_side_by_side(broker_url: str, queue_name: str) -> None:
+    """A typed task, then odd-heavy at prefetch 0, F6, odd-heavy at prefetch 1: two runs, compared on the main screen.
+
+    The typed task takes the publisher's #1, so odd-heavy's heavy tasks are the publisher's
+    even ones; each run numbers its own from 1, and its heavy tasks are its odd ones.
+    """
+
+    async def scenario(lab: Lab) -> None:
+        await lab.ready(2)
+        model, view = lab.model, lab.app.view
+        runs = model.runs
+        await lab.type_task("typed", 1)
+        await lab.until(lambda: model.ledger.done_messages == 1, 10, "the typed task done")
+        await lab.pilot.click("#preset-odd-heavy")
+        await lab.until(lambda: runs.all and not runs.all[0].running, 20, "the first run finished")
+        await lab.key("f6")  # prefetch 0 -> 1
+        await lab.until(lambda: all(w.prefetch == 1 for w in model.workers.values()), 10, "both at prefetch 1")
+        await lab.pilot.click("#preset-odd-heavy")
+        await lab.until(lambda: len(runs.all) == 2 and not runs.all[1].running, 20, "the second run finished")
+        first, second = runs.all
+        ours = lab.ours()
+        assert [r.label() for r in ours] == ["#1"] + [f"r{run}#{n}" for run in (1, 2) for n in range(1, 9)]
+        heavy = [r.label() for r in ours if r.body.startswith("Heavy")]
+        assert heavy == ["r1#1", "r1#3", "r1#5", "r1#7", "r2#1", "r2#3", "r2#5", "r2#7"], lab.describe()
+        assert (first.mode, second.mode) == (DispatchMode(0, AckMode.MANUAL), DispatchMode(1, AckMode.MANUAL))
+        # Round-robin: one worker got every heavy task, the run's odd ones; it finished last.
+        assert sorted(w.labels for w in first.workers) == [["#1", "#3", "#5", "#7"], ["#2", "#4", "#6", "#8"]]
+        light = min(first.workers, key=lambda w: w.busy)
+        assert light.idle_while_waiting > 2 * 5 * DOT * 0.7, runs  # two heavy tasks' worth, at least
+        assert second.makespan < 0.85 * first.makespan, runs
+        assert all(w.idle_while_waiting < 0.25 for w in second.workers), runs
+        # The main screen sums both up, side by side, and says which finished sooner: no stopwatch needed.
+        await lab.pilot.pause(0.3)
+        summary = shown(view.run_summary.content)
+        assert re.search(rf"r1 odd-heavy\s+round-robin 0\s+{first.makespan:.1f} s\s", summary), summary
+        assert re.search(rf"r2 odd-heavy\s+fair 1\s+{second.makespan:.1f} s\s", summary), summary
+        assert f"{light.name} {light.busy:.1f}/{light.idle_while_waiting:.1f}" in summary, summary
+        assert "r2 fair 1 finished" in summary and f"there {light.name} sat idle" in summary, summary
+        # The timeline marks both runs; Ctrl+T shows the latest alone.
+        lanes = shown(view.timeline.content)
+        assert "▏r1 odd-heavy" in lanes and "▏r2 odd-heavy" in lanes, lanes
+        await lab.key("ctrl+t")
+        await lab.pilot.pause(0.2)
+        assert "r2 odd-heavy alone" in (view.timeline.border_title or "")
+        lanes = shown(view.timeline.content)
+        assert "▏r2 odd-heavy · fair 1" in lanes and "▏r1" not in lanes, lanes
 
     run_lab(broker_url, queue_name, scenario)
 

@@ -169,7 +169,7 @@ def assert_chaos_happened(result: RunResult, books: Books, summary: str) -> None
 @pytest.mark.timeout(80)
 @pytest.mark.parametrize("prefetch", [1, 10])
 def test_manual_ack_loses_nothing(node: LocalNode, tmp_path: Path, prefetch: int) -> None:
-    result, books, summary = chaos_run(node, tmp_path, "manual", prefetch, seed=prefetch)
+    result, books, summary = chaos_run(node, tmp_path, AckMode.MANUAL, prefetch, seed=prefetch)
     ledger = result.model.ledger
     assert_chaos_happened(result, books, summary)
 
@@ -192,7 +192,7 @@ def test_manual_ack_loses_nothing(node: LocalNode, tmp_path: Path, prefetch: int
 @pytest.mark.timeout(80)
 def test_auto_ack_lost_ids_are_exactly_the_unfinished(node: LocalNode, tmp_path: Path) -> None:
     """Under auto ack a kill loses what the worker held; the ledger names exactly those ids."""
-    result, books, summary = chaos_run(node, tmp_path, "auto", 1, seed=3)
+    result, books, summary = chaos_run(node, tmp_path, AckMode.AUTO, 1, seed=3)
     ledger = result.model.ledger
     assert_chaos_happened(result, books, summary)
 

@@ -31,7 +31,9 @@ from workers.settings import AckMode, DispatchMode
 pytestmark = pytest.mark.broker
 
 
-def headless(url: str, scenario: Scenario, prefetch: int, *, ack: AckMode = "manual", dot: float = 0.1) -> RunResult:
+def headless(
+    url: str, scenario: Scenario, prefetch: int, *, ack: AckMode = AckMode.MANUAL, dot: float = 0.1
+) -> RunResult:
     """One run with two workers; afterwards no worker runs and its queue is gone."""
     run = ScenarioRun(url, scenario, mode=DispatchMode(prefetch, ack), workers=2, seconds_per_dot=dot, timeout=30)
     result = run.run()
@@ -149,7 +151,8 @@ def test_compare_prints_json_and_saves_events_ledgers_and_a_picture(broker_url: 
         with (folder / "ledger.csv").open(encoding="utf-8", newline="") as stream:
             rows = list(csv.reader(stream))
         assert tuple(rows[0]) == LEDGER_COLUMNS
-        assert sorted((row[1], row[4]) for row in rows[1:]) == [(f"#{n}", DONE) for n in range(1, 6)]
+        # The run's own numbers, with the run (r1: each comparison run is a session of its own).
+        assert sorted((row[1], row[4]) for row in rows[1:]) == [(f"r1#{n}", DONE) for n in range(1, 6)]
 
         items = list(read(folder / "events.jsonl"))
         replayed = Model()  # as `dispatch-lab replay` builds it
@@ -158,6 +161,13 @@ def test_compare_prints_json_and_saves_events_ledgers_and_a_picture(broker_url: 
         assert replayed.mode == DispatchMode(run["prefetch"], "manual"), "the replay shows another mode"
         lanes = {name: [b.label for b in w.lane if b.outcome == "done"] for name, w in replayed.workers.items()}
         assert lanes == {w["name"]: w["tasks"] for w in run["workers"]}
+        # The figures are the model's (tui.model.runs): a replay of the log sums the run up the same.
+        again = replayed.runs.latest
+        assert again is not None and not again.running
+        assert round(again.makespan, 3) == run["makespan_s"]
+        assert [(w.name, w.done, round(w.busy, 3), round(w.idle_while_waiting, 3)) for w in again.workers] == [
+            (w["name"], w["done"], w["busy_s"], w["idle_while_work_waiting_s"]) for w in run["workers"]
+        ]
         assert figures(broker_url, replayed.queue_name) is None, "compare left its queue behind"
 
 
@@ -223,7 +233,7 @@ def test_the_same_kill_under_auto_ack_loses_what_the_worker_held(broker_url: str
         encoding="utf-8",
     )
     scenario = find(str(path))
-    result = headless(broker_url, scenario, prefetch=0, ack="auto", dot=0.2)
+    result = headless(broker_url, scenario, prefetch=0, ack=AckMode.AUTO, dot=0.2)
     summary = result.as_dict()
     assert [(c.name, c.ok) for c in result.checks] == [("lost_at_least", True)], summary
     assert result.kills == 1 and result.lost >= 1, summary

@@ -82,6 +82,7 @@ SAMPLES: list[obs.Observation] = [
     obs.ModeRequested(T0 + 11, 10, "auto", ("w1", "w3")),
     obs.SessionStarted(T0, "task_queue", PREFIX, 0, "manual", True, "amqp://guest:***@localhost:5672/%2F"),
     obs.BrokerRestarted(T0 + 12, False, 3.25),
+    obs.RunStarted(T0 + 13, "odd-heavy [/]", 9, 8, 0, "manual"),
 ]
 
 

@@ -128,6 +128,8 @@ class Backend:
         self.prefix = pipeline.prefix
         self._started = False
         self._shutdown_lock = threading.Lock()
+        self._submitted = 0
+        """Tasks handed to the publisher so far: it numbers them 1, 2, ... in that order (``Publisher.next_id``)."""
 
     def start(self) -> None:
         self.monitor.start()
@@ -198,7 +200,18 @@ class Backend:
         self.pool.set_mode(mode)
 
     def publish(self, bodies: list[str]) -> None:
+        self._submitted += len(bodies)
         self.publisher.submit(bodies)
+
+    def publish_run(self, name: str, bodies: list[str]) -> None:
+        """Publish a preset or scenario as a run: the model numbers its tasks from 1 and sums it up when it ends.
+
+        ``RunStarted`` goes into the inbox before the publisher can report the first of
+        its tasks, and names them by the publisher's numbers (the next ones it hands out).
+        """
+        mode = self.mode
+        self.inbox.put(obs.RunStarted(time.time(), name, self._submitted + 1, len(bodies), mode.prefetch, mode.ack))
+        self.publish(bodies)
 
     def purge(self) -> None:
         self.monitor.purge()

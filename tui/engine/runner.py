@@ -19,13 +19,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pool import WorkerPool
 from tui.engine.session_log import SessionLog
 from tui.model import observations as obs
 from tui.model.ledger import DONE, HELD, TERMINAL
+from tui.model.runs import WorkerFigures
 from tui.model.scenarios import EXPECTATIONS, Action, Do, Scenario
 from tui.model.state import Model, WorkerStatus
 from workers.broker import BrokerError, connect, declare_task_queue
@@ -119,17 +120,6 @@ def apply_action(action: Action, backend: Backend, set_mode: Callable[[DispatchM
 
 
 @dataclass
-class WorkerFigures:
-    """What one worker did in a run."""
-
-    name: str
-    done: int
-    busy: float
-    idle_while_waiting: float
-    labels: list[str] = field(default_factory=list)
-
-
-@dataclass
 class RunResult:
     """A finished run: its figures, checks and the model they came from."""
 
@@ -185,11 +175,6 @@ def settled(model: Model) -> bool:
     return all(r.state in TERMINAL for r in ledger.records.values())
 
 
-def _waiting_work(model: Model) -> int:
-    """Tasks that could be worked on: ready in the queue, or held behind another task."""
-    return model.ledger.count("ready") + sum(w.waiting for w in model.workers.values() if w.alive)
-
-
 class ScenarioRun:
     """One scenario under one dispatch mode, on its own temporary queue."""
 
@@ -235,7 +220,6 @@ class ScenarioRun:
         self.until_settled = until_settled
         self.kills = 0
         self.broker_restarts = 0
-        self._idle: dict[str, float] = {}
         self._publishing = False
         self._restart: threading.Thread | None = None
         self._restart_error: str | None = None
@@ -324,7 +308,7 @@ class ScenarioRun:
             started = time.monotonic()
             pending = list(self.scenario.actions)
             self._publishing = True
-            self.backend.publish(list(self.scenario.tasks))
+            self.backend.publish_run(self.scenario.name, list(self.scenario.tasks))
             while self.backend.publisher.pending > 0:
                 pending = self._act(pending, started)
                 self._fold()
@@ -394,7 +378,6 @@ class ScenarioRun:
             raise BrokerError(self._publish_error)
 
     def _drain(self, started: float, pending: list[Action]) -> bool:
-        last = time.monotonic()
         while time.monotonic() - started < self.timeout:
             self._fold()
             self._check_published()  # the last task's failure may come after the publishing ended
@@ -402,42 +385,22 @@ class ScenarioRun:
             if self.until_settled and pending and self._work_over():
                 self.progress(f"{self.scenario.name}: the work is over; {len(pending)} actions dropped")
                 pending = []
-            now = time.monotonic()
-            if _waiting_work(self.model):
-                for worker in self.model.workers.values():
-                    if worker.alive and worker.current is None and worker.status is WorkerStatus.IDLE:
-                        self._idle[worker.name] = self._idle.get(worker.name, 0.0) + (now - last)
-            last = now
             if (self.until_settled or not pending) and not self.restarting and settled(self.model):
                 return False
             time.sleep(self.SAMPLE)
         return True
 
     def _result(self, timed_out: bool) -> RunResult:
+        """The figures as the model summed the run up (``tui.model.runs``: one home for compare and the dashboard)."""
         model = self.model
         ledger = model.ledger
-        first = min((r.published for r in ledger.records.values() if r.published), default=0.0)
-        last_done = max(
-            (b.end for w in model.workers.values() for b in w.lane if b.end is not None and b.outcome == "done"),
-            default=first,
-        )
-        figures = []
-        for name, worker in model.workers.items():
-            blocks = [b for b in worker.lane if b.outcome == "done" and b.end is not None]
-            figures.append(
-                WorkerFigures(
-                    name,
-                    worker.done,
-                    sum(b.end - b.start for b in blocks if b.end is not None),
-                    self._idle.get(name, 0.0),
-                    [b.label for b in blocks],
-                )
-            )
+        run = model.runs.latest
+        figures = [] if run is None else [replace(w, labels=list(w.labels)) for w in run.workers]
         return RunResult(
             scenario=self.scenario.name,
             mode=self.mode,
             workers=figures,
-            makespan=max(0.0, last_done - first),
+            makespan=0.0 if run is None else run.makespan,
             published=ledger.confirmed,
             done=ledger.done_messages,
             redeliveries=ledger.redeliveries,

@@ -40,6 +40,7 @@ _OBSERVATIONS: dict[str, type[Any]] = {
         obs.ModeRequested,
         obs.SessionStarted,
         obs.BrokerRestarted,
+        obs.RunStarted,
     )
 }
 

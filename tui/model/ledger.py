@@ -102,10 +102,20 @@ class MessageRecord:
     """Times the publisher sent it again under its id after a connection went before the confirm."""
     failure: str = ""
     """Why the publish failed, in the publisher's words (the broker's reason)."""
+    run: int = 0
+    """The run (a preset or scenario published as one) it belongs to, numbered from 1; 0 for none."""
+    run_seq: int = 0
+    """Its number within that run, from 1."""
 
     def label(self) -> str:
-        """``#17`` for our own tasks, the id for anyone else's."""
+        """``r2#3`` for the third task of run 2, ``#17`` for our other tasks, the id for anyone else's."""
+        if self.run:
+            return f"r{self.run}#{self.run_seq}"
         return f"#{self.seq}" if self.seq is not None else self.msg_id
+
+    def short_label(self) -> str:
+        """``#3`` for a run's task (where the run is shown beside it, as on the timeline), else ``label()``."""
+        return f"#{self.run_seq}" if self.run else self.label()
 
     def lifeline(self) -> str:
         """The story in one line: ``#17 -> w2 -> killed -> requeued -> w3 (redelivered) -> done``."""

@@ -203,6 +203,22 @@ class SessionStarted:
     broker: str
 
 
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A preset or scenario began publishing as a run: the publisher's tasks ``first_seq`` to ``first_seq + tasks - 1``.
+
+    The model numbers runs from 1 and the run's tasks from 1 within it; ``prefetch`` and
+    ``ack`` are the mode asked for when it began.
+    """
+
+    ts: float
+    name: str
+    first_seq: int
+    tasks: int
+    prefetch: int
+    ack: str
+
+
 Observation = (
     protocol.Event
     | WorkerSpawned
@@ -223,4 +239,5 @@ Observation = (
     | ModeRequested
     | SessionStarted
     | BrokerRestarted
+    | RunStarted
 )

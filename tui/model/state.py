@@ -23,11 +23,13 @@ from tui.model.ledger import (
     PURGED,
     READY,
     TAKEN_BACK,
+    TERMINAL,
     UNACKED_DONE,
     Ledger,
     MessageRecord,
 )
 from tui.model.others import OtherConsumers
+from tui.model.runs import Run, Runs
 from workers import protocol
 from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
 
@@ -290,6 +292,10 @@ class Model:
         """What that step was, in words: the queue deleted, or a cancel for a reason no worker could see."""
         self.broker_closed: tuple[float, str, str] | None = None
         """When the broker last closed one of our channels or connections, whose, and its words."""
+        self.runs = Runs()
+        """Presets and scenarios published as runs: their tasks numbered from 1, their figures."""
+        self._runs_losses = 0
+        """The ledger's losses when the runs' open tasks were last looked at after news about many tasks."""
 
     # ----- folding
 
@@ -304,7 +310,7 @@ class Model:
         # A flood folds tens of thousands of events a second on the UI thread: one loop
         # with its lookups in locals, and the count added once (a handler that raises
         # has its item counted, as before).
-        handlers, moves = _HANDLERS, _MOVES
+        handlers, moves, runs = _HANDLERS, _MOVES, self.runs
         count = 0
         try:
             for item in items:
@@ -312,9 +318,13 @@ class Model:
                 kind = type(item)
                 handler = handlers.get(kind)
                 if handler is not None:
+                    if runs.active:
+                        self._runs_tick(item.ts)
                     handler(self, item)
                     if kind in moves:
                         self.last_activity = item.ts
+                    if runs.active and kind in _RUN_NEWS:
+                        self._runs_heard(item)
         finally:
             self.events += count
 
@@ -385,7 +395,7 @@ class Model:
         if w.status == IDLE:
             w.status = BUSY
         w.log.append(f" [x] Received {body!r}")
-        w.lane.append(Block(ts, None, label, redelivered))
+        w.lane.append(Block(ts, None, label if record is None else record.short_label(), redelivered))
 
     def _on_done(self, e: protocol.Done) -> None:
         w = self._worker(e.worker)
@@ -570,6 +580,14 @@ class Model:
 
     def _on_published(self, e: obs.Published) -> None:
         self.ledger.published_task(e.msg_id, e.body, e.ts)
+        record = self.ledger.records.get(e.msg_id)
+        run = None if record is None or record.seq is None else self.runs.owner(record.seq)
+        if record is not None and record.seq is not None and run is not None and not record.run:
+            record.run, record.run_seq = run.number, record.seq - run.first_seq + 1
+            run.open.add(e.msg_id)
+            run.published += 1
+            if run.first_published is None:
+                run.first_published = e.ts
         if self.first_ts is None:
             self.first_ts = e.ts
 
@@ -693,6 +711,69 @@ class Model:
         self.ledger.broker_restarted()
         if not e.kept:
             self.last_error = f"{self.ledger.lost_in_restart(e.ts)} waiting task(s) lost in the broker restart"
+
+    def _on_run_started(self, e: obs.RunStarted) -> None:
+        mode = DispatchMode(e.prefetch, _ack(e.ack))
+        self.runs.start(e.ts, e.name, e.first_seq, e.tasks, mode, (w.name for w in self.workers.values() if w.alive))
+
+    def _runs_tick(self, ts: float) -> None:
+        """Count the time up to ``ts`` as idle for each live worker with nothing to do while tasks waited."""
+        active = self.runs.active
+        clock = active[0].clock if len(active) == 1 else min(r.clock for r in active)
+        if not ts > clock:  # nothing to count (NaN counts nothing either)
+            return
+        waiting = self.ledger.state_counts[READY] > 0
+        idle = []
+        for w in self.workers.values():
+            if w.current is None:
+                if w.status is IDLE:
+                    idle.append(w.name)
+                if w.held and w.status.alive:  # delivered, not started yet
+                    waiting = True
+            elif len(w.held) > 1 and w.status.alive:  # a task waits behind the current one
+                waiting = True
+        for run in active:
+            run.tick(ts, idle if waiting else ())
+
+    def _runs_heard(self, item: obs.Observation) -> None:
+        """What a fold's item did to the runs still going: a task finished, settled, or a mode asked for."""
+        ts = item.ts
+        kind = type(item)
+        if kind is obs.ModeRequested:
+            for going in self.runs.active:
+                going.mode_changes.append(self.mode)
+            return
+        msg_id = getattr(item, "msg_id", None)
+        record = self.ledger.records.get(msg_id) if isinstance(msg_id, str) else None
+        run = self.runs.by_number(record.run) if record is not None and record.run else None
+        if run is not None and kind is protocol.Received and getattr(item, "redelivered", False):
+            run.redelivered += 1
+        if run is not None and kind is protocol.Done and record is not None:
+            worker = getattr(item, "worker", "")
+            for delivery in reversed(record.deliveries):
+                if delivery.worker == worker and delivery.ended == ts and delivery.outcome in ("done", UNACKED_DONE):
+                    run.finished_task(worker, record.short_label(), delivery.started or delivery.ts, ts)
+                    break
+        # One task's news settles at most that task. The others (exits, purges, samples, restarts) any
+        # number, but only by a loss: the open tasks are looked at again only when a loss was counted.
+        if msg_id is None:
+            ledger = self.ledger
+            losses = ledger.lost + ledger.purged + ledger.taken + ledger.deleted + ledger.failed
+            if losses == self._runs_losses:
+                return
+            self._runs_losses = losses
+        for each in list(self.runs.active) if msg_id is None else ([run] if run is not None else []):
+            self._settle(each, ts, msg_id)
+
+    def _settle(self, run: Run, ts: float, msg_id: str | None) -> None:
+        records = self.ledger.records
+        for each in list(run.open) if msg_id is None else [msg_id]:
+            record = records.get(each)
+            if record is None or record.state in TERMINAL:
+                run.open.discard(each)
+                run.lost += record is not None and record.state == LOST
+        if not run.open and run.published >= run.tasks:
+            self.runs.end(run, ts)
 
     def _on_session_started(self, e: obs.SessionStarted) -> None:
         self.queue_name = e.queue
@@ -844,6 +925,8 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     obs.ModeRequested: Model._on_mode_requested,
     obs.SessionStarted: Model._on_session_started,
     obs.BrokerRestarted: Model._on_broker_restarted,
+    obs.RunStarted: Model._on_run_started,
 }
+_RUN_NEWS = _MOVES | {obs.QueueSample, obs.BrokerRestarted, obs.ModeRequested, obs.PublishFailed}
 
 __all__ = ["DONE", "HELD", "LOST", "PURGED", "READY", "UNACKED_DONE", "Model", "WorkerState"]

@@ -17,6 +17,8 @@ from rich.text import Text
 from tui.engine.runner import Progress, RunResult, ScenarioRun
 from tui.engine.session_log import SessionLog
 from tui.model.observations import SessionStarted
+from tui.model.runs import mode_name
+from tui.model.runs import verdict as run_verdict
 from tui.model.scenarios import Scenario, ScenarioError, find
 from tui.teaching.export import write_ledger_csv
 from tui.text import for_toast, printable
@@ -99,12 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mode_name(mode: DispatchMode) -> str:
-    return {0: "round-robin 0", 1: "fair 1"}.get(mode.prefetch, f"prefetch {mode.prefetch}") + (
-        "" if mode.ack is AckMode.MANUAL else f" {mode.ack}"
-    )
-
-
 def table(results: list[RunResult]) -> Table:
     """Side by side: per mode the makespan, and per worker its tasks, busy time and idle-while-work-waited."""
     best = min((r.makespan for r in results if not r.timed_out), default=0.0)
@@ -124,7 +120,7 @@ def table(results: list[RunResult]) -> Table:
             labels = Text(printable(" ".join(w.labels)) if len(w.labels) <= 8 else f"{len(w.labels)} tasks")
             idle = Text(f"{w.idle_while_waiting:.1f}s", "bold red" if w.idle_while_waiting > 0.5 else "green")
             out.add_row(
-                _mode_name(result.mode) if first else "", span if first else "", Text(printable(w.name)), str(w.done),
+                mode_name(result.mode) if first else "", span if first else "", Text(printable(w.name)), str(w.done),
                 f"{w.busy:.1f}s", idle, labels, str(result.redeliveries) if first else "",
                 str(result.lost) if first else "", str(result.duplicates) if first else "",
                 end_section=index == len(result.workers) - 1,
@@ -139,26 +135,13 @@ def checks(results: list[RunResult]) -> Text:
     for result in results:
         for check in result.checks:
             mark, style = ("✓", "green") if check.ok else ("✗", "bold red")
-            text.append(f"{mark} {_mode_name(result.mode)}: {printable(check.describe())}\n", style)
+            text.append(f"{mark} {mode_name(result.mode)}: {printable(check.describe())}\n", style)
     return text
 
 
 def verdict(results: list[RunResult]) -> str:
-    """One sentence on which mode won and why."""
-    finished = [r for r in results if not r.timed_out]
-    if len(finished) < 2:
-        return ""
-    fastest = min(finished, key=lambda r: r.makespan)
-    slowest = max(finished, key=lambda r: r.makespan)
-    if slowest.makespan <= 0 or fastest is slowest:
-        return ""
-    if slowest.makespan < fastest.makespan * 1.1:
-        return f"All modes took about the same time ({fastest.makespan:.1f}s to {slowest.makespan:.1f}s)."
-    idle = max(slowest.workers, key=lambda w: w.idle_while_waiting)
-    return (
-        f"{_mode_name(fastest.mode)} finished {slowest.makespan / max(fastest.makespan, 1e-9):.1f}x sooner than "
-        f"{_mode_name(slowest.mode)}; there {idle.name} sat idle {idle.idle_while_waiting:.1f}s while tasks waited."
-    )
+    """One sentence on which mode won and why (``tui.model.runs.verdict``, as the dashboard's run summary)."""
+    return run_verdict(results, lambda result: mode_name(result.mode))
 
 
 def report(results: list[RunResult], console: Console) -> None:

@@ -49,6 +49,7 @@ class DispatchLab(App[int]):
         Binding("f12", "compare", "Compare", show=False, priority=True),
         Binding("ctrl+n", "select(1)", "Next worker", show=False, priority=True),
         Binding("ctrl+b", "select(-1)", "Previous worker", show=False, priority=True),
+        Binding("ctrl+t", "timeline_run", "Run only", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -160,6 +161,14 @@ class DispatchLab(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return self.actions.can_restart_broker if action == "restart_broker" else True
+
+    def action_timeline_run(self) -> None:
+        """Ctrl+T: the timeline shows the latest run alone, or the whole session again."""
+        if not self.model.runs.all:
+            self.notify("No run yet: a preset button publishes one.", severity="warning", timeout=3, markup=False)
+            return
+        self.view.timeline.toggle_run_only()
+        self.refresh_view()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

@@ -13,6 +13,7 @@ from tui.model.state import Model
 from tui.view.widgets.lab_header import LabHeader
 from tui.view.widgets.publisher import PublisherPane
 from tui.view.widgets.queue_panel import QueuePanel
+from tui.view.widgets.run_summary import RunSummary
 from tui.view.widgets.timeline_view import TimelineView
 from tui.view.widgets.worker_grid import WorkerGrid
 from workers.settings import mask_url
@@ -31,6 +32,7 @@ class MainView:
         self.queue_panel = QueuePanel(id="queue")
         self.grid = WorkerGrid(id="workers")
         self.timeline = TimelineView(id="timeline")
+        self.run_summary = RunSummary(id="run-summary")
         self.publisher = PublisherPane(presets)
         self.selected: str | None = None
         """The worker keys aimed at one worker act on; the first card to appear is selected."""
@@ -41,6 +43,7 @@ class MainView:
             yield self.queue_panel
             with Vertical(id="right"):
                 yield self.grid
+                yield self.run_summary
                 yield self.timeline
         yield self.publisher
 
@@ -55,6 +58,7 @@ class MainView:
         self.header.show(model, mask_url(config.url), config.durable, now, title)
         self.queue_panel.show(model, now, config.durable, details=details)
         self.publisher.show(model, now)
+        self.run_summary.show(model, now)
         yield from self.grid.show(model.workers, now, self._selection, details=details)
         if details:
             yield

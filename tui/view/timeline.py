@@ -6,11 +6,12 @@ snapshots see exactly what the widget draws.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from rich.cells import cell_len, set_cell_size
 from rich.text import Span, Text
 
+from tui.model.runs import Run
 from tui.model.state import Block, Model
 from tui.text import printable
 
@@ -22,8 +23,17 @@ MAX_WINDOW = 300.0
 _STYLES = {"done": "black on green", "returned": "black on cyan", "killed": "white on red", "exited": "white on red"}
 
 
-def window(model: Model, now: float) -> tuple[float, float]:
-    """The time span the lanes show: since the first event, compressed, then scrolling."""
+RUN_PADDING = 0.03
+"""Of a run's span, shown before and after it when the timeline shows that run alone."""
+RUN_MIN_SPAN = 4.0
+"""Seconds a run's window spans at least: a run of a few hundred ms still reads as lanes."""
+
+
+def window(model: Model, now: float, run: Run | None = None) -> tuple[float, float]:
+    """The time span the lanes show: since the first event, compressed, then scrolling; or ``run`` alone."""
+    if run is not None:
+        span = max((run.finished if run.finished is not None else now) - run.started, RUN_MIN_SPAN)
+        return run.started - span * RUN_PADDING, run.started + span * (1 + RUN_PADDING)
     first = model.first_ts if model.first_ts is not None else now
     if now - first <= MIN_WINDOW:
         return first, first + MIN_WINDOW  # the right-hand side is still to come
@@ -84,16 +94,46 @@ def ruler(start: float, end: float, width: int, origin: float) -> Text:
     return Text("".join(chars), "dim", spans=labels)
 
 
-def render(model: Model, now: float, width: int, name_width: int = 4) -> Text:
-    """All lanes with the worker names and a ruler underneath."""
-    start, end = window(model, now)
+def run_marks(runs: Sequence[Run], start: float, end: float, width: int) -> Text:
+    """A row naming each run where it begins (``▏r2 odd-heavy · fair 1``), shorter where the next one follows."""
+    scale = width / (end - start) if end > start else 0.0
+    shown = [(int((r.started - start) * scale), r) for r in runs if start <= r.started < end]
+    chars = [" "] * width
+    spans: list[Span] = []
+    for index, (column, run) in enumerate(shown):
+        room = (shown[index + 1][0] if index + 1 < len(shown) else width) - column - 1
+        title = printable(run.title)
+        if cell_len(title) != len(title):  # a cell a character, as in the lanes
+            title = title[: next(i for i, char in enumerate(title) if cell_len(char) != 1)]
+        # The longest that fits: with its mode, its title alone, its number alone.
+        fits = [c for c in (f"▏{title} · {run.describe_mode()}", f"▏{title}", f"▏r{run.number}") if len(c) <= room]
+        label = fits[0] if fits else "▏"[: max(0, room)]
+        chars[column : column + len(label)] = label
+        spans.append(Span(column, column + len(label), "bold green" if run.running else "bold"))
+    return Text("".join(chars), spans=spans)
+
+
+def render(model: Model, now: float, width: int, name_width: int = 4, run: Run | None = None) -> Text:
+    """All lanes with the worker names and a ruler underneath; a row of run marks above them once there are runs.
+
+    With ``run``: that run alone, and only the workers present in it.
+    """
+    start, end = window(model, now, run)
     lane_width = max(10, width - name_width - 1)
     out = Text()
+    if model.runs.all:
+        out.append(" " * (name_width + 1))
+        out.append_text(run_marks(model.runs.all, start, end, lane_width))
+        out.append("\n")
     for name, worker in model.workers.items():
+        if run is not None and name not in run.figures:
+            continue
         out.append(set_cell_size(printable(name), name_width) + " ", "bold" if worker.alive else "dim strike")
         out.append_text(lane(worker.lane, start, end, lane_width, now))
         out.append("\n")
     origin = model.first_ts if model.first_ts is not None else start
+    if run is not None:  # seconds into the run, as its makespan counts them
+        origin = run.first_published if run.first_published is not None else run.started
     out.append(" " * (name_width + 1))
     out.append_text(ruler(start, end, lane_width, origin))
     return out
