@@ -12,6 +12,10 @@ REASON_CELLS = 40
 """Characters of the broker's block reason the header shows (RabbitMQ's are ``low on memory``, ``low on disk``)."""
 
 
+PRIVATE = "private broker (removed on exit) "
+"""Said before the URL of a node this dashboard started: what F10 restarts, and what Ctrl+Q takes away."""
+
+
 class LabHeader(Static):
     """One line at the top that says what is being shown; the link's state comes first so it is never cut off.
 
@@ -20,7 +24,17 @@ class LabHeader(Static):
 
     _shown: tuple[object, ...] = ()
 
-    def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
+    def show(
+        self,
+        model: Model,
+        broker: str,
+        durable: bool,
+        now: float,
+        title: str = "dispatch-lab",
+        *,
+        private: bool = False,
+    ) -> None:
+        """``private``: the broker is a node this dashboard started (F10 restarts it; it goes when we exit)."""
         state = model.broker_state
         blocked = model.publish_blocked
         live = title == "dispatch-lab"
@@ -45,6 +59,8 @@ class LabHeader(Static):
         text.append(" · queue ", "dim")
         text.append(printable(model.queue_name), "bold")
         text.append(" (durable) " if durable else " (transient) ", "dim")
+        if private:
+            text.append(PRIVATE, "bold magenta")
         text.append(printable(broker), "dim")
         self.set_class((live and state not in ("connected", "connecting")) or blocked is not None, "-trouble")
         shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles

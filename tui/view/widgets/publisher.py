@@ -19,6 +19,15 @@ MAX_COUNT = 100_000
 REASON_CHARS = 200
 """At most this much of a failure's reason is kept on the status line (it ends at the pane's edge anyway)."""
 
+PRESET_KEYS = tuple(f"alt+{n}" for n in range(1, 10))
+"""The preset buttons' keys, in their order: Alt+digit reaches the app through any terminal and tmux (as ESC and
+the digit) and types nothing into the task input; Ctrl+digit does not (most terminals send the bare digit)."""
+
+
+def preset_key(index: int) -> str | None:
+    """The key of the preset at ``index`` (from 0), if it has one."""
+    return PRESET_KEYS[index] if 0 <= index < len(PRESET_KEYS) else None
+
 
 class PublisherPane(Vertical):
     """The publisher: each dot in a task is seconds-per-dot of work.
@@ -48,8 +57,12 @@ class PublisherPane(Vertical):
             yield Label("×", classes="caption")
             yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
             yield Button("Send", id="send", variant="primary")
-            for name in self.presets:
-                yield Button(name, id=f"preset-{name}", classes="preset", tooltip=self.presets[name].description)
+            for index, name in enumerate(self.presets):
+                key = preset_key(index)
+                # Text: a scenario's name comes from a file, and a string label is read as markup.
+                label = Text.assemble((f"{key} ", "bold"), name) if key else Text(name)
+                tooltip = f"{self.presets[name].description} ({key})" if key else self.presets[name].description
+                yield Button(label, id=f"preset-{name}", classes="preset", tooltip=tooltip)
         yield Static(id="publish-status", markup=False)
 
     def show(self, model: Model, now: float) -> None:
@@ -71,7 +84,12 @@ class PublisherPane(Vertical):
         if button_id == "send":
             self._send_typed()
         elif button_id.startswith("preset-"):
-            scenario = self.presets[button_id.removeprefix("preset-")]
+            self.send_preset(button_id.removeprefix("preset-"))
+
+    def send_preset(self, name: str) -> None:
+        """Publish a preset, as its button does (its key and the palette come here too)."""
+        scenario = self.presets.get(name)
+        if scenario is not None:
             self.post_message(self.PublishTasks(list(scenario.tasks), for_toast(scenario.name), scenario))
 
     def _send_typed(self) -> None:
