@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from textual.command import CommandList
 from textual.message import Message
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
 from tests.recordings import PREFIX, SETTLE, T0, Recorder, replay
 from tui.engine.backend import LabConfig
@@ -335,7 +335,8 @@ def test_each_preset_has_a_key_on_its_button_that_works_while_typing_a_task() ->
     async def run() -> tuple[list[str], str]:
         app = app_for(Model())
         async with app.run_test(size=(120, 36), message_hook=hook) as pilot:
-            labels = [str(button.label) for button in app.query(".preset")]
+            labels = [str(button.label) for button in app.query(Button).filter(".preset")]
+            labels.insert(0, str(app.query_one("#preset-keys", Label).render()))
             field = app.query_one("#task-body", Input)
             field.focus()
             await pilot.press("alt+2")
@@ -344,7 +345,7 @@ def test_each_preset_has_a_key_on_its_button_that_works_while_typing_a_task() ->
             return labels, field.value
 
     labels, typed = asyncio.run(run())
-    assert labels == ["alt+1 burst", "alt+2 tutorial"]
+    assert labels == ["alt+", "1 burst", "2 tutorial"]
     assert [m.scenario.name for m in sent if m.scenario] == ["tutorial", "burst"]
     assert typed == "Hello..."  # nothing typed into the task
 

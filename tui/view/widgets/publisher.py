@@ -19,7 +19,8 @@ MAX_COUNT = 100_000
 REASON_CHARS = 200
 """At most this much of a failure's reason is kept on the status line (it ends at the pane's edge anyway)."""
 
-PRESET_KEYS = tuple(f"alt+{n}" for n in range(1, 10))
+PRESET_MODIFIER = "alt+"
+PRESET_KEYS = tuple(f"{PRESET_MODIFIER}{n}" for n in range(1, 10))
 """The preset buttons' keys, in their order: Alt+digit reaches the app through any terminal and tmux (as ESC and
 the digit) and types nothing into the task input; Ctrl+digit does not (most terminals send the bare digit)."""
 
@@ -57,10 +58,13 @@ class PublisherPane(Vertical):
             yield Label("×", classes="caption")
             yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
             yield Button("Send", id="send", variant="primary")
+            if self.presets:
+                # Each button shows its digit; "alt+" once before them (the row has no room for it on each).
+                yield Label(Text(PRESET_MODIFIER, "bold"), classes="caption preset", id="preset-keys")
             for index, name in enumerate(self.presets):
                 key = preset_key(index)
                 # Text: a scenario's name comes from a file, and a string label is read as markup.
-                label = Text.assemble((f"{key} ", "bold"), name) if key else Text(name)
+                label = Text.assemble((key.removeprefix(PRESET_MODIFIER), "bold"), f" {name}") if key else Text(name)
                 tooltip = f"{self.presets[name].description} ({key})" if key else self.presets[name].description
                 yield Button(label, id=f"preset-{name}", classes="preset", tooltip=tooltip)
         yield Static(id="publish-status", markup=False)
