@@ -31,7 +31,7 @@ from tui.view.widgets.help_screen import HELP
 from tui.view.widgets.messages_screen import MessagesScreen, timings
 from tui.view.widgets.publisher import PublisherPane
 from tui.view.widgets.queue_panel import AUTO_ACKED, _rows
-from workers.settings import AckMode, DispatchMode
+from workers.settings import DEFAULT_URL, AckMode, DispatchMode
 
 PRESETS = {
     "burst": Scenario("burst", "Many quick tasks.", ("a", "b")),
@@ -325,6 +325,15 @@ def test_the_verdict_says_when_the_ack_mode_makes_prefetch_meaningless() -> None
 # ----- presets on keys, and first in the palette
 
 
+def terminal_key(sequence: str) -> str:
+    """The key Textual makes of what a terminal sends (its parser is private: here only to pin that behaviour)."""
+    from textual._xterm_parser import XTermParser
+    from textual.events import Key
+
+    (event,) = [e for e in XTermParser().feed(sequence) if isinstance(e, Key)]
+    return event.key
+
+
 def test_each_preset_has_a_key_on_its_button_that_works_while_typing_a_task() -> None:
     sent: list[PublisherPane.PublishTasks] = []
 
@@ -339,8 +348,9 @@ def test_each_preset_has_a_key_on_its_button_that_works_while_typing_a_task() ->
             labels.insert(0, str(app.query_one("#preset-keys", Label).render()))
             field = app.query_one("#task-body", Input)
             field.focus()
-            await pilot.press("alt+2")
-            await pilot.press("alt+1")
+            # What a terminal sends for Alt+2 (ESC 2, as tmux passes it on), as Textual reads it; then Alt+1 as
+            # a terminal with the kitty keyboard protocol reports it.
+            await pilot.press(terminal_key("\x1b2"), "alt+1")
             await pilot.pause()
             return labels, field.value
 
@@ -429,8 +439,17 @@ def test_with_no_workers_a_toast_says_press_f2_or_start_one_elsewhere() -> None:
     config = LabConfig(url="amqp://guest:guest@localhost/%2F", workers=0, queue="lesson", durable=False)
     actions = LabActions(app, config, Model(), _Backend(DispatchMode()), PRESETS)  # type: ignore[arg-type]
     actions.started()
-    assert app.notes == [no_workers("lesson", False)]
+    assert app.notes == [no_workers("lesson", False, False)]
     assert "F2" in app.notes[0] and "dispatch-lab worker --queue 'lesson' --transient" in app.notes[0]
+    assert "AMQP_URL" in app.notes[0] and "guest" not in app.notes[0]  # another broker: named, its password never
+    app.notes.clear()
+    private = LabConfig(url=DEFAULT_URL, workers=0, private_broker=True)
+    LabActions(app, private, Model(), _Backend(DispatchMode()), {}).started()  # type: ignore[arg-type]
+    assert "AMQP_URL" in app.notes[0]
+    app.notes.clear()
+    LabActions(app, LabConfig(url=DEFAULT_URL, workers=0), Model(), _Backend(DispatchMode()), {}).started()  # type: ignore[arg-type]
+    assert app.notes == [no_workers("task_queue", True)] and "AMQP_URL" not in app.notes[0]
+    assert "`dispatch-lab worker` in another terminal" in app.notes[0]
     app.notes.clear()
     LabActions(app, LabConfig(url="x", workers=2), Model(), _Backend(DispatchMode()), {}).started()  # type: ignore[arg-type]
     assert app.notes == []

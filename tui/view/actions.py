@@ -23,16 +23,20 @@ from tui.text import ERROR_CHARS, for_toast, quoted
 from tui.view.widgets.compare_screen import CompareScreen
 from tui.view.widgets.mode_dialog import PrefetchDialog
 from tui.view.widgets.publisher import PublisherPane
-from workers.settings import ACK_MODES, DEFAULT_QUEUE, AckMode, DispatchMode
+from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, AckMode, DispatchMode
 
 PREFETCH_CYCLE = (0, 1, 10)
 
 
-def no_workers(queue: str, durable: bool) -> str:
-    """How to get a worker when the dashboard started none: here, or the tutorial's way in another terminal."""
+def no_workers(queue: str, durable: bool, default_broker: bool = True) -> str:
+    """How to get a worker when the dashboard started none: here, or the tutorial's way in another terminal.
+
+    The URL is not written out (its password must not show): another broker than the default is named by AMQP_URL.
+    """
     options = ("" if queue == DEFAULT_QUEUE else f" --queue {quoted(queue)}") + ("" if durable else " --transient")
+    where = "" if default_broker else " with AMQP_URL set to this dashboard's broker (in the header)"
     return (
-        f"Press F2 to start a worker here, or run `dispatch-lab worker{options}` in another terminal "
+        f"Press F2 to start a worker here, or run `dispatch-lab worker{options}` in another terminal{where} "
         "(the tutorial's worker.py): tasks wait in the queue until a worker consumes them."
     )
 
@@ -130,7 +134,9 @@ class LabActions:
     def started(self) -> None:
         """The dashboard is up: with no worker of its own (``--workers 0``), say how to get one."""
         if self.backend is not None and self.config.workers == 0:
-            self.notify(no_workers(self.config.queue, self.config.durable), title="No workers yet", timeout=30)
+            config = self.config
+            default = config.url == DEFAULT_URL and not config.private_broker
+            self.notify(no_workers(config.queue, config.durable, default), title="No workers yet", timeout=30)
 
     def _selected_worker(self, name: str | None) -> str | None:
         if name in self.model.workers:

@@ -23,7 +23,7 @@ from tui.view.main_view import MainView
 from tui.view.screen_updates import call_after_each_screen_update
 from tui.view.widgets.help_screen import HelpScreen
 from tui.view.widgets.messages_screen import MessagesScreen
-from tui.view.widgets.publisher import PRESET_KEYS, PublisherPane
+from tui.view.widgets.publisher import PRESET_KEYS, PublisherPane, preset_binding_keys
 from tui.view.widgets.worker_card import WorkerCard
 
 
@@ -51,8 +51,8 @@ class DispatchLab(App[int]):
         Binding("ctrl+b", "select(-1)", "Previous worker", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         # The presets' keys, shown on their buttons; priority, so they work while the task input has focus.
-        *(Binding(key, f"preset({index})", f"Preset {index + 1}", show=False, priority=True)
-          for index, key in enumerate(PRESET_KEYS)),
+        *(Binding(preset_binding_keys(index), f"preset({index})", f"Preset {index + 1}", show=False, priority=True)
+          for index in range(len(PRESET_KEYS))),
     ]  # fmt: skip
     COMMANDS = App.COMMANDS | {PresetCommands}
     """The presets come first in the palette: typing part of a name finds them before Textual's own commands."""

@@ -12,8 +12,8 @@ REASON_CELLS = 40
 """Characters of the broker's block reason the header shows (RabbitMQ's are ``low on memory``, ``low on disk``)."""
 
 
-PRIVATE = "private broker (removed on exit) "
-"""Said before the URL of a node this dashboard started: what F10 restarts, and what Ctrl+Q takes away."""
+PRIVATE = "private broker (removed on exit) · "
+"""Said of a node this dashboard started: what F10 restarts, and what Ctrl+Q takes away."""
 
 
 class LabHeader(Static):
@@ -55,12 +55,12 @@ class LabHeader(Static):
         else:
             attempt = f", attempt {model.broker_attempt}" if model.broker_attempt else ""
             text.append(f"● broker {printable(state)}{attempt} ({now - model.broker_since:.0f}s) ", "bold red")
+        if private:  # before the mode: at 80 columns the end of the line is cut
+            text.append(PRIVATE, "bold magenta")
         text.append(model.mode.describe(), "bold cyan")
         text.append(" · queue ", "dim")
         text.append(printable(model.queue_name), "bold")
         text.append(" (durable) " if durable else " (transient) ", "dim")
-        if private:
-            text.append(PRIVATE, "bold magenta")
         text.append(printable(broker), "dim")
         self.set_class((live and state not in ("connected", "connecting")) or blocked is not None, "-trouble")
         shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles

@@ -21,8 +21,28 @@ REASON_CHARS = 200
 
 PRESET_MODIFIER = "alt+"
 PRESET_KEYS = tuple(f"{PRESET_MODIFIER}{n}" for n in range(1, 10))
-"""The preset buttons' keys, in their order: Alt+digit reaches the app through any terminal and tmux (as ESC and
-the digit) and types nothing into the task input; Ctrl+digit does not (most terminals send the bare digit)."""
+"""The preset buttons' keys, in their order, as shown. Ctrl+digit never reaches a terminal app (most terminals
+send the bare digit); Alt+digit does, as ESC and the digit (tmux passes it on), and types nothing when bound."""
+OPTION_DIGITS = "¡™£¢∞§¶•ª"
+"""What Alt+1 … Alt+9 arrive as: Textual 8 reads ESC and a digit as macOS's Option+digit characters (its
+sequence table maps them so), which a focused Input would type; a Mac without Option-as-Meta sends them too."""
+
+
+def preset_binding_keys(index: int) -> str:
+    """The keys a preset's binding listens to: its Alt+digit, and the character that arrives for it."""
+    return f"{PRESET_KEYS[index]},{OPTION_DIGITS[index]}"
+
+
+class TaskInput(Input):
+    """An Input that leaves the presets' keys to the app.
+
+    Textual drops every binding, priority ones too, for a key the focused Input may
+    type (``check_consume_key``): the characters Alt+digit arrives as would be typed
+    into the task instead of publishing the preset.
+    """
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        return (character is None or character not in OPTION_DIGITS) and super().check_consume_key(key, character)
 
 
 def preset_key(index: int) -> str | None:
@@ -54,9 +74,9 @@ class PublisherPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="publisher-row"):
             yield Label("task", classes="caption")
-            yield Input(value="Hello...", placeholder="Hello... (each dot = work)", id="task-body")
+            yield TaskInput(value="Hello...", placeholder="Hello... (each dot = work)", id="task-body")
             yield Label("×", classes="caption")
-            yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
+            yield TaskInput(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
             yield Button("Send", id="send", variant="primary")
             if self.presets:
                 # Each button shows its digit; "alt+" once before them (the row has no room for it on each).

@@ -101,12 +101,12 @@ class QueuePanel(Vertical):
 Row = tuple[str, str, str, str]
 """label, value, value style, source."""
 
-HELD_NOW = "unacked, from worker events"
+HELD_NOW = "unacked, worker events"
 AUTO_ACKED = "held by workers; broker forgot them"
 """Under auto ack the broker forgets a task when it delivers it: workers hold it, nothing counts it unacked."""
 SHORTER = {
     FROM_MANAGEMENT: "mgmt API, ~5 s old",
-    HELD_NOW: "from worker events",
+    HELD_NOW: "worker events",
     AUTO_ACKED: "broker forgot them",
     DERIVED: "worker events",
     DERIVED_IGNORED: "worker events",
