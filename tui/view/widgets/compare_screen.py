@@ -54,7 +54,7 @@ class CompareScreen(ModalScreen[None]):
                 yield Input("0,1", id="compare-modes", restrict=r"[0-9, ]*")
                 yield Label("ack", classes="caption")
                 # Never-acked runs never finish: only the modes that ack are offered.
-                acks = [(Text(mode.words), mode.value) for mode in ACK_MODES if mode.acked]
+                acks = [(Text(mode.value), mode.value) for mode in ACK_MODES if mode.acked]
                 yield Select(acks, value=self.ack.value, allow_blank=False, id="compare-ack")
                 yield Button("Run", id="compare-run", variant="primary")
             yield Label(self._settings(), id="compare-status")
