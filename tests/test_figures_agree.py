@@ -31,6 +31,7 @@ from tui.view.widgets.help_screen import HELP
 from tui.view.widgets.messages_screen import MessagesScreen, timings
 from tui.view.widgets.publisher import PublisherPane
 from tui.view.widgets.queue_panel import AUTO_ACKED, _rows
+from workers.local_node import BOOT_PHASES
 from workers.settings import DEFAULT_URL, AckMode, DispatchMode
 
 PRESETS = {
@@ -420,9 +421,12 @@ def test_the_boot_line_counts_the_seconds_while_a_phase_lasts() -> None:
     first = line.__rich__().plain
     now[0] += 9  # no new phase for 9 s: the line moves anyway
     later = line.__rich__().plain
-    assert "step 2 of 4: waiting for AMQP port … 3s" in first, first
-    assert "waiting for AMQP port … 12s" in later, later
-    assert "removed on exit" in later
+    assert first == "Private RabbitMQ node (step 2 of 4): waiting for AMQP port … 3s", first
+    assert later == "Private RabbitMQ node (step 2 of 4): waiting for AMQP port … 12s", later
+    for phase in BOOT_PHASES:  # with the spinner, one line in a class's terminal
+        line.update(phase)
+        now[0] += 100
+        assert len(line.__rich__().plain) + 2 <= 80, line.__rich__().plain
 
 
 # ----- --help and --workers 0

@@ -181,8 +181,10 @@ class BootLine:
 
     def __rich__(self) -> Text:
         elapsed = self.clock() - self.began
-        step = f"step {self.step} of {BOOT_STEPS}: " if self.step else ""
-        return Text(f"Private RabbitMQ node (removed on exit): {step}{self.phase} … {elapsed:.0f}s (usually 5-15 s)")
+        step = f" (step {self.step} of {BOOT_STEPS})" if self.step else ""
+        # One line at 80 columns, the longest phase too; "removed on exit" is said when it is ready, and in the
+        # dashboard's header.
+        return Text(f"Private RabbitMQ node{step}: {self.phase} … {elapsed:.0f}s")
 
 
 BOOT_STEPS = len(BOOT_PHASES)
