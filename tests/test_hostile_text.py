@@ -439,7 +439,7 @@ def test_the_compare_report_shows_names_as_text(text: str) -> None:
     console = Console(record=True, width=200, file=io.StringIO())
     report([hostile_result(text), hostile_result(text)], console)
     out = console.export_text()
-    assert f"scenario {for_toast(text)}: the same tasks under each mode" in out, out
+    assert f"scenario {for_toast(text)} under manual ack: the same tasks under each prefetch" in out, out
     assert printable(text)[:8] in out.split("\n", 3)[-1], out  # the worker and task columns
     assert not CONTROLS.search(out), out
 

@@ -8,7 +8,9 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from tui.view.widgets.queue_panel import Row, figures
+from tui.model.ledger import LostCause
+from tui.model.state import FROM_MANAGEMENT
+from tui.view.widgets.queue_panel import AUTO_ACKED, HELD_NOW, Row, figures
 
 PANEL = 44
 """The figures' width in the queue panel (48 columns less its border and padding)."""
@@ -68,14 +70,15 @@ def test_the_figures_are_the_tables_characters_and_styles(rows: tuple[Row, ...],
 
 
 def test_a_source_too_long_for_the_panel_is_cut_with_an_ellipsis_at_its_edge() -> None:
-    rows = (*MID_RUN[:1], ("unacked", "3", "bold", "management API, ~5 s behind"), *MID_RUN[2:])
+    # A source with no shorter words (the age of a stale figure); those with them: the test below.
+    rows = (*MID_RUN[:1], ("unacked", "3", "bold", "passive declare, 12345s old"), *MID_RUN[2:])
     lines = figures(rows, PANEL).plain.splitlines()
-    assert lines[1] == "unacked     " + "     3 " + "management API, ~5 s beh…"
+    assert lines[1] == "unacked     " + "     3 " + "passive declare, 12345s …"
     assert {len(line) for line in lines} == {PANEL}
     # The table drew the same cells up to the last; its own ellipsis fell past the edge.
     drawn, table = cells(figures(rows, PANEL), PANEL), cells(old_table(rows), PANEL)
     assert drawn[:1] + drawn[2:] == table[:1] + table[2:]
-    assert drawn[1][:-1] == table[1][:-1] and drawn[1][-1][0] == "…" and table[1][-1][0] == "i"
+    assert drawn[1][:-1] == table[1][:-1] and drawn[1][-1][0] == "…" and table[1][-1][0] == "o"
 
 
 def test_a_big_figure_keeps_all_its_digits_when_the_sources_overflow() -> None:
@@ -89,3 +92,18 @@ def test_a_big_figure_keeps_all_its_digits_when_the_sources_overflow() -> None:
 
 def test_no_rows_no_text() -> None:
     assert figures((), PANEL).plain == ""
+
+
+def test_the_lag_label_is_read_whole_in_fewer_words_where_the_column_is_narrow() -> None:
+    """Issue 14: ``unacked 3 management API, ~5 s beh…`` beside ``held now 1``: never cut, shortened."""
+    rows = (
+        ("unacked", "3", "bold", FROM_MANAGEMENT),
+        ("held now", "1", "bold", HELD_NOW),
+        ("auto-acked", "6", "bold", AUTO_ACKED),
+        ("lost", "6", "bold red", LostCause.TRANSIENT_QUEUE.value),
+    )
+    narrow = figures(rows, PANEL).plain.splitlines()
+    assert "…" not in "".join(narrow), narrow
+    assert narrow[0].rstrip().endswith(" 3 mgmt API, ~5 s old"), narrow
+    wide = figures(rows, 80).plain.splitlines()
+    assert all(line.rstrip().endswith(f" {source}") for line, (_, _, _, source) in zip(wide, rows, strict=True)), wide

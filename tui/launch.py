@@ -11,11 +11,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
+from rich.text import Text
 
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pool import WorkerPool
@@ -25,7 +27,7 @@ from tui.model.observations import SessionStarted
 from tui.model.state import Model
 from tui.text import printable
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
-from workers.local_node import LocalNode, LocalNodeError, port_open
+from workers.local_node import BOOT_PHASES, LocalNode, LocalNodeError, port_open
 from workers.settings import (
     AckMode,
     DispatchMode,
@@ -37,12 +39,22 @@ from workers.settings import (
 )
 from workers.worker import ack_arg, positive_float, prefetch_arg
 
+OTHER_COMMANDS = """\
+other commands (each with --help for its options):
+  dispatch-lab worker [options]          the tutorial's worker.py: one more worker, in any terminal
+  dispatch-lab new-task [options] WORDS  the tutorial's new_task.py: publish a task
+  dispatch-lab compare [options]         one scenario under each prefetch, side by side (no dashboard)
+  dispatch-lab replay FILE               reopen a saved session (Ctrl+S) read-only
+  dispatch-lab broker                    a private RabbitMQ node until Ctrl+C
+  dispatch-lab bench [--quick]           the benchmarks (from a source checkout)"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dispatch-lab",
         description="A live lab for RabbitMQ work queues: real workers, prefetch and ack modes side by side.",
-        epilog="Also: dispatch-lab worker …, dispatch-lab new-task … (the tutorial's two programs).",
+        epilog=OTHER_COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_connection_args(parser)
     parser.add_argument("--workers", type=int, default=2, help="worker processes to start (default 2)")
@@ -148,13 +160,47 @@ def default_management_url(url: str) -> str | None:
     return None
 
 
+class BootLine:
+    """The spinner's line while a private node boots: its phase, and the seconds so far, counted at each redraw.
+
+    The node reports a phase when one begins; the wait for the AMQP port alone can
+    take 10 s on a busy machine, and a line that stood still at "(2s)" read as hung.
+    Rich redraws a status about 12 times a second and asks this object each time.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.began = clock()
+        self.phase = "starting"
+        self.step = 0
+
+    def update(self, phase: str) -> None:
+        if phase != self.phase:
+            self.step += 1
+        self.phase = phase
+
+    def __rich__(self) -> Text:
+        elapsed = self.clock() - self.began
+        step = f" (step {self.step} of {BOOT_STEPS})" if self.step else ""
+        # One line at 80 columns, the longest phase too; "removed on exit" is said when it is ready, and in the
+        # dashboard's header.
+        return Text(f"Private RabbitMQ node{step}: {self.phase} … {elapsed:.0f}s")
+
+
+BOOT_STEPS = len(BOOT_PHASES)
+
+
 def start_private_node(config: LabConfig, console: Console) -> tuple[LabConfig, LocalNode]:
-    """Boot a private RabbitMQ node with a spinner; the config then points at it."""
+    """Boot a private RabbitMQ node with a spinner that counts the seconds; the config then points at it."""
     node = LocalNode()
-    began = time.monotonic()
-    with console.status("Starting a private RabbitMQ node (about 10 s) …") as status:
-        node.start(lambda phase: status.update(f"Private RabbitMQ node: {phase} ({time.monotonic() - began:.0f}s) …"))
-    console.print(f"Private RabbitMQ node {node.node_name} ready in {time.monotonic() - began:.1f} s", highlight=False)
+    line = BootLine()
+    with console.status(line):
+        node.start(line.update)
+    console.print(
+        f"Private RabbitMQ node {node.node_name} ready in {line.clock() - line.began:.1f} s "
+        "(removed when the dashboard exits)",
+        highlight=False,
+    )
     return replace(config, url=node.url, management_url=node.management_url), node
 
 

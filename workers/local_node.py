@@ -44,6 +44,13 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from workers.broker import connection_parameters
 
 Progress = Callable[[str], None]
+BOOT_PHASES = (
+    "booting Erlang VM",
+    "waiting for AMQP port",
+    "opening an AMQP connection",
+    "waiting for the management API",
+)
+"""What ``LocalNode.start`` reports, in order, as each phase begins (the last only with the management plugin)."""
 
 DEBIAN_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 HOST = "127.0.0.1"
@@ -272,13 +279,14 @@ class LocalNode:
         # Each phase is reported, then waited for. The VM's distribution port opens
         # (and `rabbitmq-diagnostics ping` answers) seconds before the AMQP listener,
         # which RabbitMQ starts last.
+        boot, amqp, connect, management = BOOT_PHASES
         steps: list[tuple[str, Callable[[], bool]]] = [
-            ("booting Erlang VM", lambda: port_open(HOST, self.dist_port, 0.2)),
-            ("waiting for AMQP port", lambda: port_open(HOST, self.amqp_port, 0.2)),
-            ("opening an AMQP connection", self._amqp_works),
+            (boot, lambda: port_open(HOST, self.dist_port, 0.2)),
+            (amqp, lambda: port_open(HOST, self.amqp_port, 0.2)),
+            (connect, self._amqp_works),
         ]
         if self.management:
-            steps.append(("waiting for the management API", self._management_works))
+            steps.append((management, self._management_works))
         for phase, ready in steps:
             report(phase)
             while not ready():

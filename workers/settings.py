@@ -82,8 +82,9 @@ _ACK_HELP = {
         "kill a worker: its tasks go back (ready rises) and arrive elsewhere *redelivered*",
     ),
     AckMode.AUTO: (
-        "the broker forgets a message on delivery; prefetch is ignored",
-        "one worker swallows the backlog; kill it and its tasks are **lost**",
+        "the broker forgets a message on delivery; prefetch limits nothing",
+        "ready tasks are dealt round-robin over the workers present, each gets its whole share at once "
+        "(a worker alone when a backlog arrives takes all of it); kill one and what it held is **lost**",
     ),
     AckMode.NONE: (
         "never acks (the tutorial's *forgotten ack*)",

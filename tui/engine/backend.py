@@ -239,7 +239,7 @@ class Backend:
                 failed(str(exc))
                 return
             seconds = time.monotonic() - began
-            self.inbox.put(obs.BrokerRestarted(time.time(), self.tasks_survive_restart, seconds))
+            self.inbox.put(obs.BrokerRestarted(time.time(), self.tasks_survive_restart, seconds, self.config.durable))
             done(seconds)
 
         thread = threading.Thread(target=restart, name="broker-restart", daemon=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass, field
+from enum import Enum
 
 from workers.settings import AckMode
 
@@ -60,6 +61,55 @@ TERMINAL = frozenset({DONE, LOST, PURGED, FAILED, TAKEN, DELETED})
 DEFAULT_CAP = 50_000
 
 
+class LostCause(str, Enum):
+    """Why a message is gone for good: each lost record has one, and each reads differently on the screen."""
+
+    WORKER_DIED = "auto ack, worker died"
+    """Delivered under auto ack (the broker forgot it then) to a worker that died before finishing it."""
+    UNSEEN = "auto ack, died in transit"
+    """Written under auto ack to a worker's socket, and the worker died before it read it: nobody reported it."""
+    TRANSIENT_QUEUE = "transient queue, broker restart"
+    """Waiting in a non-durable queue when the broker restarted: the queue went, and everything in it."""
+    NOT_PERSISTENT = "not persistent, broker restart"
+    """A non-persistent message in a durable queue when the broker restarted: the queue came back, it did not."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def short(self) -> str:
+        """The cause in a word or two, where several causes share a line."""
+        return _LOST_SHORT[self]
+
+    @property
+    def sentence(self) -> str:
+        """The cause in one sentence (F9's caption for a lost task)."""
+        return _LOST_SENTENCES[self]
+
+
+_LOST_SHORT = {
+    LostCause.WORKER_DIED: "auto ack",
+    LostCause.UNSEEN: "in transit",
+    LostCause.TRANSIENT_QUEUE: "transient queue",
+    LostCause.NOT_PERSISTENT: "not persistent",
+}
+_LOST_SENTENCES = {
+    LostCause.WORKER_DIED: (
+        "lost: delivered under auto ack (the broker forgot it then) to a worker that died before finishing it"
+    ),
+    LostCause.UNSEEN: "lost: sent under auto ack to a worker that died before it could report it",
+    LostCause.TRANSIENT_QUEUE: "lost: it waited in a transient (non-durable) queue, which the broker restart removed",
+    LostCause.NOT_PERSISTENT: (
+        "lost: a non-persistent message; the durable queue came back after the restart, the message did not"
+    ),
+}
+PURGE_CAUSE = "removed by purge"
+DELETE_CAUSE = "went with the deleted queue"
+
+
 @dataclass(slots=True)
 class Delivery:
     """One delivery of a message to a worker and how it ended."""
@@ -106,6 +156,14 @@ class MessageRecord:
     """The run (a preset or scenario published as one) it belongs to, numbered from 1; 0 for none."""
     run_seq: int = 0
     """Its number within that run, from 1."""
+    lost_cause: LostCause | None = None
+    """Why it is lost, once it is."""
+
+    def cause(self) -> str:
+        """Why it ended where it is, for a task that did not end done: lost (and why), purged, deleted; else ""."""
+        if self.state == LOST and self.lost_cause is not None:
+            return self.lost_cause.value
+        return {PURGED: PURGE_CAUSE, DELETED: DELETE_CAUSE, FAILED: self.failure}.get(self.state, "")
 
     def label(self) -> str:
         """``r2#3`` for the third task of run 2, ``#17`` for our other tasks, the id for anyone else's."""
@@ -174,6 +232,8 @@ class Ledger:
         self.lost = 0
         self.lost_unseen = 0
         """Of ``lost``: vanished in transit to a dead auto-ack worker, never reported by anyone."""
+        self.lost_by: collections.Counter[LostCause] = collections.Counter()
+        """``lost`` by cause (a counter: evicting records changes nothing)."""
         self.purged = 0
         self.evicted = 0
         self.foreign = 0
@@ -350,9 +410,7 @@ class Ledger:
         delivery = record.deliveries[-1] if record.deliveries else None
         if record.state == HELD and delivery is not None and delivery.ack.lost_with_worker:
             delivery.ended, delivery.outcome = ts, "killed, lost" if killed else "exited, lost"
-            self.lost += 1
-            self.lost_ids.append(record.msg_id)
-            self._move(record, LOST)
+            self._lose(record, LostCause.WORKER_DIED)
             return
         if record.state in (HELD, UNACKED_DONE):
             # Held, or finished but never acked: the broker hands it out again.
@@ -444,15 +502,20 @@ class Ledger:
         self.deleted += len(gone)
         return len(gone)
 
-    def lost_in_restart(self, ts: float) -> int:
-        """A transient queue or transient messages: what was waiting in the queue is gone."""
+    def _lose(self, record: MessageRecord, cause: LostCause) -> None:
+        record.lost_cause = cause
+        self.lost += 1
+        self.lost_by[cause] += 1
+        self.lost_ids.append(record.msg_id)
+        self._move(record, LOST)
+
+    def lost_in_restart(self, ts: float, cause: LostCause = LostCause.TRANSIENT_QUEUE) -> int:
+        """A transient queue or transient messages (``cause`` says which): what was waiting in the queue is gone."""
         gone = [r for r in self.records.values() if r.state == READY]
         for record in gone:
             if record.deliveries and record.deliveries[-1].outcome is None:
                 record.deliveries[-1].ended, record.deliveries[-1].outcome = ts, "lost in broker restart"
-            self.lost += 1
-            self.lost_ids.append(record.msg_id)
-            self._move(record, LOST)
+            self._lose(record, cause)
         return len(gone)
 
     def vanished(self, before: float) -> int:
@@ -466,10 +529,8 @@ class Ledger:
         """
         gone = [r for r in self.records.values() if r.state == READY and _ready_since(r) < before]
         for record in gone:
-            self.lost += 1
             self.lost_unseen += 1
-            self.lost_ids.append(record.msg_id)
-            self._move(record, LOST)
+            self._lose(record, LostCause.UNSEEN)
         return len(gone)
 
     def taken_by_others(self, count: int, before: float) -> int:

@@ -188,6 +188,8 @@ class BrokerRestarted:
     ts: float
     kept: bool
     seconds: float
+    durable: bool | None = None
+    """The queue was durable (so what was lost, if anything, was non-persistent messages); None in older logs."""
 
 
 @dataclass(frozen=True, slots=True)

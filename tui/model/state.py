@@ -26,6 +26,7 @@ from tui.model.ledger import (
     TERMINAL,
     UNACKED_DONE,
     Ledger,
+    LostCause,
     MessageRecord,
 )
 from tui.model.others import OtherConsumers
@@ -710,7 +711,10 @@ class Model:
     def _on_broker_restarted(self, e: obs.BrokerRestarted) -> None:
         self.ledger.broker_restarted()
         if not e.kept:
-            self.last_error = f"{self.ledger.lost_in_restart(e.ts)} waiting task(s) lost in the broker restart"
+            durable = self.durable if e.durable is None else e.durable
+            cause = LostCause.NOT_PERSISTENT if durable else LostCause.TRANSIENT_QUEUE
+            lost = self.ledger.lost_in_restart(e.ts, cause)
+            self.last_error = f"{lost} waiting task(s) lost in the broker restart ({cause})"
 
     def _on_run_started(self, e: obs.RunStarted) -> None:
         mode = DispatchMode(e.prefetch, _ack(e.ack))
@@ -800,6 +804,29 @@ class Model:
     def derived_unacked(self) -> int:
         """Unacked as the workers' own events account for it."""
         return sum(w.unacked for w in self.workers.values())
+
+    def held_auto_acked(self) -> int:
+        """Tasks live workers hold that the broker no longer counts: delivered under auto ack, forgotten then.
+
+        The cards' *holds* counts them; the queue's unacked does not.
+        """
+        return sum(
+            1
+            for w in self.workers.values()
+            if w.alive
+            for r in w.held.values()
+            if r.deliveries and not r.deliveries[-1].ack.unacked_while_held
+        )
+
+    def settled(self) -> int:
+        """Messages whose story is over, as the events tell: done, lost, purged, taken by others, deleted.
+
+        While tasks move, the balance shows this against what came in: both sides
+        come from our own records, so it never reads more out than in, where the
+        broker's figures (unacked ~5 s behind) would count a finished task twice.
+        """
+        ledger = self.ledger
+        return ledger.done_messages + ledger.lost + ledger.purged + ledger.taken + ledger.deleted
 
     def unacked(self, now: float) -> tuple[int, str]:
         """The unacked figure and its source: the management API when fresh, else derived."""

@@ -105,7 +105,11 @@ def table(results: list[RunResult]) -> Table:
     """Side by side: per mode the makespan, and per worker its tasks, busy time and idle-while-work-waited."""
     best = min((r.makespan for r in results if not r.timed_out), default=0.0)
     # Text for whatever comes from a scenario file or the workers (names, task labels): a string cell is markup.
-    title = Text(f"scenario {for_toast(results[0].scenario)}: the same tasks under each mode", "table.title")
+    ack = results[0].mode.ack
+    title = Text(
+        f"scenario {for_toast(results[0].scenario)} under {ack.words}: the same tasks under each prefetch",
+        "table.title",
+    )
     out = Table(title=title, box=box.SIMPLE_HEAD)
     for name, justify in (("mode", "left"), ("makespan", "right"), ("worker", "left"), ("done", "right"),
                           ("busy", "right"), ("idle*", "right"), ("tasks", "left"), ("redeliv", "right"),
@@ -139,9 +143,24 @@ def checks(results: list[RunResult]) -> Text:
     return text
 
 
+def prefetch_note(ack: AckMode) -> str:
+    """What an ack mode does to a comparison of prefetch values; "" when prefetch means what it says."""
+    if ack.broker_acks_on_delivery:
+        return (
+            f"Under {ack.words} prefetch limits nothing: the broker deals every ready task out at once, "
+            "so each prefetch value here dispatches the same way."
+        )
+    return ""
+
+
 def verdict(results: list[RunResult]) -> str:
-    """One sentence on which mode won and why (``tui.model.runs.verdict``, as the dashboard's run summary)."""
-    return run_verdict(results, lambda result: mode_name(result.mode))
+    """One sentence on which mode won and why (``tui.model.runs.verdict``, as the dashboard's run summary).
+
+    Under a mode where prefetch limits nothing, it says that first.
+    """
+    note = prefetch_note(results[0].mode.ack) if results else ""
+    said = run_verdict(results, lambda result: mode_name(result.mode))
+    return f"{note} {said}".strip()
 
 
 def report(results: list[RunResult], console: Console) -> None:

@@ -19,13 +19,37 @@ from tui.engine.session_log import SessionLog
 from tui.model.scenarios import Action, Do, Scenario
 from tui.model.state import Model
 from tui.teaching.export import not_saved, save_session, session_folder
-from tui.text import ERROR_CHARS, for_toast
+from tui.text import ERROR_CHARS, for_toast, quoted
 from tui.view.widgets.compare_screen import CompareScreen
 from tui.view.widgets.mode_dialog import PrefetchDialog
 from tui.view.widgets.publisher import PublisherPane
-from workers.settings import ACK_MODES, AckMode, DispatchMode
+from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, AckMode, DispatchMode
 
 PREFETCH_CYCLE = (0, 1, 10)
+
+
+def no_workers(queue: str, durable: bool, default_broker: bool = True) -> str:
+    """How to get a worker when the dashboard started none: here, or the tutorial's way in another terminal.
+
+    The URL is not written out (its password must not show): another broker than the default is named by AMQP_URL.
+    """
+    options = ("" if queue == DEFAULT_QUEUE else f" --queue {quoted(queue)}") + ("" if durable else " --transient")
+    where = "" if default_broker else " with AMQP_URL set to this dashboard's broker (in the header)"
+    return (
+        f"Press F2 to start a worker here, or run `dispatch-lab worker{options}` in another terminal{where} "
+        "(the tutorial's worker.py): tasks wait in the queue until a worker consumes them."
+    )
+
+
+def restart_fate(durable: bool, persistent: bool) -> str:
+    """What a broker restart does to the tasks waiting in the queue, for the queue and messages this lab uses."""
+    if durable and persistent:
+        return "durable queue, persistent messages: waiting tasks should survive"
+    if durable:
+        return "durable queue, but non-persistent messages: the queue comes back, its waiting tasks are lost"
+    if persistent:
+        return "transient queue: it goes with the restart, and its tasks (persistent or not) with it"
+    return "transient queue, non-persistent messages: the queue and its tasks will be lost"
 
 
 class LabActions:
@@ -112,6 +136,13 @@ class LabActions:
 
     # ----- actions
 
+    def started(self) -> None:
+        """The dashboard is up: with no worker of its own (``--workers 0``), say how to get one."""
+        if self.backend is not None and self.config.workers == 0:
+            config = self.config
+            default = config.url == DEFAULT_URL and not config.private_broker
+            self.notify(no_workers(config.queue, config.durable, default), title="No workers yet", timeout=30)
+
     def _selected_worker(self, name: str | None) -> str | None:
         if name in self.model.workers:
             return name
@@ -188,13 +219,11 @@ class LabActions:
             self.notify("Read-only view: no broker to run a comparison on.", severity="warning")
             return
         spd = min(self.config.seconds_per_dot, 0.2) or 0.2  # a comparison should take seconds, not minutes
-        # Never-acked runs never finish: those compare under manual ack.
-        ack = (
-            self.mode.ack
-            if self.mode.ack.worker_acks_after_work or self.mode.ack.broker_acks_on_delivery
-            else AckMode.MANUAL
+        # Manual ack whatever the dashboard runs: after an auto-ack lesson every prefetch would take the same
+        # time, and nothing would say why. The screen offers the other modes that finish; it names the one used.
+        screen = CompareScreen(
+            self.config.url, self.presets, self.compare_results, seconds_per_dot=spd, ack=AckMode.MANUAL
         )
-        screen = CompareScreen(self.config.url, self.presets, self.compare_results, seconds_per_dot=spd, ack=ack)
         self.app.push_screen(screen)
 
     def cycle_prefetch(self) -> None:
@@ -221,11 +250,8 @@ class LabActions:
 
     def restart_broker(self) -> None:
         if self.can_restart_broker and self.backend is not None:
-            kept = self.config.durable and self.config.persistent
-            what = (
-                "durable queue, persistent messages: tasks should survive" if kept else "transient: tasks will be lost"
-            )
-            self.notify(f"Restarting the broker ({what}) …", timeout=8)
+            self.notify(f"Restarting the broker ({restart_fate(self.config.durable, self.config.persistent)}) …",
+                        timeout=8)  # fmt: skip
 
             def done(seconds: float) -> None:
                 self._from_thread(

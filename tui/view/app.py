@@ -18,12 +18,12 @@ from tui.engine.session_log import SessionLog
 from tui.model.scenarios import Scenario, builtin
 from tui.model.state import Model
 from tui.view.actions import LabActions
-from tui.view.commands import lab_commands
+from tui.view.commands import PresetCommands, lab_commands
 from tui.view.main_view import MainView
 from tui.view.screen_updates import call_after_each_screen_update
 from tui.view.widgets.help_screen import HelpScreen
 from tui.view.widgets.messages_screen import MessagesScreen
-from tui.view.widgets.publisher import PublisherPane
+from tui.view.widgets.publisher import PRESET_KEYS, PublisherPane, preset_binding_keys
 from tui.view.widgets.worker_card import WorkerCard
 
 
@@ -51,7 +51,12 @@ class DispatchLab(App[int]):
         Binding("ctrl+b", "select(-1)", "Previous worker", show=False, priority=True),
         Binding("ctrl+t", "timeline_run", "Run only", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", priority=True),
-    ]
+        # The presets' keys, shown on their buttons; priority, so they work while the task input has focus.
+        *(Binding(preset_binding_keys(index), f"preset({index})", f"Preset {index + 1}", show=False, priority=True)
+          for index in range(len(PRESET_KEYS))),
+    ]  # fmt: skip
+    COMMANDS = App.COMMANDS | {PresetCommands}
+    """The presets come first in the palette: typing part of a name finds them before Textual's own commands."""
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class DispatchLab(App[int]):
     def on_mount(self) -> None:
         if self.backend is not None:
             self.backend.start()
+        self.actions.started()
         self.refresh_view()
         self.run_worker(self.pacer.run(), name="view", group="view")
 
@@ -126,6 +132,11 @@ class DispatchLab(App[int]):
 
     def on_publisher_pane_publish_tasks(self, message: PublisherPane.PublishTasks) -> None:
         self.actions.publish(message)
+
+    def action_preset(self, index: int) -> None:
+        names = list(self.presets)
+        if 0 <= index < len(names):
+            self.view.publisher.send_preset(names[index])
 
     def action_select(self, step: int) -> None:
         self.view.step(step)

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from textual.app import SystemCommand
+from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.message import Message
 
-from tui.text import for_toast
 from tui.view.actions import LabActions
-from tui.view.widgets.publisher import PublisherPane
+from tui.view.widgets.publisher import PublisherPane, preset_key
 from workers.settings import ACK_MODES, DispatchMode
 
 
@@ -50,11 +50,6 @@ def lab_commands(app: LabView, actions: LabActions) -> Iterator[SystemCommand]:
     yield SystemCommand("Purge queue", "Remove the ready messages", actions.purge)
     if actions.can_restart_broker:
         yield SystemCommand("Restart broker", "Stop and start the private node", actions.restart_broker)
-    for name, scenario in actions.presets.items():
-        yield SystemCommand(
-            f"Publish preset: {name}", scenario.description,
-            lambda s=scenario: app.post_message(PublisherPane.PublishTasks(list(s.tasks), for_toast(s.name), s)),
-        )  # fmt: skip
     yield SystemCommand(
         "Compare modes (F12)", "Run a scenario under several prefetch values on fresh queues, side by side",
         actions.compare,
@@ -62,3 +57,38 @@ def lab_commands(app: LabView, actions: LabActions) -> Iterator[SystemCommand]:
     yield SystemCommand("Messages", "The ledger: every task's lifeline, lost ids, duplicates", app.action_messages)
     yield SystemCommand("Save session", "Events (JSON lines), ledger (CSV) and an SVG screenshot", app.action_save)
     yield SystemCommand("Help", "What each mode does and what to watch for", app.action_help)
+
+
+PRESET_SCORE = 1_000_000.0
+"""Added to a preset's match score, so a preset that matches comes before any other command: Textual's fuzzy
+matcher scores a few points a matching letter (``t`` gives Theme 6, tutorial 6, burst 3), so typing the first
+letter of "tutorial" listed Theme, Quit and Screenshot before the presets."""
+
+
+class PresetCommands(Provider):
+    """The presets in the command palette, by name and key, ranked above every other command that matches."""
+
+    def _presets(self) -> list[tuple[str, str, str]]:
+        """(title, help, name) for each preset of the screen's publisher pane (none on another screen)."""
+        found: list[tuple[str, str, str]] = []
+        for pane in self.screen.query(PublisherPane):
+            for index, (name, scenario) in enumerate(pane.presets.items()):
+                key = preset_key(index)
+                found.append((f"Publish preset: {name}", f"{scenario.description}{f' ({key})' if key else ''}", name))
+        return found
+
+    def _send(self, name: str) -> None:
+        for pane in self.screen.query(PublisherPane):
+            pane.send_preset(name)
+
+    async def discover(self) -> Hits:
+        for title, help_text, name in self._presets():
+            yield DiscoveryHit(title, lambda n=name: self._send(n), help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, help_text, name in self._presets():
+            # The name alone first ("tutor" finds tutorial at once), then the whole title ("preset").
+            score = matcher.match(name) or matcher.match(title)
+            if score > 0:
+                yield Hit(PRESET_SCORE + score, matcher.highlight(title), lambda n=name: self._send(n), help=help_text)

@@ -55,7 +55,7 @@ class MainView:
         if not self.header.is_attached:
             return  # shutting down
         model, config = self.model, self.config
-        self.header.show(model, mask_url(config.url), config.durable, now, title)
+        self.header.show(model, mask_url(config.url), config.durable, now, title, private=config.private_broker)
         self.queue_panel.show(model, now, config.durable, details=details)
         self.publisher.show(model, now)
         self.run_summary.show(model, now)

@@ -14,9 +14,9 @@ from textual.widgets import Button, Input, Label, LoadingIndicator, Select, Stat
 
 from tui.engine.runner import RunResult
 from tui.model.scenarios import Scenario
-from tui.teaching.compare import checks, compare_modes, prefetch_list, table, verdict
+from tui.teaching.compare import checks, compare_modes, prefetch_list, prefetch_note, table, verdict
 from tui.text import ERROR_CHARS, for_toast
-from workers.settings import AckMode, SettingsError
+from workers.settings import ACK_MODES, AckMode, SettingsError, check_ack
 
 
 class CompareScreen(ModalScreen[None]):
@@ -52,14 +52,30 @@ class CompareScreen(ModalScreen[None]):
                              allow_blank=False, id="compare-scenario")  # fmt: skip
                 yield Label("prefetch", classes="caption")
                 yield Input("0,1", id="compare-modes", restrict=r"[0-9, ]*")
+                yield Label("ack", classes="caption")
+                # Never-acked runs never finish: only the modes that ack are offered.
+                acks = [(Text(mode.value), mode.value) for mode in ACK_MODES if mode.acked]
+                yield Select(acks, value=self.ack.value, allow_blank=False, id="compare-ack")
                 yield Button("Run", id="compare-run", variant="primary")
-            yield Label(
-                f"{self.worker_count} workers, {self.seconds_per_dot:g} s/dot, {self.ack} ack, fresh queue per run",
-                id="compare-status",
-            )
+            yield Label(self._settings(), id="compare-status")
             yield LoadingIndicator(id="compare-busy")
             with VerticalScroll(id="compare-results"):
                 yield Static(id="compare-table")
+
+    def _settings(self) -> Text:
+        """What the next run uses, the ack mode named; and when that mode makes prefetch meaningless, that too."""
+        text = Text(f"{self.worker_count} workers, {self.seconds_per_dot:g} s/dot, ")
+        text.append(self.ack.words, "bold")
+        text.append(", fresh queue per run")
+        note = prefetch_note(self.ack)
+        if note:
+            text.append(f"\n{note}", "bold yellow")
+        return text
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "compare-ack" and isinstance(event.value, str):
+            self.ack = check_ack(event.value)
+            self.query_one("#compare-status", Label).update(self._settings())
 
     def on_mount(self) -> None:
         self.query_one("#compare-busy").display = False

@@ -8,6 +8,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
+from tui.view.widgets.publisher import PRESET_KEYS
 from workers.settings import AckMode
 
 HELP = """\
@@ -47,7 +48,8 @@ change", not a crash.
 | F8 | purge the queue's ready messages |
 | F9 | the message ledger: every task's lifeline, lost ids, duplicates |
 | F10 | restart the broker (only one dispatch-lab started itself): durability |
-| F12 | compare modes: one scenario under several prefetch values, side by side |
+| F12 | compare modes: one scenario under several prefetch values, side by side (manual ack unless you pick another) |
+| Alt+1 … Alt+{last} | publish the preset whose button shows that key (also in the palette: type its name) |
 | Ctrl+S | save events, ledger and a screenshot into runs/ |
 | Ctrl+N / Ctrl+B | select next / previous worker (or click a card) |
 | Ctrl+P | command palette (set prefetch to any number, presets, …) |
@@ -59,7 +61,10 @@ change", not a crash.
 2. **Fair dispatch**: send *odd-heavy* at prefetch 0, then press F6 to 1 and send it again.
 3. **Redelivery**: send long tasks, kill a busy worker with F3: its task comes back.
 4. **Loss**: F7 to auto, send a backlog, kill a worker: the lost count rises.
-""".format(ack_rows="\n".join(f"| **{mode.value}** | {mode.help[0]} | {mode.help[1]} |" for mode in AckMode))
+""".format(
+    ack_rows="\n".join(f"| **{mode.value}** | {mode.help[0]} | {mode.help[1]} |" for mode in AckMode),
+    last=len(PRESET_KEYS),
+)
 
 
 class HelpScreen(ModalScreen[None]):

@@ -12,6 +12,10 @@ REASON_CELLS = 40
 """Characters of the broker's block reason the header shows (RabbitMQ's are ``low on memory``, ``low on disk``)."""
 
 
+PRIVATE = "private broker (removed on exit) · "
+"""Said of a node this dashboard started: what F10 restarts, and what Ctrl+Q takes away."""
+
+
 class LabHeader(Static):
     """One line at the top that says what is being shown; the link's state comes first so it is never cut off.
 
@@ -20,7 +24,17 @@ class LabHeader(Static):
 
     _shown: tuple[object, ...] = ()
 
-    def show(self, model: Model, broker: str, durable: bool, now: float, title: str = "dispatch-lab") -> None:
+    def show(
+        self,
+        model: Model,
+        broker: str,
+        durable: bool,
+        now: float,
+        title: str = "dispatch-lab",
+        *,
+        private: bool = False,
+    ) -> None:
+        """``private``: the broker is a node this dashboard started (F10 restarts it; it goes when we exit)."""
         state = model.broker_state
         blocked = model.publish_blocked
         live = title == "dispatch-lab"
@@ -41,6 +55,8 @@ class LabHeader(Static):
         else:
             attempt = f", attempt {model.broker_attempt}" if model.broker_attempt else ""
             text.append(f"● broker {printable(state)}{attempt} ({now - model.broker_since:.0f}s) ", "bold red")
+        if private:  # before the mode: at 80 columns the end of the line is cut
+            text.append(PRIVATE, "bold magenta")
         text.append(model.mode.describe(), "bold cyan")
         text.append(" · queue ", "dim")
         text.append(printable(model.queue_name), "bold")

@@ -13,7 +13,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from tui.model.ledger import LOST, TAKEN, MessageRecord
+from tui.model.ledger import LOST, TAKEN, Delivery, MessageRecord
 from tui.model.state import Model
 from tui.text import printable, quoted
 
@@ -42,7 +42,7 @@ class MessagesScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("task", "state", "deliveries", "why (last)", "lifeline")
+        table.add_columns("task", "state", "deliveries", "why", "lifeline")
         self.refresh_ledger()
         self.set_interval(0.5, self.refresh_ledger)
         table.focus()
@@ -58,7 +58,7 @@ class MessagesScreen(ModalScreen[None]):
             ("evicted (finished, over the cap) ", "dim"), (f"{ledger.evicted}", "bold"),
         )  # fmt: skip
         if ledger.lost_ids:
-            summary.append("\nlost: " + " ".join(self._label(i) for i in list(ledger.lost_ids)[-40:]), "red")
+            summary.append("\nlost: " + self._lost_by_cause(list(ledger.lost_ids)[-40:]), "red")
         if ledger.duplicate_ids:
             summary.append(
                 "\nprocessed twice: " + " ".join(self._label(i) for i in list(ledger.duplicate_ids)[-40:]), "yellow"
@@ -81,6 +81,17 @@ class MessagesScreen(ModalScreen[None]):
                     table.update_cell(record.msg_id, column.key, value)
         self._show_detail()
 
+    def _lost_by_cause(self, ids: list[str]) -> str:
+        """``#1 #3 (auto ack, worker died); #6 (transient queue, broker restart)``: each lost id with its cause."""
+        groups: dict[str, list[str]] = {}
+        for msg_id in ids:
+            record = self.model.ledger.records.get(msg_id)
+            cause = (
+                record.lost_cause.value if record is not None and record.lost_cause is not None else "record evicted"
+            )
+            groups.setdefault(cause, []).append(self._label(msg_id))
+        return "; ".join(f"{' '.join(labels)} ({cause})" for cause, labels in groups.items())
+
     def _label(self, msg_id: str) -> str:
         record = self.model.ledger.records.get(msg_id)
         return printable(record.label() if record else msg_id)
@@ -88,7 +99,8 @@ class MessagesScreen(ModalScreen[None]):
     @staticmethod
     def _row(record: MessageRecord) -> tuple[Text, Text, str, Text, Text]:
         """The table's cells: Text, as a string cell is read as markup and ids and names come from outside."""
-        why = record.deliveries[-1].why if record.deliveries else ""
+        # Why it ended where it is (lost, purged, deleted) when it did not end done; else why it was last delivered.
+        why = record.cause() or (record.deliveries[-1].why if record.deliveries else "")
         return (
             Text(printable(record.label()), "bold"),
             Text(record.state, STATE_STYLES.get(record.state, "")),
@@ -117,16 +129,32 @@ class MessagesScreen(ModalScreen[None]):
             box=box.SIMPLE_HEAD,
             padding=(0, 1),
         )
-        for column in ("worker", "at", "redelivered", "why", "ack", "outcome", "took"):
+        for column in ("worker", "at", "redelivered", "why", "ack", "outcome", "waited", "worked"):
             table.add_column(column)
         for d in record.deliveries:
-            took = f"{d.ended - d.ts:.2f}s" if d.ended is not None else "…"
+            waited, worked = timings(d)
             table.add_row(Text(printable(d.worker)), f"+{d.ts - origin:.2f}s", "yes" if d.redelivered else "no",
                           Text(printable(d.why)), Text(printable(d.ack)), Text(printable(d.outcome or "in progress")),
-                          took)  # fmt: skip
-        if record.state == LOST:
-            table.caption = "lost: delivered under auto ack to a worker that died before finishing it"
+                          waited, worked)  # fmt: skip
+        notes = ["waited = in the worker's prefetch window, behind another task; worked = the task's own time"]
+        if record.state == LOST and record.lost_cause is not None:
+            notes.insert(0, record.lost_cause.sentence)
+        elif record.cause():
+            notes.insert(0, f"{record.state}: {printable(record.cause())}")
+        table.caption = Text("\n".join(notes))
         detail.update(table)
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def timings(delivery: Delivery) -> tuple[str, str]:
+    """How long a delivery waited in the worker's prefetch window, and how long it was worked on ("…" while unknown).
+
+    A delivery given back (or lost) before its work began only waited; one still waiting has no end yet.
+    """
+    if delivery.started is None:
+        waited = f"{delivery.ended - delivery.ts:.2f}s" if delivery.ended is not None else "…"
+        return waited, "-" if delivery.ended is not None else "…"
+    waited = f"{delivery.started - delivery.ts:.2f}s"
+    return waited, f"{delivery.ended - delivery.started:.2f}s" if delivery.ended is not None else "…"

@@ -19,6 +19,36 @@ MAX_COUNT = 100_000
 REASON_CHARS = 200
 """At most this much of a failure's reason is kept on the status line (it ends at the pane's edge anyway)."""
 
+PRESET_MODIFIER = "alt+"
+PRESET_KEYS = tuple(f"{PRESET_MODIFIER}{n}" for n in range(1, 10))
+"""The preset buttons' keys, in their order, as shown. Ctrl+digit never reaches a terminal app (most terminals
+send the bare digit); Alt+digit does, as ESC and the digit (tmux passes it on), and types nothing when bound."""
+OPTION_DIGITS = "¡™£¢∞§¶•ª"
+"""What Alt+1 … Alt+9 arrive as: Textual 8 reads ESC and a digit as macOS's Option+digit characters (its
+sequence table maps them so), which a focused Input would type; a Mac without Option-as-Meta sends them too."""
+
+
+def preset_binding_keys(index: int) -> str:
+    """The keys a preset's binding listens to: its Alt+digit, and the character that arrives for it."""
+    return f"{PRESET_KEYS[index]},{OPTION_DIGITS[index]}"
+
+
+class TaskInput(Input):
+    """An Input that leaves the presets' keys to the app.
+
+    Textual drops every binding, priority ones too, for a key the focused Input may
+    type (``check_consume_key``): the characters Alt+digit arrives as would be typed
+    into the task instead of publishing the preset.
+    """
+
+    def check_consume_key(self, key: str, character: str | None) -> bool:
+        return (character is None or character not in OPTION_DIGITS) and super().check_consume_key(key, character)
+
+
+def preset_key(index: int) -> str | None:
+    """The key of the preset at ``index`` (from 0), if it has one."""
+    return PRESET_KEYS[index] if 0 <= index < len(PRESET_KEYS) else None
+
 
 class PublisherPane(Vertical):
     """The publisher: each dot in a task is seconds-per-dot of work.
@@ -44,12 +74,19 @@ class PublisherPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="publisher-row"):
             yield Label("task", classes="caption")
-            yield Input(value="Hello...", placeholder="Hello... (each dot = work)", id="task-body")
+            yield TaskInput(value="Hello...", placeholder="Hello... (each dot = work)", id="task-body")
             yield Label("×", classes="caption")
-            yield Input(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
+            yield TaskInput(value="1", id="task-count", restrict=r"[0-9]*", max_length=6)
             yield Button("Send", id="send", variant="primary")
-            for name in self.presets:
-                yield Button(name, id=f"preset-{name}", classes="preset", tooltip=self.presets[name].description)
+            if self.presets:
+                # Each button shows its digit; "alt+" once before them (the row has no room for it on each).
+                yield Label(Text(PRESET_MODIFIER, "bold"), classes="caption preset", id="preset-keys")
+            for index, name in enumerate(self.presets):
+                key = preset_key(index)
+                # Text: a scenario's name comes from a file, and a string label is read as markup.
+                label = Text.assemble((key.removeprefix(PRESET_MODIFIER), "bold"), f" {name}") if key else Text(name)
+                tooltip = f"{self.presets[name].description} ({key})" if key else self.presets[name].description
+                yield Button(label, id=f"preset-{name}", classes="preset", tooltip=tooltip)
         yield Static(id="publish-status", markup=False)
 
     def show(self, model: Model, now: float) -> None:
@@ -71,7 +108,12 @@ class PublisherPane(Vertical):
         if button_id == "send":
             self._send_typed()
         elif button_id.startswith("preset-"):
-            scenario = self.presets[button_id.removeprefix("preset-")]
+            self.send_preset(button_id.removeprefix("preset-"))
+
+    def send_preset(self, name: str) -> None:
+        """Publish a preset, as its button does (its key and the palette come here too)."""
+        scenario = self.presets.get(name)
+        if scenario is not None:
             self.post_message(self.PublishTasks(list(scenario.tasks), for_toast(scenario.name), scenario))
 
     def _send_typed(self) -> None:

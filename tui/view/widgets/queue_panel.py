@@ -14,8 +14,8 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Sparkline, Static
 
-from tui.model.ledger import TAKEN, MessageRecord
-from tui.model.state import FROM_MANAGEMENT, Model
+from tui.model.ledger import TAKEN, LostCause, MessageRecord
+from tui.model.state import DERIVED, DERIVED_IGNORED, FROM_MANAGEMENT, Model
 from tui.text import printable
 
 
@@ -101,6 +101,23 @@ class QueuePanel(Vertical):
 Row = tuple[str, str, str, str]
 """label, value, value style, source."""
 
+HELD_NOW = "unacked, worker events"
+AUTO_ACKED = "held by workers; broker forgot them"
+"""Under auto ack the broker forgets a task when it delivers it: workers hold it, nothing counts it unacked."""
+SHORTER = {
+    FROM_MANAGEMENT: "mgmt API, ~5 s old",
+    HELD_NOW: "worker events",
+    AUTO_ACKED: "broker forgot them",
+    DERIVED: "worker events",
+    DERIVED_IGNORED: "worker events",
+    "flagged by the broker": "broker's flag",
+    "first seen at delivery": "seen at delivery",
+    "went with the deleted queue": "queue deleted",
+    "worked; the broker took it back": "taken back",
+    **{cause.value: cause.short for cause in LostCause},
+}
+"""Fewer words for a source that does not fit the column: a figure's source is read whole, or not at all."""
+
 RECENT = 14
 
 
@@ -117,7 +134,10 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
         rows.append(("", "", "dim", f"{missing} of ours gone: checking"))
     rows.append(("unacked", str(unacked), "bold", unacked_source))
     if unacked_source == FROM_MANAGEMENT:
-        rows.append(("held now", str(model.derived_unacked()), "bold", "live, from worker events"))
+        rows.append(("held now", str(model.derived_unacked()), "bold", HELD_NOW))
+    auto_acked = model.held_auto_acked()
+    if auto_acked:  # the cards' "holds" counts them, unacked does not: say why the two differ
+        rows.append(("auto-acked", str(auto_acked), "bold", AUTO_ACKED))
     others = "passive declare" if q.consumers is None else f"{ours} ours + {max(0, q.consumers - ours)} other"
     rows.append(("consumers", _n(q.consumers), "bold", others))
     theirs = model.others
@@ -131,7 +151,7 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
         rows.append(("taken", str(ledger.taken), "bold", "by others, inferred"))
     rows.append(("done", str(ledger.done_messages), "bold", f"runs {ledger.done_runs}, duplicates {ledger.duplicates}"))
     rows.append(("redelivered", str(ledger.redeliveries), "bold", "flagged by the broker"))
-    rows.append(("lost", str(ledger.lost), "bold red" if ledger.lost else "bold", "auto ack, worker died"))
+    rows.append(("lost", str(ledger.lost), "bold red" if ledger.lost else "bold", _lost_source(model)))
     if ledger.ack_lost:  # finished after an ack timeout: the broker had handed the task out again
         rows.append(("ack lost", str(ledger.ack_lost), "bold red", "worked; the broker took it back"))
     if ledger.deleted:
@@ -147,6 +167,10 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
         # The passive declare counts them, nothing counts what they hold: say so rather than "moving".
         rows.append(("balance", verdict[0], verdict[1], f"can't close: {uncounted} other"))
         rows.append(("", "", "dim", "API ignored; can't count" if q.mgmt_refused else "no mgmt API to count it"))
+    elif holds is None:
+        # While tasks move the broker's figures trail ours (unacked by ~5 s), so ready + unacked + done would
+        # count a finished task twice: show how many of those in have settled, from our records alone.
+        rows.append(("balance", verdict[0], verdict[1], f"{word}: {model.settled()} of {published} settled"))
     else:
         rows.append(("balance", verdict[0], verdict[1], f"{word}: {published} in {relation} {accounted} out"))
     if stale:
@@ -183,6 +207,8 @@ def figures(rows: tuple[Row, ...], width: int) -> Text:
     spans: list[Span] = []
     at = 0
     for label, value, style, source in rows:
+        if cell_len(source) > source_width:
+            source = SHORTER.get(source, source)
         if cell_len(source) > source_width:
             source = set_cell_size(source, source_width - 1) + "…" if source_width else ""
         label_cell = set_cell_size(label, label_width)
@@ -232,6 +258,16 @@ def _broker_steps(model: Model, now: float) -> tuple[str, ...]:
     if closed is not None and now - closed[0] < BROKER_STEPS_SHOWN:
         lines.append(f"the broker closed {closed[1]}: {closed[2]}")
     return tuple(lines)
+
+
+def _lost_source(model: Model) -> str:
+    """Why the lost ones are lost: one cause in words, several counted each (none yet: how one gets lost)."""
+    by_cause = [(cause, count) for cause, count in model.ledger.lost_by.items() if count]
+    if not by_cause:
+        return LostCause.WORKER_DIED.value
+    if len(by_cause) == 1:
+        return by_cause[0][0].value
+    return ", ".join(f"{count} {cause.short}" for cause, count in by_cause)
 
 
 def _n(value: int | None) -> str:
