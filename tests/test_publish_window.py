@@ -229,3 +229,16 @@ def test_a_return_marks_its_task_until_the_ack_that_settles_it() -> None:
         ("t-2", Outcome.RETURNED),
         ("t-3", Outcome.CONFIRMED),
     ]
+
+
+def test_pika_still_buffers_writes_where_the_publisher_joins_them(broker_url: str, queue_name: str) -> None:
+    """``_coalesce_writes`` reaches into pika 1.4.4's transport; if pika moves its send buffer, this says so."""
+    with Publisher(broker_url, queue_name) as publisher:
+        publisher.send("a")
+        publisher.send("b")
+        transport = publisher._connection._impl._transport  # type: ignore[union-attr]
+        assert len(transport._tx_buffers) > 1, "each frame buffered on its own"
+        new_task._coalesce_writes(publisher._connection)
+        assert len(transport._tx_buffers) == 1
+        publisher.wait_all()
+        assert [s.outcome for s in publisher.take_settled()] == [Outcome.CONFIRMED] * 2
