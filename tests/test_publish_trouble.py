@@ -70,7 +70,7 @@ def test_the_publisher_status_says_blocked_with_the_reason_and_what_waits() -> N
         "⏸ blocked by the broker: low on memory for 12s · sends wait: 1 unconfirmed"
     )
     model.apply(obs.PublisherUnblocked(T0 + 14))
-    assert publish_status(model, T0 + 15).plain == "⇡ sent 1 · confirmed 0 · returned or refused 0 · 1 await a confirm"
+    assert publish_status(model, T0 + 15).plain == "⇡ sent 1 · confirmed 0 · returned/refused 0 · 1 unconfirmed"
     model.apply(obs.Confirmed(ID, T0 + 15))
     assert publish_status(model, T0 + 16).plain == ""
 
@@ -93,7 +93,7 @@ def burst(sent: int, confirmed: int, failed: int) -> list[obs.Observation]:
 def test_the_publisher_status_shows_a_bursts_progress_while_tasks_wait_for_their_confirm() -> None:
     model = replay(burst(4210, 3980, 2))
     status = publish_status(model, T0 + 1)
-    assert status.plain == "⇡ sent 4,210 · confirmed 3,980 · returned or refused 2 · 228 await a confirm"
+    assert status.plain == "⇡ sent 4,210 · confirmed 3,980 · returned/refused 2 · 228 unconfirmed"
     model.apply_all([obs.Confirmed(f"{PREFIX}-{n}", T0 + 0.2) for n in range(3983, 4211)])
     assert publish_status(model, T0 + 1).plain.startswith("publish failed (#3982; 2 in all): The broker could not")
 
@@ -101,7 +101,7 @@ def test_the_publisher_status_shows_a_bursts_progress_while_tasks_wait_for_their
 @pytest.mark.parametrize("size", [(80, 24), (120, 36)])
 def test_a_bursts_progress_shows_under_the_publisher(size: tuple[int, int]) -> None:
     _, status, screen = asyncio.run(screen_text(replay(burst(10_000, 6_500, 0)), size))
-    assert status == "⇡ sent 10,000 · confirmed 6,500 · returned or refused 0 · 3,500 await a confirm"
+    assert status == "⇡ sent 10,000 · confirmed 6,500 · returned/refused 0 · 3,500 unconfirmed"
     assert "⇡ sent 10,000 · confirmed 6,500" in screen
 
 

@@ -100,8 +100,8 @@ def publish_status(model: Model, now: float) -> Text:
     waiting = ledger.count(PUBLISHING)
     if waiting:
         text = Text(f"⇡ sent {ledger.published:,} · confirmed {ledger.confirmed:,}", "bold")
-        text.append(f" · returned or refused {ledger.failed:,}", "bold red" if ledger.failed else "bold")
-        text.append(f" · {waiting:,} await a confirm", "yellow")
+        text.append(f" · returned/refused {ledger.failed:,}", "bold red" if ledger.failed else "bold")
+        text.append(f" · {waiting:,} unconfirmed", "yellow")
         return text
     failure = model.publish_failure
     if failure is None:
