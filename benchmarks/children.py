@@ -24,7 +24,8 @@ from workers import protocol
 from workers.settings import AckMode
 
 ROOT = Path(__file__).resolve().parent.parent
-Kind = Literal["ours", "bare"]
+Kind = Literal["ours", "compact", "bare"]
+"""Our worker with v1 event lines (``--events``), with the compact form (``--compact-events``), or bare pika."""
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _live: set[Consumer] = set()
@@ -55,10 +56,11 @@ class Consumer:
         self.counts: collections.Counter[str] = collections.Counter()
         self.finished = threading.Event()
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
-        if kind == "ours":
+        if kind != "bare":
             args: Sequence[str] = (
                 *("-m", "workers.worker", "--events", "--prefetch", str(prefetch)),
                 *("--ack", AckMode.MANUAL.value, "--seconds-per-dot", "0", "--queue", queue),
+                *(("--compact-events",) if kind == "compact" else ()),
             )
         else:
             args = ("-m", "benchmarks.bare_consumer", "--prefetch", str(prefetch), "--queue", queue)
@@ -72,10 +74,10 @@ class Consumer:
         )
         with _live_lock:
             _live.add(self)
-        if kind == "ours":
+        if kind != "bare":
             assert self.popen.stdout is not None
             widen_pipe(self.popen.stdout)
-        target = self._read_events if kind == "ours" else self._read_bare
+        target = self._read_bare if kind == "bare" else self._read_events
         threading.Thread(target=target, name=f"read-{self.popen.pid}", daemon=True).start()
         threading.Thread(target=self._read_stderr, name=f"stderr-{self.popen.pid}", daemon=True).start()
 
@@ -93,12 +95,14 @@ class Consumer:
         read = getattr(self.popen.stdout, "read1", self.popen.stdout.read)
         chunks: list[bytes] = []
         pending = b""
+        # A v1 done line says "acked":true; a compact item ends with it (["d", ..., true], ["t", ..., true]).
+        acked_mark = b",true]" if self.kind == "compact" else b'"acked":true'
         started = time.thread_time()
         while chunk := read(PIPE_BYTES):
             complete, pending = complete_lines(pending, chunk, EventReader.LONGEST_LINE)
             chunks.append(complete)
             # Progress while it runs (what Group.wait polls); the exact figures come from decoding.
-            self.acked += complete.count(b'"acked":true')
+            self.acked += complete.count(acked_mark)
             if self.ready_at is None and b'"ready"' in complete:
                 self.ready_at = time.monotonic()
                 self.cpu_at_ready = self.cpu_seconds()

@@ -20,13 +20,25 @@ from rich.console import Console
 from benchmarks import dashboard
 from benchmarks.children import BenchError, stop_all
 from benchmarks.control import Control
-from benchmarks.figures import PROFILES, Bench, Figure, FigureFunction, monitor_cost, start_up, worker_throughput
+from benchmarks.figures import (
+    PROFILES,
+    Bench,
+    Figure,
+    FigureFunction,
+    monitor_cost,
+    start_up,
+    worker_compact,
+    worker_throughput,
+)
+from benchmarks.publishing import publishing
 from benchmarks.report import Machine, as_json, table
 from workers.broker import BrokerError
 from workers.settings import url_or_exit
 
 FIGURES: list[FigureFunction] = [
+    publishing,
     worker_throughput,
+    worker_compact,
     start_up,
     monitor_cost,
     dashboard.model_throughput,
@@ -40,7 +52,7 @@ FIGURES: list[FigureFunction] = [
 def build_parser(prog: str = "benchmarks/run.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Measure our worker against bare pika consumers on the real broker.",
+        description="Measure our worker and publishers against bare pika on the real broker.",
     )
     parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (< 3 min)")
     parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the machinery")

@@ -96,6 +96,8 @@ def as_json(figures: list[Figure], params: Params, machine: Machine, elapsed: fl
             "monitor_pairs": params.monitor_pairs,
             "monitor_prefetch": params.monitor_prefetch,
             "monitor_hz": params.monitor_hz,
+            "publish_messages": params.publish_messages,
+            "publish_pairs": params.publish_pairs,
             "description": params.describe(),
         },
         "machine": {

@@ -24,6 +24,11 @@ pytestmark = pytest.mark.broker
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASURED_FIGURES = {
+    "publish_new_task",
+    "publish_pane",
+    "publish_burst",
+    "worker_compact_p1",
+    "worker_compact_p50",
     "worker_throughput_p1",
     "worker_throughput_p50",
     "start_up",

@@ -25,9 +25,10 @@ from tui.view.widgets.publisher import publish_status
 from workers import monitor, protocol
 from workers.broker import BrokerError
 from workers.monitor import PublisherThread
-from workers.new_task import TaskInDoubt
+from workers.new_task import Outcome, Settled
 
 ID = f"{PREFIX}-1"
+REFUSED = "The broker refused the message: PRECONDITION_FAILED - message size 5 is too big."
 LOST = "Lost the connection to the broker while publishing; the task may still be delivered."
 HOSTILE = "low on [bold]memory[/] [/] [link=http://x]y[/link]\x1b[31m\r\tend"
 """A reason no broker sends, as a test of every place that shows one: markup, an ANSI escape, control characters."""
@@ -69,7 +70,39 @@ def test_the_publisher_status_says_blocked_with_the_reason_and_what_waits() -> N
         "⏸ blocked by the broker: low on memory for 12s · sends wait: 1 unconfirmed"
     )
     model.apply(obs.PublisherUnblocked(T0 + 14))
-    assert publish_status(model, T0 + 15).plain == ""
+    assert publish_status(model, T0 + 15).plain == "⇡ sent 1 · confirmed 0 · returned/refused 0 · 1 unconfirmed"
+    model.apply(obs.Confirmed(ID, T0 + 15))
+    assert publish_status(model, T0 + 16).plain == ""
+
+
+# ----- a burst in flight
+
+
+def burst(sent: int, confirmed: int, failed: int) -> list[obs.Observation]:
+    """``sent`` tasks published, the first ``confirmed`` confirmed, the next ``failed`` returned by the broker."""
+    items: list[obs.Observation] = [obs.BrokerStatus(T0, "connected")]
+    items += [obs.Published(f"{PREFIX}-{n}", T0, "Task.") for n in range(1, sent + 1)]
+    items += [obs.Confirmed(f"{PREFIX}-{n}", T0 + 0.1) for n in range(1, confirmed + 1)]
+    unroutable = "The broker could not route the task to queue 'task_queue' (it does not exist)."
+    items += [
+        obs.PublishFailed(f"{PREFIX}-{n}", T0 + 0.1, unroutable) for n in range(confirmed + 1, confirmed + failed + 1)
+    ]
+    return items
+
+
+def test_the_publisher_status_shows_a_bursts_progress_while_tasks_wait_for_their_confirm() -> None:
+    model = replay(burst(4210, 3980, 2))
+    status = publish_status(model, T0 + 1)
+    assert status.plain == "⇡ sent 4,210 · confirmed 3,980 · returned/refused 2 · 228 unconfirmed"
+    model.apply_all([obs.Confirmed(f"{PREFIX}-{n}", T0 + 0.2) for n in range(3983, 4211)])
+    assert publish_status(model, T0 + 1).plain.startswith("publish failed (#3982; 2 in all): The broker could not")
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)])
+def test_a_bursts_progress_shows_under_the_publisher(size: tuple[int, int]) -> None:
+    _, status, screen = asyncio.run(screen_text(replay(burst(10_000, 6_500, 0)), size))
+    assert status == "⇡ sent 10,000 · confirmed 6,500 · returned/refused 0 · 3,500 unconfirmed"
+    assert "⇡ sent 10,000 · confirmed 6,500" in screen
 
 
 # ----- a republish
@@ -205,11 +238,17 @@ def test_a_failed_publish_shows_the_reason_under_the_publisher(size: tuple[int, 
 
 
 class ScriptedPublisher:
-    """Stands in for workers.new_task.Publisher: each try does what the script says, in turn."""
+    """Stands in for workers.new_task.Publisher: each try does what the script says, in turn.
+
+    ``unreachable``: the connection cannot be made (nothing sent); ``lost``: sent, then the connection
+    went (in doubt); ``refused``: the broker closed the channel on it; ``ok``: confirmed.
+    """
 
     def __init__(self, script: list[str]) -> None:
         self.script = script
         self.sent: list[str] = []
+        self._in_flight: list[tuple[str, str]] = []
+        self._settled: list[Settled] = []
 
     def next_id(self) -> str:
         return ID
@@ -219,11 +258,33 @@ class ScriptedPublisher:
             self.script.pop(0)
             raise BrokerError("Cannot reach a RabbitMQ broker at localhost:5672.", transient=True)
 
-    def publish(self, body: str, msg_id: str) -> str:
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def has_room(self) -> bool:
+        return not self._in_flight
+
+    def send(self, body: str, msg_id: str) -> str:
         self.sent.append(msg_id)
-        if self.script.pop(0) == "lost":
-            raise TaskInDoubt(LOST)
+        self._in_flight.append((msg_id, self.script.pop(0)))
         return msg_id
+
+    def pump(self) -> None:
+        for msg_id, what in self._in_flight:
+            if what == "lost":
+                self._settled.append(Settled(msg_id, Outcome.IN_DOUBT, LOST))
+            elif what == "refused":
+                self._settled.append(Settled(msg_id, Outcome.CHANNEL_CLOSED, REFUSED))
+            else:
+                self._settled.append(Settled(msg_id, Outcome.CONFIRMED))
+        self._in_flight = []
+
+    flush = pump
+
+    def take_settled(self) -> list[Settled]:
+        settled, self._settled = self._settled, []
+        return settled
 
     def keep_alive(self) -> None:
         pass
@@ -304,20 +365,6 @@ def test_a_task_given_up_after_a_try_in_doubt_says_it_may_still_be_delivered(mon
 
 
 def test_a_refused_task_is_not_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Refusing(ScriptedPublisher):
-        def publish(self, body: str, msg_id: str) -> str:
-            self.sent.append(msg_id)
-            raise BrokerError("The broker refused the message: PRECONDITION_FAILED - message size 5 is too big.")
-
-    monkeypatch.setattr(monitor, "BACKOFF", (0.0,) * 5)
-    heard = Heard()
-    thread = PublisherThread("amqp://guest:guest@localhost:1/%2F", "task_queue", heard, prefix=PREFIX)
-    thread.publisher = Refusing([])  # type: ignore[assignment]
-    thread.start()
-    try:
-        thread.submit(["Task."])
-        assert heard.finished.wait(5)
-    finally:
-        thread.stop()
-    assert [item[0] for item in heard.said] == ["published", "failed"]
-    assert thread.publisher.sent == [ID]  # type: ignore[attr-defined]
+    said, sent = run_publisher(["refused"], monkeypatch)
+    assert said == [("published", ID), ("failed", ID, REFUSED)]
+    assert sent == [ID]

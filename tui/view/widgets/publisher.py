@@ -53,7 +53,8 @@ def preset_key(index: int) -> str | None:
 class PublisherPane(Vertical):
     """The publisher: each dot in a task is seconds-per-dot of work.
 
-    Under the inputs, a status line shows only when publishing is in trouble: the
+    Under the inputs, a status line shows while tasks wait for their confirm (how many
+    were sent, confirmed, returned or refused), and when publishing is in trouble: the
     broker blocks it (a memory or disk alarm), or the last publish that failed and why.
     """
 
@@ -127,7 +128,8 @@ class PublisherPane(Vertical):
 
 
 def publish_status(model: Model, now: float) -> Text:
-    """The status line: the broker's block and what waits behind it, else the last failure and why; or empty."""
+    """The status line: the broker's block and what waits behind it, else a burst's progress while tasks wait
+    for their confirm, else the last failure and why; or empty."""
     blocked = model.publish_blocked
     if blocked is not None:
         waiting = model.ledger.count(PUBLISHING)
@@ -135,6 +137,13 @@ def publish_status(model: Model, now: float) -> Text:
         text.append(for_toast(blocked, REASON_CHARS), "bold red")
         text.append(f" for {now - model.publish_blocked_since:.0f}s", "bold red")
         text.append(f" · sends wait: {waiting} unconfirmed", "yellow")
+        return text
+    ledger = model.ledger
+    waiting = ledger.count(PUBLISHING)
+    if waiting:
+        text = Text(f"⇡ sent {ledger.published:,} · confirmed {ledger.confirmed:,}", "bold")
+        text.append(f" · returned/refused {ledger.failed:,}", "bold red" if ledger.failed else "bold")
+        text.append(f" · {waiting:,} unconfirmed", "yellow")
         return text
     failure = model.publish_failure
     if failure is None:
