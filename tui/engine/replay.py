@@ -152,8 +152,9 @@ class Replay:
 
     def _fold_to(self, position: int) -> None:
         base = self._base(position)
-        if position < self.position or base * self.every > self.position:
-            # Back, or forward past a checkpoint: folding all the way there takes longer than a restore.
+        if position < self.position or base * self.every - self.position > self.every:
+            # Back, or forward past a whole checkpoint's worth: folding all the way takes longer than a restore.
+            # (Playback crosses a checkpoint a few events at a time: those it folds.)
             spare, self._spare = self._spare, None
             restored = spare[1] if spare is not None and spare[0] == base else self._loaded(self._checkpoints[base])
             state = vars(self.model)
