@@ -29,9 +29,9 @@ from tui.view.widgets.lab_header import LabHeader
 from tui.view.widgets.messages_screen import MessagesScreen
 from tui.view.widgets.timeline_view import TimelineView
 from tui.view.widgets.worker_card import WorkerCard
-from workers.settings import DispatchMode
+from workers.settings import AckMode, DispatchMode
 
-MODE = DispatchMode(0, "manual")
+MODE = DispatchMode(0, AckMode.MANUAL)
 STARTED = obs.SessionStarted(T0, "lesson_queue", PREFIX, 0, "manual", True, "amqp://guest:***@rabbit:5672/%2F")
 
 
@@ -146,7 +146,9 @@ def test_a_saved_session_replays_read_only_with_its_figures(
     assert (model.mode, model.queue_name) == (MODE, "lesson_queue")
 
     seen = asyncio.run(look_at(app))
-    assert seen.header.startswith(f"replay of {path} (read-only) "), seen.header
+    total = len(recording.events) + 1  # and SessionStarted
+    assert seen.header.startswith(f"replay 0:19.0 / 0:19.0 · event {total}/{total} (read-only) "), seen.header
+    assert app.title == f"replay of {path}", "the window and a screenshot are named after the log"
     assert MODE.describe() in seen.header and "lesson_queue" in seen.header, seen.header
     assert "amqp://guest:***@rabbit:5672/%2F" in seen.header
     assert set(seen.cards) == {"w1", "w2"} and "killed" in seen.cards["w1"], seen.cards

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pool import WorkerPool
+from tui.engine.replay import Replay
 from tui.engine.session_log import SessionLog
 from tui.engine.session_log import read as read_log
 from tui.model.observations import SessionStarted
@@ -350,8 +351,7 @@ def replay_main(argv: list[str]) -> int:
     if refusal is not None:
         print(refusal, file=sys.stderr)
         return 2
-    model.apply_all(items)
-    end = max(getattr(item, "ts", 0.0) for item in items)
+    replay = Replay(items, model)  # folds the log, keeping a checkpoint every so many events to step back to
     from tui.view.app import DispatchLab
 
     config = LabConfig(
@@ -362,7 +362,7 @@ def replay_main(argv: list[str]) -> int:
         runs_dir=args.runs_dir,
     )
     # The title also names the SVG screenshot and the terminal's window: a path's control characters escaped.
-    DispatchLab(config, model, None, clock=lambda: end, title=f"replay of {printable(str(path))}").run()
+    DispatchLab(config, model, None, title=f"replay of {printable(str(path))}", replay=replay).run()
     return 0
 
 

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Input
 
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pacing import Pacer
+from tui.engine.replay import Replay
 from tui.engine.session_log import SessionLog
 from tui.model.scenarios import Scenario, builtin
 from tui.model.state import Model
 from tui.view.actions import LabActions
 from tui.view.commands import PresetCommands, lab_commands
 from tui.view.main_view import MainView
+from tui.view.replay_control import ACTIONS as REPLAY_ACTIONS
+from tui.view.replay_control import BINDINGS as REPLAY_BINDINGS
+from tui.view.replay_control import ReplayControl
 from tui.view.screen_updates import call_after_each_screen_update
 from tui.view.widgets.help_screen import HelpScreen
 from tui.view.widgets.messages_screen import MessagesScreen
@@ -35,6 +39,7 @@ class DispatchLab(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     """Below 100 columns the queue panel gives its width to the worker cards."""
     BINDINGS = [
+        *REPLAY_BINDINGS,
         Binding("f1", "help", "Help", priority=True),
         Binding("f2", "add_worker", "+Worker", priority=True),
         Binding("f3", "kill", "Kill", priority=True),
@@ -68,6 +73,7 @@ class DispatchLab(App[int]):
         presets: dict[str, Scenario] | None = None,
         log: SessionLog | None = None,
         title: str | None = None,
+        replay: Replay | None = None,
     ) -> None:
         super().__init__()
         if title:
@@ -75,16 +81,22 @@ class DispatchLab(App[int]):
         self.config = config
         self.model = model
         self.backend = backend
-        self.clock = clock
+        self.clock = clock if replay is None else lambda: replay.now
+        """The view's time: the moment a replay stands at, or now."""
         self.presets = builtin() if presets is None else presets
         self.session_log = log
-        self.view = MainView(config, model, self.presets)
+        self.view = MainView(config, model, self.presets, recorded=replay is not None)
+        self.replay = (
+            None
+            if replay is None
+            else ReplayControl(replay, self.refresh_view, self.set_interval, self.call_after_refresh)
+        )
         self.actions = LabActions(self, config, model, backend, self.presets, log)
         """What the keys and the palette do; each binding below hands on to it."""
         self.pacer = Pacer(
             backend.inbox if backend is not None else None,
             model.apply_all,
-            lambda details: self.view.parts(self.clock(), self.title, lambda: self.is_running, details=details),
+            self._draw,
             record=log.add if log is not None else None,
         )
         call_after_each_screen_update(self, self.pacer.screen_updated)
@@ -97,6 +109,10 @@ class DispatchLab(App[int]):
         if self.backend is not None:
             self.backend.start()
         self.actions.started()
+        if self.replay is not None:
+            for box in self.query(Input):  # a replay publishes nothing, and a focused box would take space , .
+                box.disabled = True
+            self.replay.start()
         self.refresh_view()
         self.run_worker(self.pacer.run(), name="view", group="view")
 
@@ -113,8 +129,20 @@ class DispatchLab(App[int]):
     def refresh_view(self) -> None:
         """Fold everything that arrived and redraw now."""
         self.pacer.fold_all()
-        for _ in self.view.parts(self.clock(), self.title, lambda: self.is_running):
+        for _ in self.view.parts(self.clock(), self.header_title(), lambda: self.is_running):
             pass
+
+    def _draw(self, details: bool) -> Iterator[None]:
+        """The view's parts, drawn a part at a time by the pacer; in a replay, none after it moved."""
+        moves = self.replay.moves if self.replay is not None else 0
+        for _ in self.view.parts(self.clock(), self.header_title(), lambda: self.is_running, details=details):
+            yield
+            if self.replay is not None and self.replay.moves != moves:
+                return  # the rest would show the moment it began at (refresh_view drew the new one whole)
+
+    def header_title(self) -> str:
+        """What the header names first: a replay says where it stands in time."""
+        return self.title if self.replay is None else self.replay.describe()
 
     @property
     def selected(self) -> str | None:
@@ -171,6 +199,8 @@ class DispatchLab(App[int]):
         self.actions.compare()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in REPLAY_ACTIONS:  # a replay's, on its main screen: elsewhere the keys are the widgets'
+            return self.replay is not None and len(self.screen_stack) == 1
         return self.actions.can_restart_broker if action == "restart_broker" else True
 
     def action_timeline_run(self) -> None:
@@ -180,6 +210,24 @@ class DispatchLab(App[int]):
             return
         self.view.timeline.toggle_run_only()
         self.refresh_view()
+
+    # ----- a replay's keys: move through time
+
+    def action_replay_step(self, direction: int) -> None:
+        if self.replay is not None:
+            self.replay.step(direction)
+
+    def action_replay_event(self, direction: int) -> None:
+        if self.replay is not None:
+            self.replay.event(direction)
+
+    def action_replay_edge(self, direction: int) -> None:
+        if self.replay is not None:
+            self.replay.edge(direction)
+
+    def action_replay_play(self) -> None:
+        if self.replay is not None:
+            self.replay.toggle_play()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

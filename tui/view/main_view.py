@@ -25,11 +25,14 @@ class MainView:
     Kept by the app, not a screen of its own: the view loop draws it whichever screen is on top.
     """
 
-    def __init__(self, config: LabConfig, model: Model, presets: dict[str, Scenario]) -> None:
+    def __init__(
+        self, config: LabConfig, model: Model, presets: dict[str, Scenario], *, recorded: bool = False
+    ) -> None:
         self.config = config
         self.model = model
         self.header = LabHeader(id="header")
         self.queue_panel = QueuePanel(id="queue")
+        self.queue_panel.recorded = recorded
         self.grid = WorkerGrid(id="workers")
         self.timeline = TimelineView(id="timeline")
         self.run_summary = RunSummary(id="run-summary")

@@ -46,8 +46,11 @@ class LabHeader(Static):
             text.append("● blocked by the broker: ", "bold red")
             text.append(for_toast(blocked, REASON_CELLS), "bold red")
             text.append(f" ({now - model.publish_blocked_since:.0f}s) ", "bold red")
+        if not live and state not in ("connected", "connecting"):
+            attempt = f", attempt {model.broker_attempt}" if model.broker_attempt else ""
+            text.append(f"● recorded: broker {printable(state)}{attempt} ", "bold yellow")
         if not live or (state == "connected" and blocked is not None):
-            pass  # a replay shows no link; a blocked one needs no "connected" beside it
+            pass  # a replay shows no live link; a blocked one needs no "connected" beside it
         elif state == "connected":
             text.append("● connected ", "bold green")
         elif state == "connecting":

@@ -46,6 +46,9 @@ class QueueFigures(Widget):
 class QueuePanel(Vertical):
     """Ready, unacked, consumers, totals, balance and the done rate."""
 
+    recorded = False
+    """A replay's figures: their sources say they were recorded, not live."""
+
     def compose(self) -> ComposeResult:
         yield QueueFigures(id="queue-figures")
         yield Sparkline([0.0], id="rate", summary_function=max)
@@ -67,13 +70,15 @@ class QueuePanel(Vertical):
 
     def show(self, model: Model, now: float, durable: bool, *, details: bool = True) -> None:
         """Show the figures; with ``details=False`` not the latest tasks' lifelines (drawn less often in a flood)."""
+        recorded = self.recorded
         stale = model.stale(now)
         self.set_class(stale, "-stale")
         title = f"queue {printable(model.queue_name)} ({'durable' if durable else 'transient'})"
         if self._shown.get("title") != title:  # setting a title repaints the whole panel, even to the same title
             self._shown["title"] = title
             self.border_title = Text(title)  # a string title is read as markup; a queue's name is outside text
-        self.query_one(QueueFigures).show(_rows(model, now, stale))
+        rows = _rows(model, now, stale)
+        self.query_one(QueueFigures).show(_as_recorded(rows) if recorded else rows)
         series = model.rate_series(now)
         sparkline = self.query_one("#rate", Sparkline)
         sparkline.display = any(series)
@@ -85,8 +90,8 @@ class QueuePanel(Vertical):
             lambda: Text.assemble(("done/s ", "dim"), (rate, "bold"), (" (last 30 s above)", "dim")),
             layout=False,
         )  # fmt: skip
-        external_key = (model.queue.external, model.queue.mgmt_refused)
-        self._put("#external", external_key, lambda: _external(model), layout=True)
+        external_key = (model.queue.external, model.queue.mgmt_refused, recorded)
+        self._put("#external", external_key, lambda: _external(model, recorded), layout=True)
         steps = _broker_steps(model, now)
         if self._shown.get("#broker-steps", ()) != steps:
             self.query_one("#broker-steps").display = bool(steps)  # no blank line while there is nothing to tell
@@ -143,7 +148,7 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     theirs = model.others
     if theirs.management and theirs.channels and not q.mgmt_refused:
         # Their channels' message stats: what consumers we do not run took and acked since we came.
-        rows.append(("others took", str(theirs.took), "bold", f"acked {theirs.acked}, mgmt ~5 s old"))
+        rows.append(("others took", str(theirs.took), "bold", f"acked {theirs.acked}, {MGMT_OLD}"))
     rows.append(("published", str(ledger.published), "bold", f"confirmed {ledger.confirmed}"))
     if model.from_elsewhere:  # new_task in another terminal, or what was queued before we came
         rows.append(("from others", str(model.from_elsewhere), "bold", "first seen at delivery"))
@@ -179,6 +184,22 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
             why += f": {model.broker_message}"
         rows.append(("", "STALE", "bold red", why))
     return tuple(rows)
+
+
+MGMT_OLD = "mgmt ~5 s old"
+RECORDED_SOURCES = {
+    FROM_MANAGEMENT: "recorded: management API",
+    HELD_NOW: "recorded: worker events",
+}
+"""A replay's words for the sources that speak of now; the others name where a figure came from, then as now."""
+
+
+def _as_recorded(rows: tuple[Row, ...]) -> tuple[Row, ...]:
+    """The rows with no source that reads as live: a replay shows what was recorded."""
+    return tuple(
+        (label, value, style, RECORDED_SOURCES.get(source, source.replace(MGMT_OLD, "recorded mgmt")))
+        for label, value, style, source in rows
+    )
 
 
 def figures(rows: tuple[Row, ...], width: int) -> Text:
@@ -274,14 +295,15 @@ def _n(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def _external(model: Model) -> Text:
+def _external(model: Model, recorded: bool = False) -> Text:
     external = model.queue.external
     refused = model.queue.mgmt_refused
     if refused:
         return Text(refused[0].upper() + refused[1:] + "\n", "dim")
     if not external:
         return Text("")
-    text = Text("other consumers (management API):\n", "dim")
+    source = "recorded: management API" if recorded else "management API"
+    text = Text(f"other consumers ({source}):\n", "dim")
     for consumer in external[:4]:
         ack = "manual ack" if consumer.ack_required else "auto ack"
         text.append(

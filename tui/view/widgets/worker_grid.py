@@ -42,6 +42,8 @@ class WorkerGrid(Grid):
             card.set_class(name == selected(), "-selected")
             if card.is_mounted:
                 card.show(worker, now, details=details)
+        for name in [name for name in self.cards if name not in workers]:
+            self.cards.pop(name).remove()  # a replay stepped back to before this worker came
         self.set_class(len(self.cards) > 4, "-many")
 
     def mark_selected(self, selected: str | None) -> None:
