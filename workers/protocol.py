@@ -218,9 +218,21 @@ class Stopped:
     reason: str
 
 
+@event
+class Dropped:
+    """A reporting worker (``--report``) dropped telemetry rather than slow its work: ``count`` events so far.
+
+    Sent on the events exchange only: the work never waits for the broker to take a report.
+    """
+
+    worker: str
+    ts: float
+    count: int
+
+
 Event = (
     Ready | Received | Started | Done | Returned | Mode | Connection | Alive | Error | Stopped
-    | Cancelled | ChannelClosed | AckLost
+    | Cancelled | ChannelClosed | AckLost | Dropped
 )  # fmt: skip
 
 EVENT_NAMES: dict[type[Event], str] = {
@@ -237,6 +249,7 @@ EVENT_NAMES: dict[type[Event], str] = {
     Cancelled: "cancelled",
     ChannelClosed: "channel_closed",
     AckLost: "ack_lost",
+    Dropped: "dropped",
 }
 _BY_NAME: dict[str, type[Event]] = {name: cls for cls, name in EVENT_NAMES.items()}
 FIELDS: dict[type[Event], tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in EVENT_NAMES}
@@ -262,6 +275,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "heartbeat": (int,),
     "message": (str,),
     "code": (int,),
+    "count": (int,),
 }
 _BOOL_FIELDS = frozenset({"redelivered", "acked"})
 

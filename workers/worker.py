@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, TypeVar
 import pika
 import pika.exceptions
 
-from workers import protocol
+from workers import protocol, report
 from workers.broker import BrokerError, connect, declare_task_queue, explain_channel_error
 from workers.settings import (
     DEFAULT_QUEUE,
@@ -56,8 +56,18 @@ class EventWriter:
     with the other events, which stay v1 lines.
     """
 
-    def __init__(self, stream: BinaryIO | None, name: str = "worker", *, compact: bool = False) -> None:
+    def __init__(
+        self,
+        stream: BinaryIO | None,
+        name: str = "worker",
+        *,
+        compact: bool = False,
+        tee: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._stream = stream
+        self._tee = tee
+        """Also gets every batch written (``--report``: workers.report.Reporter.offer, which never blocks)."""
+        self._on = stream is not None or tee is not None
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._items: list[protocol.TaskItem] = []
@@ -66,10 +76,10 @@ class EventWriter:
 
     @property
     def enabled(self) -> bool:
-        return self._stream is not None
+        return self._on
 
     def add(self, line: str) -> None:
-        if self._stream is not None:
+        if self._on:
             with self._lock:
                 if self._items:
                     self._close_items()  # what came before this line goes before it
@@ -101,7 +111,7 @@ class EventWriter:
             self.add(protocol.encode_inline_task(self._name_json, ts, tag, msg_id, body, redelivered, acked))
 
     def _add_item(self, item: protocol.TaskItem) -> None:
-        if self._stream is None:
+        if not self._on:
             return
         with self._lock:
             items = self._items
@@ -121,7 +131,7 @@ class EventWriter:
 
     def worked_now(self, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, acked: bool) -> None:
         """``worked``, then write everything pending in one write (before the ack it precedes)."""
-        if self._stream is None:
+        if not self._on:
             return
         # One lock, not two: at prefetch 1 this is the worker's cost per message.
         if self.compact:
@@ -136,7 +146,7 @@ class EventWriter:
                 self._write_pending()
 
     def flush(self) -> None:
-        if self._stream is None or not (self._lines or self._items):  # nothing pending: no lock (once a cycle)
+        if not self._on or not (self._lines or self._items):  # nothing pending: no lock (once a cycle)
             return
         with self._lock:
             self._write_pending()
@@ -145,16 +155,21 @@ class EventWriter:
         """Everything added so far, in one write; the caller holds the lock."""
         if self._items:
             self._close_items()
-        if not self._lines or self._stream is None:
+        if not self._lines or not self._on:
             return
         data = "".join(self._lines).encode("utf-8", "backslashreplace")
         self._lines.clear()
+        if self._tee is not None:
+            self._tee(data)
+        if self._stream is None:
+            return
         try:
             self._stream.write(data)
             self._stream.flush()
         except (BrokenPipeError, ValueError):
             # The reader went away; stdin EOF will stop us shortly.
             self._stream = None
+            self._on = self._tee is not None
 
 
 @dataclass(slots=True)
@@ -238,7 +253,9 @@ class Worker:
         durable: bool = True,
         wait_for_broker: bool = False,
         compact: bool = False,
+        report: Callable[[bytes], None] | None = None,
     ) -> None:
+        """``report``: also gets every batch of event lines (``--report``), which it must take without blocking."""
         self.url = url
         self.queue_name = queue_name
         self.name = name
@@ -247,7 +264,7 @@ class Worker:
         self.heartbeat = heartbeat
         self.durable = durable
         self.wait_for_broker = wait_for_broker
-        self.writer = EventWriter(events, name, compact=compact)
+        self.writer = EventWriter(events, name, compact=compact, tee=report)
         self.tutorial = events is None
         self._commands_in = commands
 
@@ -301,6 +318,9 @@ class Worker:
             with self._lock:
                 idle = self._current is None and not self._waiting
             if idle and not self._never_acked:
+                if self.tutorial:  # --report in a terminal: the tutorial's lines as well
+                    self._say(f" [x] Received {shown(text)}")
+                    self._say(" [x] Done")
                 writer.worked_now(now, tag, msg_id, text, method.redelivered, True)
                 channel.basic_ack(tag, multiple=False)
                 return
@@ -932,6 +952,12 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         help="if the broker cannot be reached at start, keep trying instead of exiting",
     )
     parser.add_argument("--transient", action="store_true", help="declare the queue non-durable (default: durable)")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help=f"also send the events to the broker's {report.EXCHANGE} exchange, for a dashboard anywhere "
+        "(name defaults to host-pid)",
+    )
     return parser
 
 
@@ -945,10 +971,20 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
     commands: BinaryIO | None = None
     if args.events:
         commands = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - lives as long as we do
+    name = args.name or (report.default_name() if args.report else f"w{os.getpid()}")
+    reporter: report.Reporter | None = None
+    if args.report:
+        try:
+            report.check_name(name)
+        except ValueError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 2
+        reporter = report.Reporter(url, args.queue, name)
+        reporter.start()
     worker = Worker(
         url,
         queue_name=args.queue,
-        name=args.name or f"w{os.getpid()}",
+        name=name,
         mode=DispatchMode(args.prefetch, args.ack),
         seconds_per_dot=args.seconds_per_dot,
         events=events,
@@ -956,9 +992,15 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         heartbeat=args.heartbeat,
         durable=not args.transient,
         wait_for_broker=args.wait_for_broker,
-        compact=args.compact_events,
+        # Nobody reads the lines on stdout then: the compact form costs the reporter least.
+        compact=args.compact_events or (args.report and not args.events),
+        report=None if reporter is None else reporter.offer,
     )
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        if reporter is not None:
+            reporter.close()
 
 
 if __name__ == "__main__":

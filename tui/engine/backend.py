@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tui.engine.pool import Inbox, PoolClosed, WorkerPool
+from tui.engine.remote import RemoteWorkers
 from tui.model import observations as obs
 from workers.broker import ConsumerInfo, ManagementApi
 from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
 from workers.new_task import new_session_prefix
+from workers.report import ReportFeed
 from workers.settings import AckMode, DispatchMode
 
 ROUND_ROBIN = DispatchMode(prefetch=0, ack=AckMode.MANUAL)
@@ -48,6 +50,12 @@ class LabConfig:
     private_broker: bool = False
     runs_dir: Path | None = None
     """Where Ctrl+S saves sessions; None: runs/ in the current folder."""
+    hear_reports: bool = True
+    """Subscribe to the events exchange: workers started elsewhere with ``--report`` show as remote cards."""
+    report: bool = False
+    """Our workers report through the broker too, so that watching dashboards (``serve`` tabs) see them."""
+    watch_only: bool = False
+    """A viewer: no workers of its own, and every command that changes anything is refused."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class Pipeline:
     publisher: PublisherThread
     prefix: str
     """The publisher's message id prefix: the model tells our tasks from others' by it."""
+    remote: RemoteWorkers | None = None
+    feed: ReportFeed | None = None
+    """The events exchange's subscriber, when the config hears reports."""
 
 
 def build_pipeline(
@@ -83,8 +94,13 @@ def build_pipeline(
         seconds_per_dot=config.seconds_per_dot,
         durable=config.durable,
         heartbeat=config.heartbeat,
+        report=config.report,
     )
-    report = InboxReport(inbox, pool, management)
+    remote = feed = None
+    if config.hear_reports:
+        remote = RemoteWorkers(inbox, lambda name: pool.get(name) is not None)
+        feed = ReportFeed(config.url, config.queue, remote.heard)
+    report = InboxReport(inbox, pool, management, remote)
     monitor = QueueMonitor(config.url, config.queue, report, management=management)
     publisher = PublisherThread(
         config.url,
@@ -94,7 +110,7 @@ def build_pipeline(
         durable=config.durable,
         persistent=config.persistent,
     )
-    return Pipeline(inbox, pool, monitor, publisher, prefix)
+    return Pipeline(inbox, pool, monitor, publisher, prefix, remote, feed)
 
 
 class Backend:
@@ -126,12 +142,16 @@ class Backend:
         self.monitor = pipeline.monitor
         self.publisher = pipeline.publisher
         self.prefix = pipeline.prefix
+        self.remote = pipeline.remote
+        self.feed = pipeline.feed
         self._started = False
         self._shutdown_lock = threading.Lock()
         self._submitted = 0
         """Tasks handed to the publisher so far: it numbers them 1, 2, ... in that order (``Publisher.next_id``)."""
 
     def start(self) -> None:
+        if self.feed is not None:
+            self.feed.start()
         self.monitor.start()
         self.publisher.start()
         self.pool.spawn_in_order(self.config.workers)
@@ -147,6 +167,8 @@ class Backend:
             self.pool.shutdown()
             self.publisher.stop()
             self.monitor.stop()
+            if self.feed is not None:
+                self.feed.stop()
 
     # ----- commands (from the UI thread or a headless run; all non-blocking)
 
@@ -250,10 +272,18 @@ class Backend:
 class InboxReport:
     """The monitor's and publisher's listener: what their threads learn goes into the inbox as observations."""
 
-    def __init__(self, inbox: Inbox, pool: WorkerPool, management: ManagementApi | None = None) -> None:
+    def __init__(
+        self,
+        inbox: Inbox,
+        pool: WorkerPool,
+        management: ManagementApi | None = None,
+        remote: RemoteWorkers | None = None,
+    ) -> None:
         self.inbox = inbox
         self.pool = pool
         """Whose workers are ours: the others' consumers are told apart by the pool's pids."""
+        self.remote = remote
+        """Workers that report to us through the broker: their consumers have cards, they are not others."""
         self.management = management
         self._refusal: str | None = None
         """The management API's refusal as last reported to the model."""
@@ -276,12 +306,13 @@ class InboxReport:
         others: tuple[obs.ExternalConsumer, ...] | None = None
         if external is not None:
             ours = {str(pid) for pid in self.pool.pids()}
+            reporting = set() if self.remote is None else self.remote.names()
             others = tuple(
                 obs.ExternalConsumer(
                     c.connection_name, c.prefetch, c.ack_required, c.unacked, c.channel, c.delivered, c.acked
                 )
                 for c in external
-                if not _is_ours(c.connection_name, ours)
+                if not _is_ours(c.connection_name, ours, reporting)
             )
         self.inbox.put(obs.QueueSample(ts, ready, consumers, unacked, others))
 
@@ -310,9 +341,12 @@ class InboxReport:
         self.inbox.put(obs.PublisherUnblocked(ts))
 
 
-def _is_ours(connection_name: str, pids: set[str]) -> bool:
+def _is_ours(connection_name: str, pids: set[str], reporting: set[str] | frozenset[str] = frozenset()) -> bool:
+    """A connection of our pool's workers (by pid), of a worker reporting to us (by name), or of this dashboard."""
     match = _OUR_CONNECTION.match(connection_name)
-    return bool(match and match["pid"] in pids) or connection_name.startswith("dispatch-lab monitor")
+    if match and (match["pid"] in pids or match["name"] in reporting):
+        return True
+    return connection_name.startswith("dispatch-lab monitor")
 
 
 class FeedBackend:

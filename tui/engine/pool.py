@@ -366,8 +366,11 @@ class WorkerPool:
         durable: bool = True,
         heartbeat: int | None = None,
         python: str = sys.executable,
+        report: bool = False,
     ) -> None:
+        """``report``: the workers also report through the broker (``--report``), for watching dashboards."""
         self._events = EventReader(inbox, self._finish)
+        self.report = report
         self.inbox = inbox  # with this pool's masking of garbage lines
         self.url = url
         self.queue = queue
@@ -408,6 +411,8 @@ class WorkerPool:
             argv += ["--heartbeat", str(self.heartbeat)]
         if not self.durable:
             argv.append("--transient")
+        if self.report:
+            argv.append("--report")
         return argv
 
     def spawn(self, name: str | None = None) -> str:

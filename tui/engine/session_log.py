@@ -27,6 +27,7 @@ _OBSERVATIONS: dict[str, type[Any]] = {
         obs.WorkerStderr,
         obs.WorkerGarbage,
         obs.StopRequested,
+        obs.RemoteWorkerHeard,
         obs.Published,
         obs.Confirmed,
         obs.PublishFailed,

@@ -49,6 +49,19 @@ class WorkerGarbage:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteWorkerHeard:
+    """A worker this dashboard does not run reported through the broker's events exchange (``worker --report``).
+
+    Said once per name and process, before its first events: its card is marked remote.
+    """
+
+    worker: str
+    ts: float
+    host: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
 class StopRequested:
     """The user asked a worker to stop (gracefully or by a kill)."""
 
@@ -228,6 +241,7 @@ Observation = (
     | WorkerStderr
     | WorkerGarbage
     | StopRequested
+    | RemoteWorkerHeard
     | Published
     | Confirmed
     | PublishFailed

@@ -159,6 +159,11 @@ class WorkerState:
     """Those tasks' records, by tag, until their ``ack_lost``."""
     closed_by_broker: str = ""
     """The broker's words when it last closed this worker's channel or connection."""
+    remote: bool = False
+    """Not a process of this dashboard: it reports through the broker (``worker --report``), from ``host``."""
+    host: str = ""
+    dropped: int = 0
+    """Events a remote worker dropped rather than slow its work (it says how many): its counts miss them."""
 
     @property
     def alive(self) -> bool:
@@ -344,6 +349,23 @@ class Model:
         w.stderr.clear()
         if self.first_ts is None:
             self.first_ts = e.ts
+
+    def _on_remote_heard(self, e: obs.RemoteWorkerHeard) -> None:
+        w = self._worker(e.worker)
+        w.remote, w.host = True, e.host
+        if w.pid is not None and w.pid != e.pid:
+            w.restarts += 1  # the same name again from a new process: the same card
+        w.pid = e.pid
+        if not w.alive or w.status is STARTING:
+            # It runs already (a dashboard may come after its ``ready``): what it says next tells more.
+            w.status, w.exit_code = IDLE, None
+        w.last_seen = e.ts
+        if self.first_ts is None:
+            self.first_ts = e.ts
+
+    def _on_dropped(self, e: protocol.Dropped) -> None:
+        w = self._worker(e.worker)
+        w.dropped, w.last_seen = e.count, e.ts
 
     def _on_ready(self, e: protocol.Ready) -> None:
         w = self._worker(e.worker)
@@ -546,6 +568,9 @@ class Model:
         if w.alive:
             w.status = STOPPING
         w.log.append(f" [*] stopped ({e.reason})")
+        if w.remote:
+            # No pool sees a remote process end: its last word is this (the broker requeued what it held).
+            self._on_exited(obs.WorkerExited(e.worker, e.ts, 1 if e.reason == "error" else 0))
 
     def _on_exited(self, e: obs.WorkerExited) -> None:
         w = self._worker(e.worker)
@@ -934,6 +959,8 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.Cancelled: Model._on_cancelled,
     protocol.ChannelClosed: Model._on_channel_closed,
     protocol.AckLost: Model._on_ack_lost,
+    protocol.Dropped: Model._on_dropped,
+    obs.RemoteWorkerHeard: Model._on_remote_heard,
     obs.WorkerSpawned: Model._on_spawned,
     obs.WorkerExited: Model._on_exited,
     obs.WorkerStderr: Model._on_stderr,

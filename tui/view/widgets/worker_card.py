@@ -37,6 +37,9 @@ def progress_bar(fraction: float, width: int = 8) -> str:
 
 def describe_status(worker: WorkerState, now: float) -> str:
     silent = worker.silent_for(now)
+    if silent is not None and worker.remote:
+        # A process on another machine: its silence may be a closed laptop as well as a hang.
+        return f"silent for {silent:.0f}s"
     if silent is not None:
         dropped = worker.dropped_in(now)
         countdown = f", broker drops it in ~{dropped:.0f}s" if dropped else ", broker should drop it now"
@@ -90,12 +93,16 @@ class WorkerCard(Widget, can_focus=True):
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
         name = for_toast(worker.name, NAME_CHARS)
-        borders = (f"{name} · pid {worker.pid or '-'} · {describe_status(worker, now)}", mode)
+        where = f"remote {for_toast(worker.host, NAME_CHARS)}:{worker.pid or '?'}" if worker.remote else (
+            f"pid {worker.pid or '-'}"
+        )  # fmt: skip
+        borders = (f"{name} · {where} · {describe_status(worker, now)}", mode)
         if borders != self._borders:  # setting a title repaints the whole card, even to the same title
             self._borders = borders
             # As Text: a title given as a string is read as markup, and a worker's name is outside text.
             self.border_title, self.border_subtitle = Text(borders[0]), Text(borders[1])
         self.set_class(silent is not None, "-unresponsive")
+        self.set_class(worker.remote, "-remote")
         status = status_class(worker.status)
         if not self.has_class(status):
             # One atomic change, and only when the status changed: each change restyles the card's subtree.
@@ -112,6 +119,8 @@ class WorkerCard(Widget, can_focus=True):
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
         if worker.ack_lost:
             counts.append(f" ack lost {worker.ack_lost}", "bold red")
+        if worker.dropped:
+            counts.append(f" dropped {worker.dropped} events", "bold red")
         _put(self._counts_part, counts)
         if not details:
             return
