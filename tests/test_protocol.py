@@ -17,6 +17,7 @@ from workers.protocol import (
     ChannelClosed,
     Connection,
     Done,
+    Dropped,
     Error,
     Event,
     Mode,
@@ -53,6 +54,7 @@ SAMPLES: list[Event] = [
     ChannelClosed("w1", TS, 406, "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out."),
     AckLost("w1", TS, 1, "ab12-1", "ack-timeout"),
     AckLost("w2", TS, 2, None, "channel-closed"),
+    Dropped("w1", TS, 12),
 ]
 
 

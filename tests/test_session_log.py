@@ -58,11 +58,13 @@ SAMPLES: list[obs.Observation] = [
         "w2", T0 + 7.3, 406, "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out"
     ),
     protocol.AckLost("w2", T0 + 7.4, 3, "ab12-3", "ack-timeout"),
+    protocol.Dropped("alice-laptop", T0 + 7.45, 5),
     obs.WorkerSpawned("w1", T0, 4101),
     obs.WorkerExited("w1", T0 + 8, -9),
     obs.WorkerStderr("w1", T0 + 8, "Traceback: nothing to see"),
     obs.WorkerGarbage("w2", T0 + 8, "{not json"),
     obs.StopRequested("w1", T0 + 7.5, True),
+    obs.RemoteWorkerHeard("alice-laptop", T0 + 7.6, "laptop", 4242),
     obs.Published("ab12-1", T0, "Task..."),
     obs.Confirmed("ab12-1", T0 + 0.01),
     obs.PublishFailed("ab12-2", T0 + 0.02, "The broker refused the message."),

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.text import Text
@@ -39,6 +40,9 @@ from workers.settings import (
     url_parts,
 )
 from workers.worker import ack_arg, positive_float, prefetch_arg
+
+if TYPE_CHECKING:
+    from textual.app import App
 
 OTHER_COMMANDS = """\
 other commands (each with --help for its options):
@@ -72,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_runs_dir_arg(parser)
     parser.add_argument(
+        "--report",
+        action="store_true",
+        help="the workers also report through the broker, so that other dashboards (serve's tabs) see them",
+    )
+    parser.add_argument(
+        "--watch-only",
+        action="store_true",
+        help="no workers of its own and no keys that change anything: follow the workers reporting on this queue",
+    )
+    parser.add_argument(
         "--broker",
         choices=("auto", "private", "url"),
         default="auto",
@@ -92,7 +106,7 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error(f"--workers must be 0 or more, not {args.workers}")
-    workers = args.workers
+    workers = 0 if args.watch_only else args.workers
     if workers > WorkerPool.MAX_WORKERS:
         most = WorkerPool.MAX_WORKERS
         console.print(
@@ -117,6 +131,8 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         management_url=args.management_url or default_management_url(url),
         private_broker=private,
         runs_dir=args.runs_dir,
+        report=args.report,
+        watch_only=args.watch_only,
     )
 
 
@@ -241,7 +257,7 @@ def main(argv: list[str]) -> int:
     config = parse_config(argv, console)
     # The broker is checked before the terminal (a second, and a wrong URL needs fixing either way),
     # but no private node boots (about 10 s) for a screen that cannot open.
-    refusal = full_screen_refusal("dispatch-lab", "the dashboard", DASHBOARD_ELSEWHERE)
+    refusal = None if served() else full_screen_refusal("dispatch-lab", "the dashboard", DASHBOARD_ELSEWHERE)
     if refusal is not None and config.private_broker:
         print(refusal, file=sys.stderr)
         return 2
@@ -274,7 +290,8 @@ def main(argv: list[str]) -> int:
     log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
     log.start()
     log.add([session_started(config, backend.prefix)])
-    app = DispatchLab(config, model, backend, log=log)
+    title = "dispatch-lab · watch-only" if config.watch_only else None
+    app = DispatchLab(config, model, backend, log=log, title=title)
     atexit.register(backend.shutdown)
 
     finished = threading.Event()
@@ -314,12 +331,66 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    if served():
+        keep_sigterm(app, on_signal)
+        when_the_server_goes(lambda: leave(signal.SIGHUP))
     try:
         app.run()
     finally:
         finished.set()  # the app is out of its loop: no need to force anything
         clean_up(show_progress=True)
     return app.return_code or 0
+
+
+def served() -> bool:
+    """Run by textual-serve for a browser tab: its web driver speaks over pipes, not a terminal."""
+    return "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")
+
+
+def keep_sigterm(app: App[int], on_signal: Callable[[int, FrameType | None], None]) -> None:
+    """Under the web driver, SIGTERM is ours again once the driver took it.
+
+    Textual's web driver sets its own SIGTERM handler on the event loop (post ExitApp),
+    which replaces ours and never forces anything: a served dashboard busy in its loop
+    ignored SIGTERM until killed. Once the driver has taken the signal, it is handed
+    back (on the loop, where a loop's signal handlers are set) to the handler that exits
+    and forces the exit after a few seconds.
+    """
+
+    def take_back() -> None:
+        deadline = time.monotonic() + 60
+        while signal.getsignal(signal.SIGTERM) is on_signal and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        def install() -> None:
+            import asyncio
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM, None)
+
+        with contextlib.suppress(Exception):
+            app.call_from_thread(install)
+
+    threading.Thread(target=take_back, name="sigterm", daemon=True).start()
+
+
+def when_the_server_goes(gone: Callable[[], None]) -> None:
+    """Call ``gone`` once standard input hangs up: the serving process closed this tab's pipe, or died.
+
+    The tab's dashboard must end with its connection; waiting for the web driver to
+    notice left one running (at 94 % CPU) after its browser went away.
+    """
+    import select
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(sys.stdin.fileno(), 0)  # no events asked for: hang-ups and errors are always reported
+        while True:
+            for _fd, flags in poller.poll():
+                if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    gone()
+                    return
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()
 
 
 def session_started(config: LabConfig, prefix: str) -> SessionStarted:

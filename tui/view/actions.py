@@ -28,6 +28,9 @@ from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, AckMode, Dis
 PREFETCH_CYCLE = (0, 1, 10)
 
 
+WATCH_ONLY = "Watch-only: this view follows the class; the dashboard that runs the workers changes things."
+
+
 def no_workers(queue: str, durable: bool, default_broker: bool = True) -> str:
     """How to get a worker when the dashboard started none: here, or the tutorial's way in another terminal.
 
@@ -95,6 +98,8 @@ class LabActions:
         if self.backend is None:
             self.notify("Read-only view: nothing to publish to.", severity="warning")
             return
+        if self._read_only("publish to"):
+            return
         if message.scenario is not None:
             # A run: its tasks are numbered from 1 (odd-heavy's heavy ones are its odd ones) and summed up at the end.
             self.backend.publish_run(message.scenario.name, message.bodies)
@@ -138,7 +143,7 @@ class LabActions:
 
     def started(self) -> None:
         """The dashboard is up: with no worker of its own (``--workers 0``), say how to get one."""
-        if self.backend is not None and self.config.workers == 0:
+        if self.backend is not None and self.config.workers == 0 and not self.config.watch_only:
             config = self.config
             default = config.url == DEFAULT_URL and not config.private_broker
             self.notify(no_workers(config.queue, config.durable, default), title="No workers yet", timeout=30)
@@ -150,10 +155,27 @@ class LabActions:
         return None
 
     def _read_only(self, what: str) -> bool:
-        """True in a replay (no backend), after saying so: a key that does nothing must not be silent."""
+        """True in a replay (no backend) or a watching tab, after saying so: a key must never do nothing silently."""
+        if self.config.watch_only:
+            self.notify(WATCH_ONLY, severity="warning", timeout=4)
+            return True
         if self.backend is not None:
             return False
         self.notify(f"Read-only view: no live workers to {what}.", severity="warning", timeout=3)
+        return True
+
+    def _remote(self, name: str, what: str) -> bool:
+        """True for a worker on another machine, after saying what can be done instead."""
+        worker = self.model.workers.get(name)
+        if worker is None or not worker.remote:
+            return False
+        where = f" on {for_toast(worker.host)}" if worker.host else ""
+        self.notify(
+            f"{for_toast(name)} runs{where}, not under this dashboard: it cannot {what} it. "
+            "Stop it where it runs (Ctrl+C there).",
+            severity="warning",
+            timeout=6,
+        )
         return True
 
     def add_worker(self) -> None:
@@ -169,7 +191,7 @@ class LabActions:
         if self._read_only("kill"):
             return
         name = self._selected_worker(selected)
-        if name is None or self.backend is None:
+        if name is None or self.backend is None or self._remote(name, "kill"):
             return
         held = self.model.workers[name].in_hand
         if not self.backend.kill(name):
@@ -183,14 +205,16 @@ class LabActions:
         if self._read_only("stop"):
             return
         name = self._selected_worker(selected)
-        if name is not None and self.backend is not None and not self.backend.stop(name):
+        if name is None or self._remote(name, "stop"):
+            return
+        if self.backend is not None and not self.backend.stop(name):
             self.notify(f"{for_toast(name)} is not running.", severity="warning")
 
     def restart(self, selected: str | None) -> None:
         if self._read_only("restart"):
             return
         name = self._selected_worker(selected)
-        if name is None or self.backend is None:
+        if name is None or self.backend is None or self._remote(name, "restart"):
             return
 
         def gave_up(name: str = name) -> None:
@@ -215,6 +239,9 @@ class LabActions:
         return self.backend.mode if self.backend is not None else self.model.mode
 
     def compare(self) -> None:
+        if self.config.watch_only:
+            self.notify(WATCH_ONLY, severity="warning", timeout=4)
+            return
         if self.backend is None:
             self.notify("Read-only view: no broker to run a comparison on.", severity="warning")
             return
@@ -246,7 +273,7 @@ class LabActions:
     @property
     def can_restart_broker(self) -> bool:
         """Only a broker we started ourselves (a private node) can be restarted from here."""
-        return self.backend is not None and self.backend.node is not None
+        return self.backend is not None and self.backend.node is not None and not self.config.watch_only
 
     def restart_broker(self) -> None:
         if self.can_restart_broker and self.backend is not None:
