@@ -10,6 +10,7 @@ USAGE = """usage: dispatch-lab [dashboard options]       open the dashboard
        dispatch-lab broker                       a private RabbitMQ node until Ctrl+C
        dispatch-lab compare [options]            one scenario under each prefetch, side by side
        dispatch-lab replay FILE                  reopen a saved session read-only
+       dispatch-lab serve [--host H] [--port P]  the dashboard in browsers, watch-only tabs
        dispatch-lab bench [--quick]              the benchmarks (from a source checkout)
 
 Run any of them with --help for its options."""
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         from tui.teaching.compare import main as compare_main
 
         return compare_main(args[1:])
+    if command == "serve":
+        from tui.serve import main as serve_main
+
+        return serve_main(args[1:])
     if command == "replay":
         from tui.launch import replay_main
 

@@ -50,6 +50,7 @@ other commands (each with --help for its options):
   dispatch-lab new-task [options] WORDS  the tutorial's new_task.py: publish a task
   dispatch-lab compare [options]         one scenario under each prefetch, side by side (no dashboard)
   dispatch-lab replay FILE               reopen a saved session (Ctrl+S) read-only
+  dispatch-lab serve [--host H] [--port P] [--workers N]  the dashboard in browsers (watch-only tabs)
   dispatch-lab broker                    a private RabbitMQ node until Ctrl+C
   dispatch-lab bench [--quick]           the benchmarks (from a source checkout)"""
 
