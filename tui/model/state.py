@@ -156,6 +156,8 @@ class WorkerState:
     """Those tasks' records, by tag, until their ``ack_lost``."""
     closed_by_broker: str = ""
     """The broker's words when it last closed this worker's channel or connection."""
+    exited_at: float | None = None
+    """When its process was last seen to end (killed or exited); None while it runs."""
 
     @property
     def alive(self) -> bool:
@@ -541,6 +543,7 @@ class Model:
         killed = e.code == -9 or (e.code < 0 and w.kill_requested)
         w.status = KILLED if killed else EXITED
         w.exit_code = e.code
+        w.exited_at = e.ts
         if e.code != 0 and w.ack is not None and w.ack.lost_with_worker:
             self.last_auto_death = e.ts
         w.log.append(" [!] killed (SIGKILL)" if killed else f" [*] exited with code {e.code}")

@@ -6,7 +6,7 @@ snapshots see exactly what the widget draws.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from rich.cells import cell_len, set_cell_size
 from rich.text import Span, Text
@@ -84,14 +84,24 @@ def ruler(start: float, end: float, width: int, origin: float) -> Text:
     return Text("".join(chars), "dim", spans=labels)
 
 
-def render(model: Model, now: float, width: int, name_width: int = 4) -> Text:
-    """All lanes with the worker names and a ruler underneath."""
+def render(model: Model, now: float, width: int, name_width: int = 4, folded: Collection[str] = ()) -> Text:
+    """All lanes with the worker names and a ruler underneath.
+
+    The ``folded`` workers (dead a while, their cards folded into a line) share one lane, ``✗…``, at the bottom.
+    """
     start, end = window(model, now)
     lane_width = max(10, width - name_width - 1)
     out = Text()
     for name, worker in model.workers.items():
+        if name in folded:
+            continue
         out.append(set_cell_size(printable(name), name_width) + " ", "bold" if worker.alive else "dim strike")
         out.append_text(lane(worker.lane, start, end, lane_width, now))
+        out.append("\n")
+    gone = [block for name in folded if name in model.workers for block in model.workers[name].lane]
+    if gone:
+        out.append(set_cell_size("✗…", name_width) + " ", "dim")
+        out.append_text(lane(sorted(gone, key=lambda block: block.start), start, end, lane_width, now))
         out.append("\n")
     origin = model.first_ts if model.first_ts is not None else start
     out.append(" " * (name_width + 1))

@@ -16,17 +16,21 @@ class TimelineView(Static):
         self._drawn: tuple[object, ...] = ()
         self._lanes = -1
 
-    def show(self, model: Model, now: float) -> None:
-        """Redraw when a cell's worth of time has passed or a lane changed, not on every tick."""
+    def show(self, model: Model, now: float, folded: frozenset[str] = frozenset()) -> None:
+        """Redraw when a cell's worth of time has passed or a lane changed, not on every tick.
+
+        The ``folded`` workers share one lane: dozens of killed workers must not push the live ones off screen.
+        """
         width = max(20, self.size.width - 2)
         start, end = timeline.window(model, now)
         cell = (end - start) / max(1, width - 5)
         lanes = tuple(
             (name, len(w.lane), w.lane[-1].end if w.lane else None, w.alive) for name, w in model.workers.items()
         )
-        key = (width, int(end / cell) if cell > 0 else 0, lanes)
+        key = (width, int(end / cell) if cell > 0 else 0, lanes, folded)
         if key == self._drawn:
             return
-        layout = len(lanes) != self._lanes  # one line per lane: only a new lane changes the height
-        self._drawn, self._lanes = key, len(lanes)
-        self.update(timeline.render(model, now, width), layout=layout)
+        count = len(lanes) - len(folded) + (1 if folded else 0)
+        layout = count != self._lanes  # one line per lane: only a new lane changes the height
+        self._drawn, self._lanes = key, count
+        self.update(timeline.render(model, now, width, folded=folded), layout=layout)
