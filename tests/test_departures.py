@@ -28,6 +28,15 @@ def test_the_folded_line_says_where_the_killed_workers_tasks_went() -> None:
     assert line.describe().startswith("w1 killed: its tasks went to w2 ×2")
 
 
+def test_with_no_live_worker_left_the_dead_keep_their_cards() -> None:
+    r = Recorder()
+    r.spawn("w1", 7000, prefetch=1)
+    r.after(1)
+    r.kill("w1")
+    model = replay(r.recording().events)
+    assert departures.fold(model, r.now + 100) == (["w1"], [])
+
+
 def test_tasks_lost_under_auto_ack_are_counted_as_lost() -> None:
     model = replay(session_auto_ack_loss().events)
     line = departures.departures(model, ["w1"])

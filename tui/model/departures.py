@@ -56,7 +56,13 @@ def is_folded(worker: WorkerState, now: float, keep: float = KEEP_DEAD) -> bool:
 
 
 def fold(model: Model, now: float, keep: float = KEEP_DEAD) -> tuple[list[str], list[str]]:
-    """The workers that keep a card and those folded away, each in the order they appeared."""
+    """The workers that keep a card and those folded away, each in the order they appeared.
+
+    With no live worker left the dead all keep their cards: the screen would show no worker at all
+    (a replay of a session whose workers have all gone shows how each ended).
+    """
+    if not any(worker.alive for worker in model.workers.values()):
+        return list(model.workers), []
     shown: list[str] = []
     folded: list[str] = []
     for name, worker in model.workers.items():

@@ -74,7 +74,8 @@ class MainView:
         self.header.show(model, mask_url(config.url), config.durable, now, title)
         self.queue_panel.show(model, now, config.durable, details=details)
         self.publisher.show(model, now)
-        shown, folded = departures.fold(model, now)
+        # A replay (read-only) shows every worker as it ended; folding follows a live clock.
+        shown, folded = departures.fold(model, now) if title == "dispatch-lab" else (list(model.workers), [])
         if self.selected is not None and self.selected not in shown:
             self.selected = None  # its card folded away: the keys aim at the first card again
         self._show_departed(folded)
@@ -82,12 +83,13 @@ class MainView:
         if details:
             yield
             if running():
-                self.timeline.show(model, now, frozenset(model.workers).difference(shown))
+                self.timeline.folded = frozenset(folded)
+                self.timeline.show(model, now)
 
     def _show_departed(self, folded: list[str]) -> None:
         """The folded workers' line; read from the ledger again only when a figure it depends on moved."""
         ledger = self.model.ledger
-        key = (tuple(folded), ledger.published, ledger.redeliveries, ledger.lost, ledger.purged)
+        key = (tuple(folded), ledger.published, ledger.redeliveries, ledger.lost, ledger.purged) if folded else ()
         if key == self._departed:
             return
         self._departed = key

@@ -98,9 +98,11 @@ def render(model: Model, now: float, width: int, name_width: int = 4, folded: Co
         out.append(set_cell_size(printable(name), name_width) + " ", "bold" if worker.alive else "dim strike")
         out.append_text(lane(worker.lane, start, end, lane_width, now))
         out.append("\n")
-    gone = [block for name in folded if name in model.workers for block in model.workers[name].lane]
+    names = [name for name in model.workers if name in folded]
+    gone = [block for name in names for block in model.workers[name].lane]
     if gone:
-        out.append(set_cell_size("✗…", name_width) + " ", "dim")
+        label, style = (printable(names[0]), "dim strike") if len(names) == 1 else ("✗…", "dim")  # one keeps its name
+        out.append(set_cell_size(label, name_width) + " ", style)
         out.append_text(lane(sorted(gone, key=lambda block: block.start), start, end, lane_width, now))
         out.append("\n")
     origin = model.first_ts if model.first_ts is not None else start

@@ -16,11 +16,13 @@ class TimelineView(Static):
         self._drawn: tuple[object, ...] = ()
         self._lanes = -1
 
-    def show(self, model: Model, now: float, folded: frozenset[str] = frozenset()) -> None:
-        """Redraw when a cell's worth of time has passed or a lane changed, not on every tick.
+    folded: frozenset[str] = frozenset()
+    """Workers whose cards are folded away: they share one lane, so dozens of killed workers never push the
+    live ones off screen (set by the main view before ``show``)."""
 
-        The ``folded`` workers share one lane: dozens of killed workers must not push the live ones off screen.
-        """
+    def show(self, model: Model, now: float) -> None:
+        """Redraw when a cell's worth of time has passed or a lane changed, not on every tick."""
+        folded = self.folded
         width = max(20, self.size.width - 2)
         start, end = timeline.window(model, now)
         cell = (end - start) / max(1, width - 5)

@@ -125,15 +125,16 @@ class WorkerCard(Widget, can_focus=True):
         if worker.ack_lost:
             extra.append(f" ack lost {worker.ack_lost}", "bold red")
         _put(self._counts_part, counts + extra)
-        _put(self._row_part, row + extra)
         shown = self._task_part.content
         task = self._task_line(worker, now) if details else shown if isinstance(shown, Text) else Text()
-        # The compact row's first line: who, in what state, and the task at hand (as the card's task line).
-        head = Text.assemble((name, "bold"), (f" · {describe_status(worker, now)}", "dim"))
-        if task.plain:
-            head.append(" · ")
-            head.append_text(task)
-        _put(self._head_part, head)
+        if self._row_part.display:  # a compact row (app.tcss decides where): a card leaves these two alone
+            _put(self._row_part, row + extra)
+            # Its first line: who, in what state, and the task at hand (as the card's task line).
+            head = Text.assemble((name, "bold"), (f" · {describe_status(worker, now)}", "dim"))
+            if task.plain:
+                head.append(" · ")
+                head.append_text(task)
+            _put(self._head_part, head)
         if not details:
             return
         _put(self._task_part, task)
