@@ -588,7 +588,8 @@ def test_selected_styles_only_the_card_itself() -> None:
     assert with_selected, "app.tcss no longer styles the selected card"
     for selector in with_selected:
         for part in selector.split(","):
-            assert re.fullmatch(r"\s*[\w-]*(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*\s*", part), part
+            # The card is the rule's subject (ancestors such as a screen size may come before it), never a part.
+            assert re.fullmatch(r"\s*([\w#.-]+\s+)*[\w-]*(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*\s*", part), part
 
 
 def test_a_big_read_is_folded_a_slice_at_a_time() -> None:

@@ -101,3 +101,56 @@ def test_dashboard_in_a_real_terminal(broker_url: str, queue_name: str, tmux: Tm
     assert code == "0"
     assert not [pid for pid in pids if alive(pid)], "workers outlived the dashboard"
     assert not workers_on(queue_name)
+
+
+def test_a_class_sees_every_figure_at_80x24(broker_url: str, queue_name: str, tmux: Tmux, tmp_path: Path) -> None:
+    """A class's terminal: the queue's figures, each worker's counts, the publisher and the keys, all on screen."""
+    exit_file = tmp_path / "exit-code"
+    command = f"{DISPATCH_LAB} --queue {queue_name} --seconds-per-dot 0.1; echo $? > {exit_file}"
+    subprocess.run(
+        ["tmux", "-S", str(tmux.socket), "new-session", "-d", "-s", tmux.name, "-x", "80", "-y", "24", command],
+        env=child_env(broker_url),
+        check=True,
+        timeout=10,
+    )
+    wait_until(lambda: len(workers_on(queue_name)) == 2, 30, "both workers")
+    pids = workers_on(queue_name)
+    tmux.keys("Tab")  # from the cards to the task input (focus order: cards, then the publisher)
+
+    def all_shown() -> str | None:
+        screen = tmux.screen()
+        rows = screen.splitlines()
+        figures = all(any(row.startswith(f"│{label} ") for row in rows) for label in ("ready", "unacked", "consumers"))
+        done = any(row.startswith("│done ") for row in rows)
+        counts = sum("received 0 done 0 holds 0" in row for row in rows) == 2
+        workers = "w1 · idle" in screen and "w2 · idle" in screen
+        return screen if figures and done and counts and workers else None
+
+    try:
+        screen = wait_until(all_shown, 30, "the figures of the queue and both workers")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- screen ---\n{tmux.screen()}") from None
+    rows = screen.splitlines()
+    assert len(rows) == 24 and all(len(row) <= 80 for row in rows)
+    assert "task" in rows[-3] and "Hello..." in rows[-3] and "Send" in rows[-3], screen
+    keys = rows[-2] + rows[-1]
+    for key in ("f1 Help", "f2 +Worker", "f3 Kill", "f4 Stop", "f5 Restart", "f6 Prefetch", "f7 Ack", "f9 Msgs"):
+        assert key in keys, f"{key} missing from the keys:\n{screen}"
+
+    # The publisher works from here: two tasks, both done, counted on the worker rows.
+    tmux.keys("Enter")
+    tmux.keys("Enter")
+    tmux.wait_screen("holds 0", 5, "the rows")
+
+    def both_done() -> str | None:
+        rows = tmux.screen().splitlines()
+        done = [row for row in rows if row.startswith("│done ")]
+        return "\n".join(rows) if done and done[0].split()[1] == "2" else None
+
+    wait_until(both_done, 30, "two tasks done")
+
+    tmux.keys("C-q")
+    code = wait_until(lambda: exit_file.exists() and exit_file.read_text().strip(), 15, "dispatch-lab to exit")
+    assert code == "0"
+    assert not [pid for pid in pids if alive(pid)], "workers outlived the dashboard"
+    assert not workers_on(queue_name)

@@ -164,6 +164,8 @@ class WorkerState:
     host: str = ""
     dropped: int = 0
     """Events a remote worker dropped rather than slow its work (it says how many): its counts miss them."""
+    exited_at: float | None = None
+    """When its process was last seen to end (killed or exited); None while it runs."""
 
     @property
     def alive(self) -> bool:
@@ -577,6 +579,7 @@ class Model:
         killed = e.code == -9 or (e.code < 0 and w.kill_requested)
         w.status = KILLED if killed else EXITED
         w.exit_code = e.code
+        w.exited_at = e.ts
         if e.code != 0 and w.ack is not None and w.ack.lost_with_worker:
             self.last_auto_death = e.ts
         w.log.append(" [!] killed (SIGKILL)" if killed else f" [*] exited with code {e.code}")

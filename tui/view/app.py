@@ -20,7 +20,7 @@ from tui.model.scenarios import Scenario, builtin
 from tui.model.state import Model
 from tui.view.actions import LabActions
 from tui.view.commands import PresetCommands, lab_commands
-from tui.view.main_view import MainView
+from tui.view.main_view import MIN_HEIGHT, MIN_WIDTH, MainView
 from tui.view.replay_control import ACTIONS as REPLAY_ACTIONS
 from tui.view.replay_control import BINDINGS as REPLAY_BINDINGS
 from tui.view.replay_control import ReplayControl
@@ -36,8 +36,12 @@ class DispatchLab(App[int]):
 
     CSS_PATH = "app.tcss"
     TITLE = "dispatch-lab"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    """Below 100 columns the queue panel gives its width to the worker cards."""
+    HORIZONTAL_BREAKPOINTS = [
+        (0, "-too-narrow"), (MIN_WIDTH, "-narrow"), (100, "-medium"), (120, "-wide"), (160, "-huge"),
+    ]  # fmt: skip
+    """Below 120 columns workers are compact rows and the keys wrap onto a legend; app.tcss says what each changes."""
+    VERTICAL_BREAKPOINTS = [(0, "-too-short"), (MIN_HEIGHT, "-short"), (30, "-tall")]
+    """Below 30 rows workers are compact rows and the publisher one line high; below the minimum, a notice."""
     BINDINGS = [
         *REPLAY_BINDINGS,
         Binding("f1", "help", "Help", priority=True),

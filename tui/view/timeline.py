@@ -6,7 +6,7 @@ snapshots see exactly what the widget draws.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 
 from rich.cells import cell_len, set_cell_size
 from rich.text import Span, Text
@@ -113,10 +113,13 @@ def run_marks(runs: Sequence[Run], start: float, end: float, width: int) -> Text
     return Text("".join(chars), spans=spans)
 
 
-def render(model: Model, now: float, width: int, name_width: int = 4, run: Run | None = None) -> Text:
+def render(
+    model: Model, now: float, width: int, name_width: int = 4, run: Run | None = None, folded: Collection[str] = ()
+) -> Text:
     """All lanes with the worker names and a ruler underneath; a row of run marks above them once there are runs.
 
-    With ``run``: that run alone, and only the workers present in it.
+    With ``run``: that run alone, and only the workers present in it. The ``folded`` workers (dead a while,
+    their cards folded into a line) share one lane, ``✗…``, at the bottom.
     """
     start, end = window(model, now, run)
     lane_width = max(10, width - name_width - 1)
@@ -126,10 +129,17 @@ def render(model: Model, now: float, width: int, name_width: int = 4, run: Run |
         out.append_text(run_marks(model.runs.all, start, end, lane_width))
         out.append("\n")
     for name, worker in model.workers.items():
-        if run is not None and name not in run.figures:
+        if name in folded or (run is not None and name not in run.figures):
             continue
         out.append(set_cell_size(printable(name), name_width) + " ", "bold" if worker.alive else "dim strike")
         out.append_text(lane(worker.lane, start, end, lane_width, now))
+        out.append("\n")
+    names = [name for name in model.workers if name in folded]
+    gone = [block for name in names for block in model.workers[name].lane]
+    if gone:
+        label, style = (printable(names[0]), "dim strike") if len(names) == 1 else ("✗…", "dim")  # one keeps its name
+        out.append(set_cell_size(label, name_width) + " ", style)
+        out.append_text(lane(sorted(gone, key=lambda block: block.start), start, end, lane_width, now))
         out.append("\n")
     origin = model.first_ts if model.first_ts is not None else start
     if run is not None:  # seconds into the run, as its makespan counts them

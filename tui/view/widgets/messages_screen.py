@@ -41,6 +41,9 @@ class MessagesScreen(ModalScreen[None]):
             yield Static(id="message-detail")
 
     def on_mount(self) -> None:
+        body = self.query_one("#messages-body")
+        body.border_title = "messages: every recent task and where it went"
+        body.border_subtitle = "↑↓ a task's story · Esc or F9 close"
         table = self.query_one(DataTable)
         table.add_columns("task", "state", "deliveries", "why", "lifeline")
         self.refresh_ledger()

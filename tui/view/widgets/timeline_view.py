@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.widgets import Static
 
 from tui.model.state import Model
+from tui.text import printable
 from tui.view import timeline
 
 LEGEND = "timeline · done · ↻ redelivered · ✗ killed · ··· idle"
@@ -12,6 +14,10 @@ LEGEND = "timeline · done · ↻ redelivered · ✗ killed · ··· idle"
 
 class TimelineView(Static):
     """One lane per worker: green = done, yellow = redelivered, red ✗ = killed, dots = idle; ▏ a run begins."""
+
+    folded: frozenset[str] = frozenset()
+    """Workers whose cards are folded away: they share one lane, so dozens of killed workers never push the
+    live ones off screen (set by the main view before ``show``)."""
 
     def on_mount(self) -> None:
         self.run_only = False
@@ -28,6 +34,7 @@ class TimelineView(Static):
 
     def show(self, model: Model, now: float) -> None:
         """Redraw when a cell's worth of time has passed or a lane changed, not on every tick."""
+        folded = self.folded
         width = max(20, self.size.width - 2)
         run = model.runs.latest if self.run_only else None
         start, end = timeline.window(model, now, run)
@@ -36,13 +43,15 @@ class TimelineView(Static):
             (name, len(w.lane), w.lane[-1].end if w.lane else None, w.alive) for name, w in model.workers.items()
         )
         runs = (len(model.runs.all), model.runs.latest.finished if model.runs.latest else None)
-        key = (width, int(end / cell) if cell > 0 else 0, lanes, runs, run is not None)
+        key = (width, int(end / cell) if cell > 0 else 0, lanes, folded, runs, run is not None)
         if key == self._drawn:
             return
-        if run is not None:
-            self.border_title = f"timeline · {run.title} alone · ^T whole session"
+        if run is not None:  # a scenario's title comes from a file: text, never markup
+            self.border_title = Text(f"timeline · {printable(run.title)} alone · ^T whole session")
         else:
             self.border_title = LEGEND + (" · ^T latest run alone" if model.runs.all else "")
-        layout = len(lanes) != self._lanes or key[3:] != self._drawn[3:]  # a lane or the marks row: a height
-        self._drawn, self._lanes = key, len(lanes)
-        self.update(timeline.render(model, now, width, run=run), layout=layout)
+        count = len(lanes) - len(folded) + (1 if folded else 0)
+        # A lane, the folded lane or the marks row appearing changes the height; anything else only repaints.
+        layout = count != self._lanes or key[4:] != self._drawn[4:]
+        self._drawn, self._lanes = key, count
+        self.update(timeline.render(model, now, width, run=run, folded=folded), layout=layout)

@@ -67,11 +67,16 @@ class WorkerCard(Widget, can_focus=True):
         super().__init__(id=card_id if _ID.fullmatch(card_id) else None, classes="worker-card")
         self.worker_name = worker_name
         self._borders: tuple[str, str] = ("", "")
+        self._head_part = Static(classes="head")
+        self._row_part = Static(classes="row")
         self._counts_part = Static(classes="counts")
         self._task_part = Static(classes="task")
         self._log_part = Static(classes="log")
 
     def compose(self) -> ComposeResult:
+        # A compact row (app.tcss shows it where space is short) draws the head and the row; a card the rest.
+        yield self._head_part
+        yield self._row_part
         yield self._counts_part
         yield self._task_part
         yield self._log_part
@@ -113,19 +118,37 @@ class WorkerCard(Widget, can_focus=True):
             ("\nholds    ", "dim"), (f"{worker.in_hand:<7}", "bold cyan" if worker.in_hand else "bold"),
             ("redelivered ", "dim"), (f"{worker.redelivered}", "bold yellow" if worker.redelivered else "bold"),
         )  # fmt: skip
+        row = Text.assemble(
+            ("received ", "dim"), (f"{worker.received}", "bold"),
+            (" done ", "dim"), (f"{worker.done}", "bold"),
+            (" holds ", "dim"), (f"{worker.in_hand}", "bold cyan" if worker.in_hand else "bold"),
+            (" redelivered ", "dim"), (f"{worker.redelivered}", "bold yellow" if worker.redelivered else "bold"),
+        )  # fmt: skip
+        extra = Text()
         if worker.returned:
-            counts.append(f" returned {worker.returned}", "dim")
+            extra.append(f" returned {worker.returned}", "dim")
         if worker.unacked_done:
-            counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
+            extra.append(f" never acked {len(worker.unacked_done)}", "bold red")
         if worker.ack_lost:
-            counts.append(f" ack lost {worker.ack_lost}", "bold red")
+            extra.append(f" ack lost {worker.ack_lost}", "bold red")
         if worker.dropped:
-            counts.append(f" dropped {worker.dropped} events", "bold red")
-        _put(self._counts_part, counts)
+            extra.append(f" dropped {worker.dropped} events", "bold red")
+        _put(self._counts_part, counts + extra)
+        shown = self._task_part.content
+        task = self._task_line(worker, now) if details else shown if isinstance(shown, Text) else Text()
+        if self._row_part.display:  # a compact row (app.tcss decides where): a card leaves these two alone
+            _put(self._row_part, row + extra)
+            # Its first line: who, in what state, and the task at hand (as the card's task line).
+            remote = f" · remote {for_toast(worker.host, NAME_CHARS)}" if worker.remote else ""
+            head = Text.assemble((name, "bold"), (f"{remote} · {describe_status(worker, now)}", "dim"))
+            if task.plain:
+                head.append(" · ")
+                head.append_text(task)
+            _put(self._head_part, head)
         if not details:
             return
-        _put(self._task_part, self._task_line(worker, now))
-        # The last log lines that fit the part (its height is set in app.tcss, and read here, not assumed).
+        _put(self._task_part, task)
+        # The last lines that fit the part (its height is set in app.tcss, and read here, not assumed).
         room = _height(self._log_part, len(worker.log))
         lines = list(worker.stderr)[-3:] if worker.stderr and not worker.alive else []
         log = Text("\n".join(printable(line) for line in list(worker.log)[-room:]))

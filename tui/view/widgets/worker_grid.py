@@ -14,7 +14,10 @@ CARD_PARTS = 4
 
 
 class WorkerGrid(Grid):
-    """The cards in the order their workers first appeared; ``-many`` past four cards, ``-selected`` on one."""
+    """The cards in the order their workers first appeared; ``-many`` past four cards, ``-selected`` on one.
+
+    A worker missing from what ``show`` is given loses its card (a dead one folded into a line below).
+    """
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -23,12 +26,14 @@ class WorkerGrid(Grid):
     def show(
         self, workers: Mapping[str, WorkerState], now: float, selected: Callable[[], str | None], *, details: bool
     ) -> Iterator[None]:
-        """Show each worker on its card, mounting new ones; yields before each group of cards.
+        """Show each worker on its card, mounting new ones and removing those not given; yields before each group.
 
         ``selected`` is asked per card: a key may change the selection between two groups.
         With ``details=False`` one group, and the cards without their task and log lines.
         """
         items = list(workers.items())
+        for name in [name for name in self.cards if name not in workers]:
+            self.cards.pop(name).remove()
         per_part = max(1, -(-len(items) // CARD_PARTS)) if details else max(1, len(items))
         for index, (name, worker) in enumerate(items):
             if index % per_part == 0:
