@@ -272,6 +272,9 @@ class PublishingFeed(FeedBackend):
     def publish(self, bodies: list[str]) -> None:
         self.published.append(bodies)
 
+    def publish_run(self, name: str, bodies: list[str]) -> None:
+        self.publish(bodies)
+
     def set_mode(self, mode: DispatchMode) -> None:
         pass
 
