@@ -14,7 +14,14 @@ import pika
 import pika.exceptions
 
 from workers.broker import BLOCKED_TIMEOUT, BrokerError, connect, declare_task_queue
-from workers.settings import SettingsError, add_connection_args, url_or_exit
+from workers.settings import (
+    QueueSpec,
+    SettingsError,
+    add_connection_args,
+    add_queue_args,
+    queue_spec_or_exit,
+    url_or_exit,
+)
 
 
 def new_session_prefix() -> str:
@@ -66,6 +73,8 @@ class Publisher:
         self.blocked_timeout = blocked_timeout
         self.on_blocked = on_blocked
         self.on_unblocked = on_unblocked
+        self.queue_spec: QueueSpec | None = None
+        """How the queue is declared (its type, delivery limit, dead letters); None: classic, ``durable``."""
         self.in_flight: str | None = None
         """The id of a task sent, neither confirmed nor refused yet: set while a publish waits, kept in doubt."""
         self.blocked: str | None = None
@@ -85,7 +94,7 @@ class Publisher:
             connection._impl.add_on_connection_blocked_callback(self._on_blocked)
             connection._impl.add_on_connection_unblocked_callback(self._on_unblocked)
             channel = connection.channel()
-            declare_task_queue(channel, self.queue, durable=self.durable)
+            declare_task_queue(channel, self.queue, durable=self.durable, spec=self.queue_spec)
             channel.confirm_delivery()
         except BaseException:
             connection.close()
@@ -245,7 +254,7 @@ def build_parser(prog: str = "new_task") -> argparse.ArgumentParser:
     )
     add_connection_args(parser)
     parser.add_argument("--count", type=int, default=1, help="publish the task this many times")
-    parser.add_argument("--transient", action="store_true", help="declare the queue non-durable")
+    add_queue_args(parser)
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
     parser.add_argument("--file", metavar="PATH", help="read the task from this file (its bytes as they are)")
     parser.add_argument(
@@ -284,7 +293,9 @@ def _printable(text: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "new_task") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    spec = queue_spec_or_exit(parser, args)
     if not 1 <= args.count <= 10_000_000:
         print(f"{prog}: --count must be between 1 and 10000000, not {args.count}.", file=sys.stderr)
         return 2
@@ -322,6 +333,7 @@ def main(argv: list[str] | None = None, prog: str = "new_task") -> int:
         url, args.queue, durable=not args.transient, persistent=not args.no_persist,
         blocked_timeout=timeout, on_blocked=blocked, on_unblocked=unblocked,
     )  # fmt: skip
+    publisher.queue_spec = spec
     sent = 0
     try:
         publisher.open()
