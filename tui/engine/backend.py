@@ -23,10 +23,11 @@ from pathlib import Path
 from tui.engine.pool import Inbox, PoolClosed, WorkerPool
 from tui.model import observations as obs
 from workers.broker import ConsumerInfo, ManagementApi
+from workers.dead_letters import DeadLetter, DeadLetterWatcher
 from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
 from workers.new_task import new_session_prefix
-from workers.settings import AckMode, DispatchMode
+from workers.settings import AckMode, DispatchMode, FailMode, QueueSpec, QueueType
 
 ROUND_ROBIN = DispatchMode(prefetch=0, ack=AckMode.MANUAL)
 _OUR_CONNECTION = re.compile(r"^dispatch-lab (?P<name>\S+) \(pid (?P<pid>\d+)\)$")
@@ -48,6 +49,21 @@ class LabConfig:
     private_broker: bool = False
     runs_dir: Path | None = None
     """Where Ctrl+S saves sessions; None: runs/ in the current folder."""
+    on_fail: FailMode = FailMode.REQUEUE
+    """What the workers do with a failing task (a body with '!')."""
+    queue_type: QueueType = QueueType.CLASSIC
+    delivery_limit: int | None = None
+    dead_letter: bool = False
+    ack_timeout: float | None = None
+    """The broker's consumer_timeout in seconds, when known: set on the private node, or told (--ack-timeout)."""
+    ack_timeout_source: str = ""
+    broker_version: str = ""
+    """As the broker announced it at the preflight connection; "" when not asked."""
+
+    @property
+    def spec(self) -> QueueSpec:
+        """How every program of this lab declares the work queue."""
+        return QueueSpec(self.durable, self.queue_type, self.delivery_limit, self.dead_letter)
 
 
 @dataclass(frozen=True)
@@ -67,6 +83,8 @@ class Pipeline:
     publisher: PublisherThread
     prefix: str
     """The publisher's message id prefix: the model tells our tasks from others' by it."""
+    dead_letters: DeadLetterWatcher | None = None
+    """Watches ``<queue>.dead`` when the queue has one."""
 
 
 def build_pipeline(
@@ -83,6 +101,8 @@ def build_pipeline(
         seconds_per_dot=config.seconds_per_dot,
         durable=config.durable,
         heartbeat=config.heartbeat,
+        queue_spec=config.spec,
+        on_fail=config.on_fail,
     )
     report = InboxReport(inbox, pool, management)
     monitor = QueueMonitor(config.url, config.queue, report, management=management)
@@ -94,7 +114,10 @@ def build_pipeline(
         durable=config.durable,
         persistent=config.persistent,
     )
-    return Pipeline(inbox, pool, monitor, publisher, prefix)
+    publisher.publisher.queue_spec = config.spec  # declared with the workers' arguments, or the broker refuses
+    dead_queue = config.spec.dead_letter_queue(config.queue)
+    watcher = None if dead_queue is None else DeadLetterWatcher(config.url, dead_queue, config.queue, report)
+    return Pipeline(inbox, pool, monitor, publisher, prefix, watcher)
 
 
 class Backend:
@@ -126,12 +149,15 @@ class Backend:
         self.monitor = pipeline.monitor
         self.publisher = pipeline.publisher
         self.prefix = pipeline.prefix
+        self.dead_letters = pipeline.dead_letters
         self._started = False
         self._shutdown_lock = threading.Lock()
 
     def start(self) -> None:
         self.monitor.start()
         self.publisher.start()
+        if self.dead_letters is not None:
+            self.dead_letters.start()
         self.pool.spawn_in_order(self.config.workers)
         self._started = True
 
@@ -145,6 +171,8 @@ class Backend:
             self.pool.shutdown()
             self.publisher.stop()
             self.monitor.stop()
+            if self.dead_letters is not None:
+                self.dead_letters.stop()
 
     # ----- commands (from the UI thread or a headless run; all non-blocking)
 
@@ -196,6 +224,23 @@ class Backend:
     def set_mode(self, mode: DispatchMode) -> None:
         self.inbox.put(obs.ModeRequested(time.time(), mode.prefetch, mode.ack))
         self.pool.set_mode(mode)
+
+    @property
+    def on_fail(self) -> FailMode:
+        """The failure mode last asked for."""
+        return self.pool.on_fail
+
+    def set_fail_mode(self, on_fail: FailMode) -> None:
+        """What every worker does with a failing task from its next failure on (new workers start in it)."""
+        self.inbox.put(obs.FailModeRequested(time.time(), on_fail.value))
+        self.pool.set_fail_mode(on_fail)
+
+    def move_dead_letters_back(self) -> Refused | None:
+        """Every dead letter back to the work queue, for another try (reported as DeadLettersMoved)."""
+        if self.dead_letters is None:
+            return Refused("This queue has no dead-letter queue: start with --dead-letter.")
+        self.dead_letters.move_back()
+        return None
 
     def publish(self, bodies: list[str]) -> None:
         self.publisher.submit(bodies)
@@ -295,6 +340,15 @@ class InboxReport:
 
     def publisher_unblocked(self, ts: float) -> None:
         self.inbox.put(obs.PublisherUnblocked(ts))
+
+    # ----- DeadLetterListener: called from the dead-letter watcher's thread
+
+    def dead_letters_sampled(self, ts: float, queue: str, count: int, letters: list[DeadLetter]) -> None:
+        seen = tuple(obs.DeadLetterSeen(d.msg_id, d.reason, d.times, d.body) for d in letters)
+        self.inbox.put(obs.DeadLettersSampled(ts, queue, count, seen))
+
+    def dead_letters_moved(self, ts: float, queue: str, ids: list[str], error: str) -> None:
+        self.inbox.put(obs.DeadLettersMoved(ts, queue, tuple(ids), error))
 
 
 def _is_ours(connection_name: str, pids: set[str]) -> bool:

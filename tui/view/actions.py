@@ -23,7 +23,7 @@ from tui.text import ERROR_CHARS, for_toast
 from tui.view.widgets.compare_screen import CompareScreen
 from tui.view.widgets.mode_dialog import PrefetchDialog
 from tui.view.widgets.publisher import PublisherPane
-from workers.settings import ACK_MODES, AckMode, DispatchMode
+from workers.settings import ACK_MODES, FAIL_MODES, AckMode, DispatchMode, FailMode
 
 PREFETCH_CYCLE = (0, 1, 10)
 
@@ -177,6 +177,29 @@ class LabActions:
     def mode(self) -> DispatchMode:
         """The mode last asked for: the model hears of it only at the next refresh."""
         return self.backend.mode if self.backend is not None else self.model.mode
+
+    @property
+    def on_fail(self) -> FailMode:
+        """The failure mode last asked for."""
+        return self.backend.on_fail if self.backend is not None else self.model.on_fail
+
+    def set_fail_mode(self, on_fail: FailMode) -> None:
+        if self._read_only("switch to another failure mode") or self.backend is None:
+            return
+        self.backend.set_fail_mode(on_fail)
+        self.notify(f"On failure, for all workers: {on_fail.words}: {on_fail.help[0]}", timeout=4)
+
+    def cycle_fail_mode(self) -> None:
+        self.set_fail_mode(FAIL_MODES[(FAIL_MODES.index(self.on_fail) + 1) % len(FAIL_MODES)])
+
+    def move_dead_letters_back(self) -> None:
+        if self._read_only("move dead letters for") or self.backend is None:
+            return
+        refused = self.backend.move_dead_letters_back()
+        if refused is not None:
+            self.notify(refused.reason, severity="warning")
+            return
+        self.notify("Moving the dead letters back to the work queue, for another try", timeout=3)
 
     def compare(self) -> None:
         if self.backend is None:

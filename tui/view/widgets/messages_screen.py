@@ -121,9 +121,12 @@ class MessagesScreen(ModalScreen[None]):
             table.add_column(column)
         for d in record.deliveries:
             took = f"{d.ended - d.ts:.2f}s" if d.ended is not None else "…"
-            table.add_row(Text(printable(d.worker)), f"+{d.ts - origin:.2f}s", "yes" if d.redelivered else "no",
+            redelivered = ("yes" if d.redelivered else "no") + ("" if d.count is None else f", count {d.count}")
+            table.add_row(Text(printable(d.worker)), f"+{d.ts - origin:.2f}s", redelivered,
                           Text(printable(d.why)), Text(printable(d.ack)), Text(printable(d.outcome or "in progress")),
                           took)  # fmt: skip
+        if record.elided:
+            table.caption = f"{record.elided} deliveries between the first and the latest are counted, not listed"
         if record.state == LOST:
             table.caption = "lost: delivered under auto ack to a worker that died before finishing it"
         detail.update(table)

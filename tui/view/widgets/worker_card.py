@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.model.state import WorkerState, WorkerStatus
+from tui.model.state import CurrentTask, WorkerState, WorkerStatus
 from tui.text import for_toast, printable
 
 
@@ -89,6 +89,8 @@ class WorkerCard(Widget, can_focus=True):
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
+        if worker.on_fail is not None and not worker.on_fail.requeues:  # the default goes unsaid
+            mode += f" · on fail {worker.on_fail}"
         name = for_toast(worker.name, NAME_CHARS)
         borders = (f"{name} · pid {worker.pid or '-'} · {describe_status(worker, now)}", mode)
         if borders != self._borders:  # setting a title repaints the whole card, even to the same title
@@ -112,6 +114,8 @@ class WorkerCard(Widget, can_focus=True):
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
         if worker.ack_lost:
             counts.append(f" ack lost {worker.ack_lost}", "bold red")
+        if worker.failed:
+            counts.append(f" failed {worker.failed}", "bold red")
         _put(self._counts_part, counts)
         if not details:
             return
@@ -153,9 +157,33 @@ class WorkerCard(Widget, can_focus=True):
             text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
             if left > 60:
                 text.append(f" ETA {_duration(left)}", "dim")
+        text.append_text(_deadline(current, now))
         if waiting:
             text.append(f" +{waiting} waiting", "bold yellow")
         return text
+
+
+LONG_TASK = 60.0
+"""Seconds of work from which a task's acknowledgement deadline is shown (or half the deadline, if sooner)."""
+
+
+def _deadline(current: CurrentTask, now: float) -> Text:
+    """The time left before the broker's acknowledgement deadline, for a long task; empty for a short one.
+
+    The deadline counts from the delivery (a task waiting in the window spends it too);
+    RabbitMQ 3.x checks it once per channel tick, so the close can come a tick later.
+    """
+    deadline = current.deadline
+    if deadline is None or current.seconds < min(LONG_TASK, deadline / 2):
+        return Text("")
+    left = current.delivered + deadline - now
+    finish = current.started + current.seconds - now
+    how = current.deadline_source.split(" ", 1)[0].rstrip(":")  # set, told or assumed (Model.ack_deadline)
+    style = "bold red" if left < finish else "yellow"
+    if left <= 0:
+        return Text(f" ack deadline passed ({how})", style)
+    shown = f"{left:.0f}s" if left < 120 else _duration(left)
+    return Text(f" ack deadline {shown} ({how})", style)
 
 
 def _height(part: Static, otherwise: int) -> int:
