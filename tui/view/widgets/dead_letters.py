@@ -26,10 +26,11 @@ def failure_rows(model: Model, now: float) -> list[Row]:
         rows.append(("requeued", str(ledger.requeued), "bold yellow", f"{loop}, worker events"))
     if ledger.rejected:
         rows.append(("rejected", str(ledger.rejected), "bold", "reject, no requeue"))
-    limit, _ = model.delivery_limit()
+    limit, source = model.delivery_limit()
     if ledger.max_count or limit is not None:
-        most = f"limit {limit}" if limit is not None else "no limit"
-        rows.append(("max count", str(ledger.max_count), "bold", f"largest x-delivery-count; {most}"))
+        # The limit's source names the broker's version where it decides (4.0+: 20 by default).
+        most = f"limit {limit} ({source})" if limit is not None else source
+        rows.append(("max count", str(ledger.max_count), "bold", f"x-delivery-count; {most}"))
     dead = model.dead
     if dead.count is not None and (dead.count or ledger.dead_lettered or dead.moved):
         rows.append(("dead letters", str(dead.count), "bold red" if dead.count else "bold",
