@@ -74,6 +74,7 @@ FAIL_CRASHED = "failed -> crashed"
 FAIL_LOST = "failed -> lost (auto ack)"
 FAIL_UNACKED = "failed, never acked"
 _FAIL_OUTCOMES = frozenset({FAIL_REQUEUED, FAIL_NACKED, FAIL_REJECTED, FAIL_CRASHED, FAIL_LOST, FAIL_UNACKED})
+_FAIL_ACTIONS = {"requeue": FAIL_REQUEUED, "crash": FAIL_CRASHED, "reject": FAIL_REJECTED}
 DEATH_REASONS = {"rejected": "rejected", "delivery_limit": "over the delivery limit"}
 """x-first-death-reason in words (the broker's own word is kept for any other)."""
 DELIVERIES_KEPT = 40
@@ -102,6 +103,9 @@ class Delivery:
     """Its queue was deleted while the worker held it: the broker forgot the message (acks of it go nowhere)."""
     count: int | None = None
     """The broker's ``x-delivery-count`` for it (quorum queues): how many deliveries came before."""
+    late: bool = False
+    """Reported after a later delivery of the same message (another worker's pipe was read first): told
+    in its place by the counts, it changes nothing about where the message is now."""
 
     @property
     def in_queue_unacked(self) -> bool:
@@ -356,6 +360,14 @@ class Ledger:
         elif state == TAKEN:
             self.taken -= 1  # the other consumer gave it back (it closed its channel, or nacked it)
         deliveries = record.deliveries
+        if count is None and self.counts_deliveries:
+            count = 0  # measured on 3.10.8: a quorum queue's first delivery to a consumer has no header
+        if count is not None and deliveries and (deliveries[-1].count or 0) > count:
+            return self._late(record, worker, ts, redelivered, ack, count)
+        if state == DEAD_LETTERED:
+            self.dead_lettered -= 1  # it was not, after all (or it was moved back meanwhile)
+        elif state == DROPPED:
+            self.dropped -= 1
         # Unflagged, yet delivered before: the broker got the message twice (a republish), not back.
         copy = not redelivered and bool(deliveries) and record.republished > 0
         if state == HELD and deliveries and deliveries[-1].outcome is None and not copy:
@@ -369,8 +381,6 @@ class Ledger:
         if copy:
             why = COPY
             self.copies += 1
-        if count is None and self.counts_deliveries:
-            count = 0  # measured on 3.10.8: a quorum queue's first delivery to a consumer has no header
         deliveries.append(Delivery(worker, ts, redelivered, why, ack, copy=copy, count=count))
         if count is not None and count > self.max_count:
             self.max_count = count
@@ -382,6 +392,19 @@ class Ledger:
         if redelivered:
             self.redeliveries += 1
         self._move(record, HELD)
+        return record
+
+    def _late(
+        self, record: MessageRecord, worker: str, ts: float, redelivered: bool, ack: AckMode, count: int
+    ) -> MessageRecord:
+        """An earlier delivery (by the broker's count) reported after a later one: put in its place, nothing moves."""
+        deliveries = record.deliveries
+        index = next(i for i, d in enumerate(deliveries) if (d.count or 0) > count)
+        why = REDELIVERED if redelivered else FIRST
+        deliveries.insert(index, Delivery(worker, ts, redelivered, why, ack, count=count, late=True))
+        self.deliveries += 1
+        if redelivered:
+            self.redeliveries += 1
         return record
 
     def done(self, record: MessageRecord, ts: float, acked: bool, worker: str | None = None) -> None:
@@ -467,6 +490,21 @@ class Ledger:
         record.failures += 1
         if record.failures > self.max_failures:
             self.max_failures = record.failures
+        outcome = _FAIL_ACTIONS.get(action)
+        delivery = _open_delivery(record.deliveries, worker)
+        if delivery is not None and delivery.late:
+            delivery.ended, delivery.outcome = ts, outcome or FAIL_UNACKED
+            self.requeued += action == "requeue"
+            self.crashed += action == "crash"
+            return
+        if outcome is not None and self._superseded(record, worker, outcome, AFTER_FAILURE):
+            # Its next delivery (to another worker, whose pipe was read first) is known already:
+            # this news only explains the earlier one. Where the message is now stays as it is.
+            if action == "requeue":
+                self.requeued += 1
+            elif action == "crash":
+                self.crashed += 1
+            return
         delivery = _open_delivery(record.deliveries, worker)
         if action == "requeue":
             self.requeued += 1

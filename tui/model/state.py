@@ -357,6 +357,11 @@ class Model:
         ledger.dead_target = spec.dead_letter
         self.dead.queue = spec.dead_letter_queue(self.queue_name) or ""
 
+    def set_broker_version(self, version: str) -> None:
+        """The broker's version as it announced it: the delivery limit and the ack deadline may depend on it."""
+        self.broker_version = version
+        self._configure()
+
     @property
     def version(self) -> tuple[int, ...] | None:
         """The broker's version as numbers, or None when unknown."""
