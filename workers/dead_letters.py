@@ -89,16 +89,19 @@ def peek(connection: pika.BlockingConnection, queue: str, cap: int = PEEK_CAP) -
 
 
 def move_back(connection: pika.BlockingConnection, dead_queue: str, work_queue: str, cap: int = 10_000) -> list[str]:
-    """Move every message of ``dead_queue`` to ``work_queue``; the ids moved (a message without one as "").
+    """Move the messages ``dead_queue`` holds now to ``work_queue``; the ids moved (a message without one as "").
 
+    Only as many as it held when asked: a task that fails again at once (under reject)
+    comes back to the dead-letter queue meanwhile, and must not go round for ever.
     Each is published with a confirm (mandatory, its properties kept but the quorum
     queue's ``x-delivery-count``, which the work queue counts afresh) and only then
     acked off the dead queue.
     """
     channel = connection.channel()
+    held = int(channel.queue_declare(dead_queue, passive=True).method.message_count)
     channel.confirm_delivery()
     moved: list[str] = []
-    for _ in range(cap):
+    for _ in range(min(held, cap)):
         method, properties, body = channel.basic_get(dead_queue, auto_ack=False)
         if method is None:
             break

@@ -365,7 +365,10 @@ class Ledger:
         if count is not None and deliveries and (deliveries[-1].count or 0) > count:
             return self._late(record, worker, ts, redelivered, ack, count)
         if state == DEAD_LETTERED:
-            self.dead_lettered -= 1  # it was not, after all (or it was moved back meanwhile)
+            # Delivered from the work queue again: it was moved back (its DeadLettersMoved may come after this).
+            self.dead_lettered -= 1
+            self.moved_back += 1
+            record.next_why = MOVED_BACK
         elif state == DROPPED:
             self.dropped -= 1
         # Unflagged, yet delivered before: the broker got the message twice (a republish), not back.

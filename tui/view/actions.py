@@ -71,10 +71,30 @@ class LabActions:
         if self.backend is None:
             self.notify("Read-only view: nothing to publish to.", severity="warning")
             return
+        scenario = message.scenario
+        if scenario is not None and scenario.on_fail is not None and scenario.on_fail is not self.on_fail:
+            self.set_fail_mode(scenario.on_fail)  # before its tasks can fail
         self.backend.publish(message.bodies)
         self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3)
-        if message.scenario is not None and message.scenario.actions:
-            self.run_scenario_actions(message.scenario)
+        if scenario is not None:
+            self._tell_what_the_preset_needs(scenario)
+        if scenario is not None and scenario.actions:
+            self.run_scenario_actions(scenario)
+
+    def _tell_what_the_preset_needs(self, scenario: Scenario) -> None:
+        """A preset meant for another queue or broker runs anyway; the flags that show it as meant are said."""
+        flags: list[str] = []
+        if scenario.queue is not None and scenario.queue != self.config.spec:
+            flags += scenario.queue.argv()
+        if scenario.ack_timeout is not None and self.model.ack_deadline()[0] != scenario.ack_timeout:
+            flags += ["--broker", "private", "--ack-timeout", f"{scenario.ack_timeout:g}"]
+        if flags:
+            self.notify(
+                f"{for_toast(scenario.name)} is meant for: dispatch-lab {' '.join(flags)} (this queue is declared "
+                "otherwise; a queue's arguments cannot change while it exists).",
+                severity="warning",
+                timeout=10,
+            )
 
     def run_scenario_actions(self, scenario: Scenario) -> None:
         """A scenario's timed actions, as the headless runner does them."""
