@@ -75,7 +75,7 @@ def test_a_long_task_shows_its_deadline_then_the_broker_takes_it_back_when_due(
         assert busy.current is not None
         assert (busy.current.deadline, busy.current.deadline_source) == (TIMEOUT, PRIVATE_TIMEOUT)
         shown = _deadline(busy.current, time.time()).plain
-        assert shown.startswith(" ack deadline ") and shown.endswith("s (set)")
+        assert shown.startswith("ack in ") and shown.endswith("s (set)")
         # The broker closes the channel when due (on a channel tick), and the task goes to the other worker.
         wait_until(lambda: fold().broker_closed is not None, TIMEOUT + 10, "the ack timeout")
         closed = model.broker_closed

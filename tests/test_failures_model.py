@@ -210,3 +210,18 @@ def test_the_ack_deadline_is_known_told_or_assumed() -> None:
     # RabbitMQ 4.3 stopped timing out deliveries on classic queues (release notes; untested here).
     assert Model(broker_version="4.3.0").ack_deadline()[0] is None
     assert Model(broker_version="4.3.0", spec=QUORUM_3).ack_deadline()[0] == DEFAULT_CONSUMER_TIMEOUT
+
+
+def test_a_requeue_loop_is_not_mistaken_for_tasks_taken_by_another_consumer() -> None:
+    """Between its nack and its next delivery the task is ready in our record; the broker's queue never shows it."""
+    r = Recorder()
+    start(r, "w1")
+    r.publish("Bad task!")
+    loop = Loop(r)
+    for turn in range(40):
+        loop.fail("w1", 1, "requeue", redelivered=turn > 0)
+        r.after(0.1)
+        r.sample(ready=0, consumers=1)
+    model = model_for(QueueSpec(), r.events)
+    assert model.missing_from_queue(r.now) == 0 and model.ledger.taken == 0
+    assert row(model, "", r.now) is None, "no 'of ours gone: checking' line"

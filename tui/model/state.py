@@ -303,6 +303,8 @@ class Model:
         self.ack_timeout_source = ack_timeout_source
         """Where the known consumer_timeout comes from (``set on the private node``, ``--ack-timeout``)."""
         self.fail_per_second: collections.deque[tuple[int, int]] = collections.deque(maxlen=RATE_SECONDS)
+        self.last_failure = 0.0
+        """When a task last failed: a requeue loop puts it back and takes it out faster than any sample tells."""
         self.dead = DeadLetterView()
         self.workers: dict[str, WorkerState] = {}
         self.queue = QueueView()
@@ -546,6 +548,7 @@ class Model:
         ts, tag = e.ts, e.tag
         w.failed += 1
         w.last_seen = ts
+        self.last_failure = ts
         crash = e.action == "crash"
         # A crash leaves the delivery unacked in the worker's hands until its exit hands it back.
         found = w.held_delivery(tag, e.msg_id) if crash else None
@@ -784,7 +787,9 @@ class Model:
         """
         ledger = self.ledger
         short = ledger.count(READY) - e.ready
-        if short <= 0 or self.broker_state != "connected":
+        # In a requeue loop the failed task is "ready" between its nack and its next delivery, which the
+        # broker makes at once: the queue never shows it, and nobody else took it.
+        if short <= 0 or self.broker_state != "connected" or e.ts - self.last_failure < TAKEN_SETTLE:
             self._missing = None
             return
         since, least = self._missing or (e.ts, short)

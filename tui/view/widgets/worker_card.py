@@ -105,6 +105,7 @@ class WorkerCard(Widget, can_focus=True):
         counts = Text.assemble(
             ("received ", "dim"), (f"{worker.received:<7}", "bold"),
             ("done ", "dim"), (f"{worker.done}", "bold"),
+            (" failed " if worker.failed else "", "dim"), (f"{worker.failed or ''}", "bold red"),
             ("\nholds    ", "dim"), (f"{worker.in_hand:<7}", "bold cyan" if worker.in_hand else "bold"),
             ("redelivered ", "dim"), (f"{worker.redelivered}", "bold yellow" if worker.redelivered else "bold"),
         )  # fmt: skip
@@ -114,8 +115,6 @@ class WorkerCard(Widget, can_focus=True):
             counts.append(f" never acked {len(worker.unacked_done)}", "bold red")
         if worker.ack_lost:
             counts.append(f" ack lost {worker.ack_lost}", "bold red")
-        if worker.failed:
-            counts.append(f" failed {worker.failed}", "bold red")
         _put(self._counts_part, counts)
         if not details:
             return
@@ -153,11 +152,15 @@ class WorkerCard(Widget, can_focus=True):
             fraction = min(1.0, elapsed / current.seconds)
             left = max(0.0, current.seconds - elapsed)
             text = Text(f"{label} ", "bold")
+            # The deadline first: on a narrow card the end of the line is cut off.
+            deadline = _deadline(current, now)
+            if deadline:
+                text.append_text(deadline)
+                text.append(" ")
             text.append(progress_bar(fraction), "green")
             text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
             if left > 60:
                 text.append(f" ETA {_duration(left)}", "dim")
-        text.append_text(_deadline(current, now))
         if waiting:
             text.append(f" +{waiting} waiting", "bold yellow")
         return text
@@ -181,9 +184,9 @@ def _deadline(current: CurrentTask, now: float) -> Text:
     how = current.deadline_source.split(" ", 1)[0].rstrip(":")  # set, told or assumed (Model.ack_deadline)
     style = "bold red" if left < finish else "yellow"
     if left <= 0:
-        return Text(f" ack deadline passed ({how})", style)
+        return Text(f"ack deadline passed ({how})", style)
     shown = f"{left:.0f}s" if left < 120 else _duration(left)
-    return Text(f" ack deadline {shown} ({how})", style)
+    return Text(f"ack in {shown} ({how})", style)
 
 
 def _height(part: Static, otherwise: int) -> int:
