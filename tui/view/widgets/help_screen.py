@@ -65,7 +65,8 @@ is its failure mode (`--on-fail`, Ctrl+F live):
 {fail_rows}
 
 Under auto ack a failure tells the broker nothing (it forgot the task at
-delivery: the task is **lost**); under no ack the task stays unacked.
+delivery: the task is **lost**); under no ack the task stays unacked. The tutorial's
+default task, *Hello World!* (an empty task field), holds a `!`: here it fails.
 
 ## Queue types, delivery limits, dead letters
 
