@@ -152,7 +152,8 @@ def _arg_value(text: str) -> str:
     if text == "none":
         return "none set"
     match = _TYPED_VALUE.match(text)
-    return match["value"] if match else text
+    value = match["value"] if match else text
+    return "'' (the default exchange)" if value == "''" else value
 
 
 def declare_task_queue(channel: Any, queue: str, *, durable: bool = True, spec: QueueSpec | None = None) -> int:
