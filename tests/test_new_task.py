@@ -58,9 +58,10 @@ def test_tutorial_words_on_both_sides(broker_url: str, queue_name: str, spawn_wo
 def test_default_message_count_and_properties(broker_url: str, queue_name: str) -> None:
     result = run_module("workers.new_task", ["--queue", queue_name, "--count", "3"], broker_url)
     assert result.code == 0, result
-    assert result.stdout.splitlines() == [" [x] Sent 'Hello World!'"] * 3
+    # The tutorial's "Hello World!" without its '!', which makes a task fail in the lab.
+    assert result.stdout.splitlines() == [" [x] Sent 'Hello World'"] * 3
     messages = get_all(broker_url, queue_name)
-    assert [body for _, body in messages] == [b"Hello World!"] * 3
+    assert [body for _, body in messages] == [b"Hello World"] * 3
     ids = [props.message_id for props, _ in messages]
     assert len(set(ids)) == 3 and all(ids), ids
     prefix = {str(i).rsplit("-", 1)[0] for i in ids}

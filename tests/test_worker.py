@@ -435,7 +435,7 @@ def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line(compact:
         events=seen,
         compact=compact,  # type: ignore[arg-type]
     )
-    props = SimpleNamespace(message_id="ab12-7")
+    props = SimpleNamespace(message_id="ab12-7", headers=None)  # as pika.BasicProperties has them
     worker._on_message(seen, SimpleNamespace(delivery_tag=7, redelivered=False), props, b"quick")
     assert [kind for kind, _ in seen.happened] == ["write", "ack"]
     data = seen.happened[0][1]

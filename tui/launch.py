@@ -28,13 +28,20 @@ from tui.engine.session_log import read as read_log
 from tui.model.observations import SessionStarted
 from tui.model.state import Model
 from tui.text import printable
-from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue
+from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue, server_version
 from workers.local_node import BOOT_PHASES, LocalNode, LocalNodeError, port_open
 from workers.settings import (
     AckMode,
     DispatchMode,
+    SettingsError,
     add_connection_args,
+    add_fail_arg,
+    add_queue_args,
+    check_ack_timeout,
     mask_url,
+    parse_version,
+    queue_spec_or_exit,
+    transient_refused,
     url_is_default,
     url_or_exit,
     url_parts,
@@ -67,7 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefetch", type=prefetch_arg, default=0, help="0 = round-robin (default), 1 = fair")
     parser.add_argument("--ack", type=ack_arg, default=AckMode.MANUAL, help="manual (default), auto, none")
     parser.add_argument("--seconds-per-dot", type=positive_float, default=1.0, metavar="F")
-    parser.add_argument("--transient", action="store_true", help="a non-durable queue (lost on restart)")
+    add_queue_args(parser)
+    add_fail_arg(parser)
+    parser.add_argument(
+        "--ack-timeout",
+        type=_ack_timeout_arg,
+        default=None,
+        metavar="S",
+        help="the broker's consumer_timeout in seconds: a private node is started with it (and a short channel "
+        "tick); for another broker it tells the cards what it is (default: RabbitMQ's 30 min, shown as assumed)",
+    )
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
     parser.add_argument("--heartbeat", type=int, default=None, metavar="S", help="workers' heartbeat")
     parser.add_argument(
@@ -96,6 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ack_timeout_arg(text: str) -> float:
+    try:
+        return check_ack_timeout(float(text))
+    except ValueError as exc:
+        message = str(exc) if isinstance(exc, SettingsError) else f"--ack-timeout takes seconds, not {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+PRIVATE_TIMEOUT = "set on the private node"
+TOLD_TIMEOUT = "told by --ack-timeout"
+
+
 def add_runs_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runs-dir", type=Path, default=None, metavar="DIR", help="where Ctrl+S saves (default: runs/ here)"
@@ -116,10 +144,12 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         workers = most
     if args.heartbeat is not None and not 0 <= args.heartbeat <= 3600:
         parser.error(f"--heartbeat must be between 0 and 3600 seconds, not {args.heartbeat}")
+    spec = queue_spec_or_exit(parser, args)
     url = url_or_exit(args.url, parser.prog)
     private = args.broker == "private" or (
         args.broker == "auto" and url_is_default(args.url) and not port_open("127.0.0.1", 5672, 1.0)
     )
+    told = args.ack_timeout is not None
     return LabConfig(
         url=url,
         queue=args.queue,
@@ -134,22 +164,41 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         runs_dir=args.runs_dir,
         report=args.report,
         watch_only=args.watch_only,
+        on_fail=args.on_fail,
+        queue_type=spec.type,
+        delivery_limit=spec.delivery_limit,
+        dead_letter=spec.dead_letter,
+        ack_timeout=args.ack_timeout,
+        ack_timeout_source=(PRIVATE_TIMEOUT if private else TOLD_TIMEOUT) if told else "",
     )
 
 
 def preflight(config: LabConfig, console: Console) -> ManagementApi | None:
     """Connect once and declare the queue, so a bad URL is one sentence before the screen opens."""
+    return check_broker(config, console)[0]
+
+
+def check_broker(config: LabConfig, console: Console) -> tuple[ManagementApi | None, str]:
+    """``preflight``, and the broker's version as its server properties say it ("" when it says none)."""
     with console.status(f"Connecting to {mask_url(config.url)} …"):
         connection = connect(config.url, name="dispatch-lab preflight")
         try:
-            declare_task_queue(connection.channel(), config.queue, durable=config.durable)
+            version = server_version(connection) or ""
+            if not config.durable and transient_refused(parse_version(version)):
+                # Release notes, not tested here (the broker here is 3.10): 4.3 refuses them by default.
+                raise BrokerError(
+                    f"RabbitMQ {version} refuses non-durable shared queues by default: drop --transient "
+                    "(--no-persist keeps the messages from surviving a restart), or allow them in the broker's "
+                    "configuration (deprecated_features.permit.transient_nonexcl_queues = true)."
+                )
+            declare_task_queue(connection.channel(), config.queue, spec=config.spec)
         finally:
             if connection.is_open:
                 connection.close()
         api = ManagementApi(config.url, base=config.management_url)
         # Answering is enough here: the queue monitor checks that it is this broker's API before using it.
         reachable = api.overview() is not None
-    return api if reachable else None
+    return (api if reachable else None), version
 
 
 def default_management_url(url: str) -> str | None:
@@ -210,7 +259,7 @@ BOOT_STEPS = len(BOOT_PHASES)
 
 def start_private_node(config: LabConfig, console: Console) -> tuple[LabConfig, LocalNode]:
     """Boot a private RabbitMQ node with a spinner that counts the seconds; the config then points at it."""
-    node = LocalNode()
+    node = LocalNode(ack_timeout=config.ack_timeout)
     line = BootLine()
     with console.status(line):
         node.start(line.update)
@@ -266,7 +315,8 @@ def main(argv: list[str]) -> int:
     try:
         if config.private_broker:
             config, node = start_private_node(config, console)
-        management = preflight(config, console)
+        management, version = check_broker(config, console)
+        config = replace(config, broker_version=version)
     except (BrokerError, LocalNodeError) as exc:
         # soft_wrap: rich would otherwise break the sentence at 80 columns when stderr is not a terminal.
         console.print(f"dispatch-lab: {exc}", highlight=False, markup=False, soft_wrap=True)
@@ -287,7 +337,11 @@ def main(argv: list[str]) -> int:
 
     tune_process()
     backend = Backend(config, management=management, node=node)
-    model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
+    model = Model(
+        queue=config.queue, mode=config.mode, prefix=backend.prefix, spec=config.spec, on_fail=config.on_fail,
+        broker_version=config.broker_version, ack_timeout=config.ack_timeout,
+        ack_timeout_source=config.ack_timeout_source,
+    )  # fmt: skip
     log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
     log.start()
     log.add([session_started(config, backend.prefix)])
@@ -395,9 +449,12 @@ def when_the_server_goes(gone: Callable[[], None]) -> None:
 
 
 def session_started(config: LabConfig, prefix: str) -> SessionStarted:
+    spec = config.spec
     return SessionStarted(
-        time.time(), config.queue, prefix, config.mode.prefetch, config.mode.ack, config.durable, mask_url(config.url)
-    )
+        time.time(), config.queue, prefix, config.mode.prefetch, config.mode.ack, config.durable, mask_url(config.url),
+        config.on_fail.value, spec.type.value, spec.delivery_limit, spec.dead_letter, config.broker_version,
+        config.ack_timeout, config.ack_timeout_source,
+    )  # fmt: skip
 
 
 def replay_main(argv: list[str]) -> int:
@@ -426,12 +483,17 @@ def replay_main(argv: list[str]) -> int:
     replay = Replay(items, model)  # folds the log, keeping a checkpoint every so many events to step back to
     from tui.view.app import DispatchLab
 
+    spec = model.spec
     config = LabConfig(
         url=model.broker or "replay",
         queue=model.queue_name,
         durable=model.durable,
         mode=model.mode,
         runs_dir=args.runs_dir,
+        on_fail=model.on_fail,
+        queue_type=spec.type,
+        delivery_limit=spec.delivery_limit,
+        dead_letter=spec.dead_letter,
     )
     # The title also names the SVG screenshot and the terminal's window: a path's control characters escaped.
     DispatchLab(config, model, None, title=f"replay of {printable(str(path))}", replay=replay).run()

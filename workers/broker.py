@@ -15,7 +15,7 @@ import pika
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException, AMQPConnectorStackTimeout
 
-from workers.settings import mask_url, scrub, url_parts
+from workers.settings import QueueSpec, mask_url, scrub, url_parts
 
 FIX_HINT = "start one with `docker compose up -d` or install the rabbitmq-server package"
 
@@ -120,10 +120,12 @@ def explain_channel_error(exc: pika.exceptions.ChannelClosedByBroker, queue: str
         match = _INEQUIVALENT.search(exc.reply_text)
         if match:
             arg = match["arg"]
+            flag = _FLAG_FOR_ARG.get(arg)
+            hint = f" (set by {flag})" if flag else ""
             return (
-                f"Queue {queue!r} already exists with a different {arg!r} "
-                f"(we asked for {match['got'].strip()}, the broker has {match['cur'].strip()}): "
-                f"use another --queue, or delete it with `rabbitmqctl delete_queue {queue}` "
+                f"Queue {queue!r} already exists with a different {arg!r}{hint} "
+                f"(we asked for {_arg_value(match['got'])}, the broker has {_arg_value(match['cur'])}): "
+                f"ask for what it has, use another --queue, or delete it with `rabbitmqctl delete_queue {queue}` "
                 "if its messages may go."
             )
         return f"The broker refused queue {queue!r}: {exc.reply_text}."
@@ -134,13 +136,51 @@ def explain_channel_error(exc: pika.exceptions.ChannelClosedByBroker, queue: str
     return f"The broker closed the channel on queue {queue!r}: ({exc.reply_code}) {exc.reply_text}."
 
 
-def declare_task_queue(channel: Any, queue: str, *, durable: bool = True) -> int:
-    """Declare the work queue (durable by default); returns its ready count."""
+_FLAG_FOR_ARG = {
+    "durable": "--transient",
+    "x-queue-type": "--queue-type",
+    "x-delivery-limit": "--delivery-limit",
+    "x-dead-letter-exchange": "--dead-letter",
+    "x-dead-letter-routing-key": "--dead-letter",
+}
+_TYPED_VALUE = re.compile(r"^the value (?P<value>'.*') of type '[^']*'$")
+
+
+def _arg_value(text: str) -> str:
+    """The broker's words for an argument's value, shorter: ``the value 'quorum' of type 'longstr'`` -> 'quorum'."""
+    text = text.strip()
+    if text == "none":
+        return "none set"
+    match = _TYPED_VALUE.match(text)
+    value = match["value"] if match else text
+    return "'' (the default exchange)" if value == "''" else value
+
+
+def declare_task_queue(channel: Any, queue: str, *, durable: bool = True, spec: QueueSpec | None = None) -> int:
+    """Declare the work queue (durable by default, or as ``spec`` says); returns its ready count.
+
+    With a dead-letter queue in the spec, ``<queue>.dead`` is declared first (a classic
+    queue, as durable as the work queue), so nothing dead-lettered is dropped for want of it.
+    """
+    spec = QueueSpec(durable=durable) if spec is None else spec
+    dead = spec.dead_letter_queue(queue)
     try:
-        result = channel.queue_declare(queue=queue, durable=durable)
+        if dead is not None:
+            channel.queue_declare(queue=dead, durable=spec.durable)
+        result = channel.queue_declare(queue=queue, durable=spec.durable, arguments=spec.arguments(queue) or None)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        raise BrokerError(explain_channel_error(exc, queue)) from None
+        which = dead if dead is not None and f"queue '{dead}'" in str(exc.reply_text) else queue
+        raise BrokerError(explain_channel_error(exc, which)) from None
     return int(result.method.message_count)
+
+
+def server_version(connection: pika.BlockingConnection) -> str | None:
+    """The broker's version as it announced it in connection.start (``3.10.8``), or None."""
+    properties = getattr(getattr(connection, "_impl", None), "server_properties", None) or {}
+    version = properties.get("version")
+    if isinstance(version, bytes):
+        version = version.decode("utf-8", "replace")
+    return version if isinstance(version, str) and version else None
 
 
 @dataclass(frozen=True, slots=True)

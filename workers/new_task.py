@@ -18,7 +18,15 @@ import pika.frame
 import pika.spec
 
 from workers.broker import BLOCKED_TIMEOUT, BrokerError, connect, declare_task_queue
-from workers.settings import SettingsError, add_connection_args, url_or_exit
+from workers.settings import (
+    DEFAULT_TASK,
+    QueueSpec,
+    SettingsError,
+    add_connection_args,
+    add_queue_args,
+    queue_spec_or_exit,
+    url_or_exit,
+)
 
 WINDOW = 1000
 """Tasks sent and not yet confirmed, at most: the broker confirms them in batches (``multiple``), as they reach disk."""
@@ -144,6 +152,8 @@ class Publisher:
         self.on_blocked = on_blocked
         self.on_unblocked = on_unblocked
         self.window = window
+        self.queue_spec: QueueSpec | None = None
+        """How the queue is declared (its type, delivery limit, dead letters); None: classic, ``durable``."""
         self.blocked: str | None = None
         """The broker's reason while it blocks this connection (``low on memory``, ``low on disk``), else None."""
         self._numbers = itertools.count(1)
@@ -177,7 +187,7 @@ class Publisher:
             connection._impl.add_on_connection_blocked_callback(self._on_blocked)
             connection._impl.add_on_connection_unblocked_callback(self._on_unblocked)
             channel = connection.channel()
-            declare_task_queue(channel, self.queue, durable=self.durable)
+            declare_task_queue(channel, self.queue, durable=self.durable, spec=self.queue_spec)
             self._confirm_on(channel)
         except BaseException:
             connection.close()
@@ -461,14 +471,14 @@ def build_parser(prog: str = "new_task") -> argparse.ArgumentParser:
     )
     add_connection_args(parser)
     parser.add_argument("--count", type=int, default=1, help="publish the task this many times")
-    parser.add_argument("--transient", action="store_true", help="declare the queue non-durable")
+    add_queue_args(parser)
     parser.add_argument("--no-persist", action="store_true", help="publish non-persistent messages")
     parser.add_argument("--file", metavar="PATH", help="read the task from this file (its bytes as they are)")
     parser.add_argument(
         "--timeout", type=float, default=BLOCKED_TIMEOUT, metavar="SECONDS",
         help=f"how long a task waits while the broker blocks publishers (default {BLOCKED_TIMEOUT:g}; 0 = no limit)",
     )  # fmt: skip
-    parser.add_argument("words", nargs="*", help="the task (default: \"Hello World!\"); '-' reads it from stdin")
+    parser.add_argument("words", nargs="*", help=f"the task (default: {DEFAULT_TASK!r}); '-' reads it from stdin")
     return parser
 
 
@@ -476,7 +486,7 @@ def read_body(args: argparse.Namespace) -> tuple[bytes, str]:
     """The task's bytes and how to show it once sent; SettingsError with one sentence when it cannot be read."""
     from_stdin = args.words == [STDIN]
     if args.file is None and not from_stdin:
-        message = " ".join(args.words) or "Hello World!"
+        message = " ".join(args.words) or DEFAULT_TASK
         return message.encode(), repr(message)
     where = "standard input" if from_stdin else args.file
     try:
@@ -500,7 +510,9 @@ def _printable(text: str) -> str:
 
 
 def main(argv: list[str] | None = None, prog: str = "new_task") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    spec = queue_spec_or_exit(parser, args)
     if not 1 <= args.count <= 10_000_000:
         print(f"{prog}: --count must be between 1 and 10000000, not {args.count}.", file=sys.stderr)
         return 2
@@ -539,6 +551,7 @@ def main(argv: list[str] | None = None, prog: str = "new_task") -> int:
         blocked_timeout=timeout, on_blocked=blocked, on_unblocked=unblocked,
     )  # fmt: skip
     confirmed = 0
+    publisher.queue_spec = spec
     try:
         publisher.open()
         for settled in publisher.stream(itertools.repeat(body, args.count)):

@@ -32,17 +32,27 @@ from workers.settings import (
     DEFAULT_QUEUE,
     AckMode,
     DispatchMode,
+    FailMode,
+    QueueSpec,
     SettingsError,
     add_connection_args,
+    add_fail_arg,
+    add_queue_args,
     check_ack,
+    check_fail,
     check_prefetch,
     check_seconds_per_dot,
+    queue_spec_or_exit,
     scrub,
     url_or_exit,
 )
 
 T = TypeVar("T")
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
+BANG = b"!"
+"""A task's body holding it fails when the work reaches it."""
+_BANG = BANG[0]
+"""As an int: ``33 in body`` is a memchr (16 ns), ``b"!" in body`` a substring search (160 ns, measured)."""
 POLL_INTERVAL = 0.2
 """Longest the connection's loop waits before it looks at its flags (stop, drain, alive)."""
 
@@ -90,6 +100,15 @@ class EventWriter:
             self._add_item(protocol.item_received(ts, tag, msg_id, body, redelivered))
         else:
             self.add(protocol.encode_received(self._name_json, ts, tag, msg_id, body, redelivered))
+
+    def received_counted(
+        self, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, count: int
+    ) -> None:
+        """``received`` with the broker's delivery count (quorum queues)."""
+        if self.compact:
+            self._add_item(protocol.item_received_counted(ts, tag, msg_id, body, redelivered, count))
+        else:
+            self.add(protocol.encode_received_counted(self._name_json, ts, tag, msg_id, body, redelivered, count))
 
     def started(self, ts: float, tag: int, msg_id: str | None, seconds: float) -> None:
         if self.compact:
@@ -184,6 +203,10 @@ class Task:
     ack: AckMode
     lost: str = ""
     """Set when the broker took this delivery back while it was worked on: its finish is an ack_lost."""
+    fails: bool = False
+    """Its body holds ``!``: the work fails when the worker reaches it."""
+    fail: FailMode | None = None
+    """Set when it failed and the worker tells the broker so: nack with requeue, or reject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +231,14 @@ class Resume:
     """The task the broker took back is finished: consume again on the new channel."""
 
 
-Notice = ConsumerCancelled | ChannelTakenAway | Resume
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """A task failed under ``--on-fail crash``: exit once the acks of the tasks finished before it are out."""
+
+    text: str
+
+
+Notice = ConsumerCancelled | ChannelTakenAway | Resume | Crash
 """What the broker did, queued among the commands: pika's callbacks only note it (nothing per message)."""
 
 
@@ -254,15 +284,22 @@ class Worker:
         wait_for_broker: bool = False,
         compact: bool = False,
         report: Callable[[bytes], None] | None = None,
+        on_fail: FailMode = FailMode.REQUEUE,
+        queue_spec: QueueSpec | None = None,
     ) -> None:
-        """``report``: also gets every batch of event lines (``--report``), which it must take without blocking."""
+        """``report``: also gets every batch of event lines (``--report``), which it must take without blocking.
+
+        ``queue_spec`` says how the queue is declared; without one, a classic queue (``durable`` or not).
+        """
         self.url = url
         self.queue_name = queue_name
         self.name = name
         self.mode = mode or DispatchMode()
+        self.on_fail = FailMode(on_fail)
+        self.queue_spec = QueueSpec(durable=durable) if queue_spec is None else queue_spec
         self.seconds_per_dot = seconds_per_dot
         self.heartbeat = heartbeat
-        self.durable = durable
+        self.durable = self.queue_spec.durable
         self.wait_for_broker = wait_for_broker
         self.writer = EventWriter(events, name, compact=compact, tee=report)
         self.tutorial = events is None
@@ -303,6 +340,10 @@ class Worker:
     # ----- the connection's thread
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        if _BANG in body or properties.headers:
+            # A task that fails, or a quorum queue's delivery count: off the hot path, as its own case.
+            self._on_special_message(method, properties, body)
+            return
         tag = method.delivery_tag
         msg_id = properties.message_id
         text = body_text(body)
@@ -343,6 +384,34 @@ class Worker:
             writer.worked(now, tag, msg_id, text, method.redelivered, ack.acked)
         if ack.worker_acks_after_work:
             self._finished.append(task)
+
+    def _on_special_message(self, method: Any, properties: Any, body: bytes) -> None:
+        """A delivery that fails when worked (its body holds '!'), or carries x-delivery-count: to the work thread.
+
+        The dots before the '!' are worked first. Never done inline: the failure (and its
+        nack or reject) belongs to the work thread, in order with the tasks around it.
+        """
+        tag = method.delivery_tag
+        msg_id = properties.message_id
+        text = body_text(body)
+        fail_at = body.find(BANG)
+        fails = fail_at >= 0
+        seconds = (body.count(b".", 0, fail_at) if fails else body.count(b".")) * self.seconds_per_dot
+        headers = properties.headers
+        count = _delivery_count(headers) if headers else None
+        ack = self.mode.ack
+        task = Task(self._gen, tag, msg_id, text, seconds, ack, fails=fails)
+        if not ack.acked:
+            self._never_acked.add(tag)
+        writer = self.writer
+        with self._lock:
+            if writer.enabled:  # before the work thread can see the task, so received precedes started
+                if count is None:
+                    writer.received(time.time(), tag, msg_id, text, method.redelivered)
+                else:
+                    writer.received_counted(time.time(), tag, msg_id, text, method.redelivered, count)
+            self._waiting.append(task)
+            self._work_ready.notify()
 
     def _wake(self) -> None:
         """Runs on the connection's thread after the work thread asked for it."""
@@ -390,7 +459,13 @@ class Worker:
             task = finished.popleft()
             if task.gen != self._gen or channel is None:
                 continue  # that channel is gone; the broker requeued the delivery
-            if self._never_acked:
+            if task.fail is not None:
+                # A failed task among finished ones: ack those before it first (a multiple ack would take it too).
+                if last:
+                    channel.basic_ack(last, multiple=True)
+                    last = 0
+                _tell_failure(channel, task)
+            elif self._never_acked:
                 channel.basic_ack(task.tag, multiple=False)
             else:
                 last = task.tag
@@ -407,6 +482,10 @@ class Worker:
             if self._channel is not None and self._consumer_tag is None and not self._draining:
                 self._consume()
                 self._announce_ready()
+        elif isinstance(command, Crash):
+            self._crash(command.text)
+        elif isinstance(command, protocol.SetFailMode):
+            self._set_fail_mode(command.on_fail)
         elif isinstance(command, protocol.SetMode):
             try:
                 mode = DispatchMode(check_prefetch(command.prefetch), check_ack(command.ack))
@@ -419,6 +498,30 @@ class Worker:
             self._exit = True
         else:
             self._begin_drain("stop")
+
+    def _set_fail_mode(self, name: str) -> None:
+        try:
+            self.on_fail = check_fail(name)
+        except SettingsError as exc:
+            self._fail(str(exc))
+            return
+        self.writer.emit(protocol.OnFail(self.name, time.time(), self.on_fail.value))
+        self._say(f" [~] on failure: {self.on_fail.words}")
+
+    def _crash(self, text: str) -> None:
+        """Exit as an uncaught exception in the task would: no goodbye, the broker requeues what we held.
+
+        os._exit, not an exception: a daemon thread blocked reading stdin makes interpreter
+        shutdown abort (see main); the socket closes with the process either way.
+        """
+        self.writer.flush()
+        print(
+            f"{self.name}: Traceback (most recent call last): task {shown(text)} failed; "
+            "--on-fail crash: the worker exits with the task unacknowledged (exit code 1)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
 
     def _give_back(self, tasks: list[Task], reason: str, *, nack: bool) -> None:
         """Report held deliveries as returned, and requeue them if the channel lives."""
@@ -483,7 +586,7 @@ class Worker:
 
         # BlockingChannel has no close callback of its own; the channel it wraps has, with the broker's reason.
         channel._impl.add_on_close_callback(closed)
-        declare_task_queue(channel, self.queue_name, durable=self.durable)
+        declare_task_queue(channel, self.queue_name, spec=self.queue_spec)
         channel.basic_qos(prefetch_count=self.mode.prefetch)
         self._channel = channel
         if consume:
@@ -504,7 +607,7 @@ class Worker:
         self._say(f" [!] consumer cancelled by the broker ({reason.replace('-', ' ')})")
         if self._draining:
             return
-        declare_task_queue(self._channel, self.queue_name, durable=self.durable)
+        declare_task_queue(self._channel, self.queue_name, spec=self.queue_spec)
         self._consume()
         self._say(" [*] queue declared again; waiting for messages")
         self._announce_ready()
@@ -621,7 +724,10 @@ class Worker:
             return
         try:
             for task in tasks:
-                channel.basic_ack(task.tag, multiple=False)
+                if task.fail is not None:
+                    _tell_failure(channel, task)
+                else:
+                    channel.basic_ack(task.tag, multiple=False)
         except Exception:
             pass  # the channel broke meanwhile: the broker requeues them, as after a crash
 
@@ -645,6 +751,7 @@ class Worker:
                     writer.flush()
             if task.seconds > 0:
                 self._interrupt.wait(task.seconds)
+            action = ""
             with self._lock:
                 if task.gen != self._gen:
                     if not task.lost or self._current is not task:
@@ -658,15 +765,44 @@ class Worker:
                     self._commands.put(Resume())  # the connection's loop looks within POLL_INTERVAL
                     continue
                 self._current = None
-                if writer.enabled:
+                if task.fails:
+                    action = self._failure(task)
+                elif writer.enabled:
                     writer.done(time.time(), task.tag, task.msg_id, task.ack.acked)
-                if task.ack.worker_acks_after_work:
+                if task.fails and task.fail is None:
+                    pass  # crash, or nothing to tell the broker
+                elif task.ack.worker_acks_after_work:
                     self._finished.append(task)
-            self._say(" [x] Done")
+            if task.fails:
+                self._say(f" [!] Failed {shown(task.text)}: {action}")
+            else:
+                self._say(" [x] Done")
             # Written before the ack is even requested: a kill in between shows as a
             # redelivery and a second done, never as a finished task that vanished.
             writer.flush()
+            if task.fails and action == "crash":
+                self._commands.put(Crash(task.text))  # after the acks of the tasks finished before it
+                self._request_wake()
+                return  # no more work: the process is about to exit
             self._request_wake()
+
+    def _failure(self, task: Task) -> str:
+        """Note a failed task (its ``failed`` event, what to tell the broker); the caller holds the lock.
+
+        Returns the action: the failure mode's word, or ``none`` when the worker does not
+        ack at all (auto ack: the broker forgot the task at delivery; no ack: it stays unacked).
+        """
+        on_fail = self.on_fail
+        if on_fail.exits:
+            action = "crash"
+        elif task.ack.worker_acks_after_work:
+            action = on_fail.value
+            task.fail = on_fail
+        else:
+            action = "none"
+        if self.writer.enabled:
+            self.writer.add(protocol.encode(protocol.Failed(self.name, time.time(), task.tag, task.msg_id, action)))
+        return action
 
     # ----- life cycle
 
@@ -730,7 +866,11 @@ class Worker:
                 return
             if isinstance(command, (ConsumerCancelled, ChannelTakenAway, Resume)):
                 continue  # about the connection that was lost (a new one consumes at once)
-            if isinstance(command, protocol.SetMode):
+            if isinstance(command, Crash):
+                self._crash(command.text)
+            elif isinstance(command, protocol.SetFailMode):
+                self._set_fail_mode(command.on_fail)
+            elif isinstance(command, protocol.SetMode):
                 self.mode = DispatchMode(command.prefetch, check_ack(command.ack))
                 self.writer.emit(protocol.Mode(self.name, time.time(), command.prefetch, command.ack))
             else:
@@ -746,6 +886,7 @@ class Worker:
                 self.queue_name,
                 self.mode.prefetch,
                 self.mode.ack,
+                self.on_fail.value,
             )
         )
 
@@ -867,6 +1008,21 @@ class Worker:
             self.writer.emit(protocol.Stopped(self.name, time.time(), reason))
 
 
+def _delivery_count(headers: dict[str, Any]) -> int | None:
+    """The ``x-delivery-count`` header of a quorum queue's delivery, or None (classic queues send none)."""
+    count = headers.get("x-delivery-count")
+    # pika gives a 64-bit field as its own int subclass (compat.long), so not ``type(...) is int``.
+    return int(count) if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def _tell_failure(channel: Any, task: Task) -> None:
+    """nack with requeue, or reject without: what the failure mode says, for a failed task."""
+    if task.fail is not None and task.fail.requeues:
+        channel.basic_nack(task.tag, multiple=False, requeue=True)
+    else:
+        channel.basic_reject(task.tag, requeue=False)
+
+
 def _keep_ticking(connection: pika.BlockingConnection) -> None:
     """Make process_data_events return at least every POLL_INTERVAL on this connection."""
 
@@ -958,11 +1114,15 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         help=f"also send the events to the broker's {report.EXCHANGE} exchange, for a dashboard anywhere "
         "(name defaults to host-pid)",
     )
+    add_queue_args(parser)
+    add_fail_arg(parser)
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = "worker") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    spec = queue_spec_or_exit(parser, args)
     url = url_or_exit(args.url, prog)
     events: BinaryIO | None = sys.stdout.buffer if args.events else None
     # The stdin thread gets its own reader: a daemon thread blocked in sys.stdin.buffer holds
@@ -990,11 +1150,12 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         events=events,
         commands=commands,
         heartbeat=args.heartbeat,
-        durable=not args.transient,
         wait_for_broker=args.wait_for_broker,
         # Nobody reads the lines on stdout then: the compact form costs the reporter least.
         compact=args.compact_events or (args.report and not args.events),
         report=None if reporter is None else reporter.offer,
+        on_fail=args.on_fail,
+        queue_spec=spec,
     )
     try:
         return worker.run()

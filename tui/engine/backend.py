@@ -24,11 +24,12 @@ from tui.engine.pool import Inbox, PoolClosed, WorkerPool
 from tui.engine.remote import RemoteWorkers
 from tui.model import observations as obs
 from workers.broker import ConsumerInfo, ManagementApi
+from workers.dead_letters import DeadLetter, DeadLetterWatcher
 from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
 from workers.new_task import new_session_prefix
 from workers.report import ReportFeed
-from workers.settings import AckMode, DispatchMode
+from workers.settings import AckMode, DispatchMode, FailMode, QueueSpec, QueueType
 
 ROUND_ROBIN = DispatchMode(prefetch=0, ack=AckMode.MANUAL)
 _OUR_CONNECTION = re.compile(r"^dispatch-lab (?P<name>\S+) \(pid (?P<pid>\d+)\)$")
@@ -56,6 +57,21 @@ class LabConfig:
     """Our workers report through the broker too, so that watching dashboards (``serve`` tabs) see them."""
     watch_only: bool = False
     """A viewer: no workers of its own, and every command that changes anything is refused."""
+    on_fail: FailMode = FailMode.REQUEUE
+    """What the workers do with a failing task (a body with '!')."""
+    queue_type: QueueType = QueueType.CLASSIC
+    delivery_limit: int | None = None
+    dead_letter: bool = False
+    ack_timeout: float | None = None
+    """The broker's consumer_timeout in seconds, when known: set on the private node, or told (--ack-timeout)."""
+    ack_timeout_source: str = ""
+    broker_version: str = ""
+    """As the broker announced it at the preflight connection; "" when not asked."""
+
+    @property
+    def spec(self) -> QueueSpec:
+        """How every program of this lab declares the work queue."""
+        return QueueSpec(self.durable, self.queue_type, self.delivery_limit, self.dead_letter)
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,8 @@ class Pipeline:
     remote: RemoteWorkers | None = None
     feed: ReportFeed | None = None
     """The events exchange's subscriber, when the config hears reports."""
+    dead_letters: DeadLetterWatcher | None = None
+    """Watches ``<queue>.dead`` when the queue has one."""
 
 
 def build_pipeline(
@@ -95,6 +113,8 @@ def build_pipeline(
         durable=config.durable,
         heartbeat=config.heartbeat,
         report=config.report,
+        queue_spec=config.spec,
+        on_fail=config.on_fail,
     )
     remote = feed = None
     if config.hear_reports:
@@ -110,7 +130,10 @@ def build_pipeline(
         durable=config.durable,
         persistent=config.persistent,
     )
-    return Pipeline(inbox, pool, monitor, publisher, prefix, remote, feed)
+    publisher.publisher.queue_spec = config.spec  # declared with the workers' arguments, or the broker refuses
+    dead_queue = config.spec.dead_letter_queue(config.queue)
+    watcher = None if dead_queue is None else DeadLetterWatcher(config.url, dead_queue, config.queue, report)
+    return Pipeline(inbox, pool, monitor, publisher, prefix, remote, feed, watcher)
 
 
 class Backend:
@@ -144,6 +167,7 @@ class Backend:
         self.prefix = pipeline.prefix
         self.remote = pipeline.remote
         self.feed = pipeline.feed
+        self.dead_letters = pipeline.dead_letters
         self._started = False
         self._shutdown_lock = threading.Lock()
         self._submitted = 0
@@ -154,6 +178,8 @@ class Backend:
             self.feed.start()
         self.monitor.start()
         self.publisher.start()
+        if self.dead_letters is not None:
+            self.dead_letters.start()
         self.pool.spawn_in_order(self.config.workers)
         self._started = True
 
@@ -169,6 +195,8 @@ class Backend:
             self.monitor.stop()
             if self.feed is not None:
                 self.feed.stop()
+            if self.dead_letters is not None:
+                self.dead_letters.stop()
 
     # ----- commands (from the UI thread or a headless run; all non-blocking)
 
@@ -220,6 +248,23 @@ class Backend:
     def set_mode(self, mode: DispatchMode) -> None:
         self.inbox.put(obs.ModeRequested(time.time(), mode.prefetch, mode.ack))
         self.pool.set_mode(mode)
+
+    @property
+    def on_fail(self) -> FailMode:
+        """The failure mode last asked for."""
+        return self.pool.on_fail
+
+    def set_fail_mode(self, on_fail: FailMode) -> None:
+        """What every worker does with a failing task from its next failure on (new workers start in it)."""
+        self.inbox.put(obs.FailModeRequested(time.time(), on_fail.value))
+        self.pool.set_fail_mode(on_fail)
+
+    def move_dead_letters_back(self) -> Refused | None:
+        """Every dead letter back to the work queue, for another try (reported as DeadLettersMoved)."""
+        if self.dead_letters is None:
+            return Refused("This queue has no dead-letter queue: start with --dead-letter.")
+        self.dead_letters.move_back()
+        return None
 
     def publish(self, bodies: list[str]) -> None:
         self._submitted += len(bodies)
@@ -339,6 +384,15 @@ class InboxReport:
 
     def publisher_unblocked(self, ts: float) -> None:
         self.inbox.put(obs.PublisherUnblocked(ts))
+
+    # ----- DeadLetterListener: called from the dead-letter watcher's thread
+
+    def dead_letters_sampled(self, ts: float, queue: str, count: int, letters: list[DeadLetter]) -> None:
+        seen = tuple(obs.DeadLetterSeen(d.msg_id, d.reason, d.times, d.body) for d in letters)
+        self.inbox.put(obs.DeadLettersSampled(ts, queue, count, seen))
+
+    def dead_letters_moved(self, ts: float, queue: str, ids: list[str], error: str) -> None:
+        self.inbox.put(obs.DeadLettersMoved(ts, queue, tuple(ids), error))
 
 
 def _is_ours(connection_name: str, pids: set[str], reporting: set[str] | frozenset[str] = frozenset()) -> bool:

@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from tui.model import observations as obs
 from workers import protocol
-from workers.settings import URL_ENV, DispatchMode, scrub
+from workers.settings import URL_ENV, DispatchMode, FailMode, QueueSpec, scrub
 
 READ_PAUSE = 0.005
 """Seconds the event reader waits after a read: the UI folds at 8 Hz, so nothing is shown later."""
@@ -367,8 +367,13 @@ class WorkerPool:
         heartbeat: int | None = None,
         python: str = sys.executable,
         report: bool = False,
+        queue_spec: QueueSpec | None = None,
+        on_fail: FailMode = FailMode.REQUEUE,
     ) -> None:
-        """``report``: the workers also report through the broker (``--report``), for watching dashboards."""
+        """``report``: the workers also report through the broker (``--report``), for watching dashboards.
+
+        ``queue_spec``: how the workers declare the queue (without one, a classic queue, ``durable`` or not).
+        """
         self._events = EventReader(inbox, self._finish)
         self.report = report
         self.inbox = inbox  # with this pool's masking of garbage lines
@@ -376,7 +381,9 @@ class WorkerPool:
         self.queue = queue
         self.mode = mode
         self.seconds_per_dot = seconds_per_dot
-        self.durable = durable
+        self.queue_spec = QueueSpec(durable) if queue_spec is None else queue_spec
+        self.durable = self.queue_spec.durable
+        self.on_fail = FailMode(on_fail)
         self.heartbeat = heartbeat
         self.python = python
         self.processes: dict[str, WorkerProcess] = {}
@@ -409,10 +416,11 @@ class WorkerPool:
         ]  # fmt: skip
         if self.heartbeat is not None:
             argv += ["--heartbeat", str(self.heartbeat)]
-        if not self.durable:
-            argv.append("--transient")
         if self.report:
             argv.append("--report")
+        argv += self.queue_spec.argv()
+        if not self.on_fail.requeues:
+            argv += ["--on-fail", self.on_fail.value]
         return argv
 
     def spawn(self, name: str | None = None) -> str:
@@ -538,6 +546,15 @@ class WorkerPool:
             if worker.running and worker.send(protocol.SetMode(mode.prefetch, mode.ack)):
                 reached.append(name)
         return reached
+
+    def set_fail_mode(self, on_fail: FailMode) -> list[str]:
+        """Send the failure mode to every running worker; new workers start in it too."""
+        self.on_fail = on_fail
+        return [
+            name
+            for name, worker in list(self.processes.items())
+            if worker.running and worker.send(protocol.SetFailMode(on_fail.value))
+        ]
 
     def shutdown(self, timeout: float = 3.0) -> None:
         """Stop every worker: EOF on stdin first, SIGTERM, then SIGKILL for any straggler."""

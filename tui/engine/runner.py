@@ -19,19 +19,19 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pool import WorkerPool
 from tui.engine.session_log import SessionLog
 from tui.model import observations as obs
-from tui.model.ledger import DONE, HELD, TERMINAL
+from tui.model.ledger import DEAD_LETTERED, DONE, DROPPED, HELD, TERMINAL, MessageRecord
 from tui.model.runs import WorkerFigures
-from tui.model.scenarios import EXPECTATIONS, Action, Do, Scenario
+from tui.model.scenarios import EXACT, EXPECTATIONS, Action, Do, Scenario
 from tui.model.state import Model, WorkerStatus
-from workers.broker import BrokerError, connect, declare_task_queue
+from workers.broker import BrokerError, connect, declare_task_queue, server_version
 from workers.local_node import LocalNode
-from workers.settings import DispatchMode, check_ack
+from workers.settings import DispatchMode, FailMode, QueueSpec, check_ack, check_fail
 
 Progress = Callable[[str], None]
 
@@ -53,17 +53,25 @@ class Check:
 def check(scenario: Scenario, model: Model) -> list[Check]:
     """The scenario's expectations against a finished run's model."""
     ledger = model.ledger
+    records = list(ledger.records.values())
     actual: dict[str, int | bool] = {
         "all_done": ledger.done_messages == ledger.confirmed,
         "lost": ledger.lost,
         "lost_at_least": ledger.lost,
         "redelivered_at_least": ledger.redeliveries,
         "duplicates_at_most": ledger.duplicates,
+        "failures_at_least": ledger.failures,
+        "dead_lettered": ledger.dead_lettered,
+        "good_dead_lettered": len(good_dead(records)),
+        "good_all_done": all(r.state == DONE for r in records if not r.bad),
+        "max_delivery_count": ledger.max_count,
+        "ack_lost_at_least": ledger.ack_lost,
+        "done_at_least": ledger.done_messages,
     }
     checks = []
     for name, wanted in scenario.expect.items():
         got = actual[name]
-        if name in ("all_done", "lost"):
+        if name in EXACT:
             ok = got == wanted
         elif name.endswith("_at_least"):
             ok = int(got) >= int(wanted)
@@ -71,6 +79,11 @@ def check(scenario: Scenario, model: Model) -> list[Check]:
             ok = int(got) <= int(wanted)
         checks.append(Check(name, wanted, got, ok))
     return checks
+
+
+def good_dead(records: Sequence[MessageRecord]) -> list[MessageRecord]:
+    """Good tasks (no '!') the broker dead-lettered or dropped: taken down with a bad one."""
+    return [r for r in records if not r.bad and r.state in (DEAD_LETTERED, DROPPED)]
 
 
 def random_kills(
@@ -117,6 +130,8 @@ def apply_action(action: Action, backend: Backend, set_mode: Callable[[DispatchM
         set_mode(DispatchMode(action.value, backend.mode.ack))
     elif action.do is Do.ACK and isinstance(action.value, str):
         set_mode(DispatchMode(backend.mode.prefetch, check_ack(action.value)))
+    elif action.do is Do.ON_FAIL and isinstance(action.value, str):
+        backend.set_fail_mode(check_fail(action.value))
 
 
 @dataclass
@@ -137,6 +152,47 @@ class RunResult:
     model: Model
     kills: int = 0
     broker_restarts: int = 0
+    on_fail: FailMode = FailMode.REQUEUE
+    queue: QueueSpec = field(default_factory=QueueSpec)
+    broker_version: str = ""
+
+    def failures(self) -> dict[str, object]:
+        """What failed and what the broker did about it: the figures of issue 15's lessons."""
+        ledger = self.model.ledger
+        records = list(ledger.records.values())
+        bad = [r for r in records if r.bad]
+        limit, source = self.model.delivery_limit()
+        return {
+            "on_fail": self.on_fail.value,
+            "queue": self.queue.describe(),
+            "broker_version": self.broker_version,
+            "delivery_limit": limit,
+            "delivery_limit_source": source,
+            "failures": ledger.failures,
+            "requeued": ledger.requeued,
+            "rejected": ledger.rejected,
+            "crashed": ledger.crashed,
+            "dead_lettered": ledger.dead_lettered,
+            "dropped": ledger.dropped,
+            "dead_letter_queue": self.model.dead.count,
+            "max_delivery_count": ledger.max_count,
+            "loop_peak_per_s": max((count for _, count in self.model.fail_per_second), default=0),
+            "ack_lost": ledger.ack_lost,
+            "bad_tasks": [
+                {
+                    "task": r.label(),
+                    "deliveries": len(r.deliveries) + r.elided,
+                    "failures": r.failures,
+                    "state": r.state,
+                }
+                for r in bad
+            ],
+            "good_delayed": [
+                {"task": (ledger.records[i].label() if i in ledger.records else i), "behind": by}
+                for i, by in ledger.delayed.items()
+            ],
+            "good_dead_lettered": [r.label() for r in good_dead(records)],
+        }
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -164,6 +220,7 @@ class RunResult:
                 for w in self.workers
             ],
             "checks": [{"name": c.name, "wanted": c.wanted, "actual": c.actual, "ok": c.ok} for c in self.checks],
+            **self.failures(),
         }
 
 
@@ -195,6 +252,8 @@ class ScenarioRun:
         progress: Progress | None = None,
         node: LocalNode | None = None,
         until_settled: bool = False,
+        queue: QueueSpec | None = None,
+        on_fail: FailMode | None = None,
     ) -> None:
         """``node``: the private broker ``url`` points at, for ``restart_broker`` actions.
 
@@ -211,11 +270,22 @@ class ScenarioRun:
         self.log = log
         self.progress = progress or (lambda text: None)
         self.queue = f"dlab-run-{secrets.token_hex(4)}"
+        # The scenario's queue and failure mode, unless the caller (compare's flags) says otherwise.
+        self.spec = queue or scenario.queue or QueueSpec()
+        self.on_fail = on_fail or scenario.on_fail or FailMode.REQUEUE
+        timeout_known = None if node is None else scenario.ack_timeout
         # workers=0: the run starts its own, one at a time, each checked (_start_workers).
-        config = LabConfig(url, queue=self.queue, workers=0, mode=mode, seconds_per_dot=seconds_per_dot)
+        config = LabConfig(
+            url, queue=self.queue, workers=0, mode=mode, seconds_per_dot=seconds_per_dot, on_fail=self.on_fail,
+            queue_type=self.spec.type, delivery_limit=self.spec.delivery_limit, dead_letter=self.spec.dead_letter,
+            ack_timeout=timeout_known, ack_timeout_source="set on the private node" if timeout_known else "",
+        )  # fmt: skip
+        self.config = config
         self.backend = Backend(config, node=node)
         self.inbox = self.backend.inbox
-        self.model = Model(queue=self.queue, mode=mode, prefix=self.backend.prefix)
+        self.model = Model(queue=self.queue, mode=mode, prefix=self.backend.prefix, spec=self.spec,
+                           on_fail=self.on_fail, ack_timeout=timeout_known,
+                           ack_timeout_source=config.ack_timeout_source)  # fmt: skip
         self.node = node
         self.until_settled = until_settled
         self.kills = 0
@@ -301,7 +371,8 @@ class ScenarioRun:
     def run(self) -> RunResult:
         connection = connect(self.url, name="dispatch-lab run setup")
         try:
-            declare_task_queue(connection.channel(), self.queue)
+            self.model.set_broker_version(server_version(connection) or "")  # 4.0+: a default delivery limit
+            declare_task_queue(connection.channel(), self.queue, spec=self.spec)
             self.backend.start()  # the monitor and the publisher; no workers yet
             self._start_workers()
             self.progress(f"{self.scenario.name}: publishing {len(self.scenario.tasks)} tasks, {self.mode.describe()}")
@@ -317,6 +388,7 @@ class ScenarioRun:
             self._publishing = False
             self._calm_after = max(self._calm_after, time.time())
             timed_out = self._drain(started, pending)
+            self._wait_for_dead_letters()
         finally:
             if self._restart is not None:
                 self._restart.join(60)  # the node must be up again before the queue can go
@@ -332,6 +404,16 @@ class ScenarioRun:
             raise BrokerError(self._restart_error)
         return self._result(timed_out)
 
+    def _wait_for_dead_letters(self, seconds: float = 3.0) -> None:
+        """Until the dead-letter queue's own count has caught up with ours (its watcher samples twice a second)."""
+        if self.backend.dead_letters is None:
+            return
+        deadline = time.monotonic() + seconds
+        model = self.model
+        while model.dead.count != model.ledger.dead_lettered and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._fold()
+
     def _delete_queue(self) -> None:
         try:
             # A fresh connection: a broker restart has closed the ones opened before it.
@@ -339,7 +421,11 @@ class ScenarioRun:
         except BrokerError:
             return
         try:
-            connection.channel().queue_delete(self.queue)
+            channel = connection.channel()
+            channel.queue_delete(self.queue)
+            dead = self.spec.dead_letter_queue(self.queue)
+            if dead is not None:
+                channel.queue_delete(dead)
         except Exception:
             pass
         finally:
@@ -387,6 +473,9 @@ class ScenarioRun:
                 pending = []
             if (self.until_settled or not pending) and not self.restarting and settled(self.model):
                 return False
+            run_for = self.scenario.run_for
+            if run_for is not None and time.monotonic() - started - self._paused >= run_for:
+                return False  # the scenario's length, for work that never settles
             time.sleep(self.SAMPLE)
         return True
 
@@ -411,6 +500,9 @@ class ScenarioRun:
             model=model,
             kills=self.kills,
             broker_restarts=self.broker_restarts,
+            on_fail=self.on_fail,
+            queue=self.spec,
+            broker_version=model.broker_version,
         )
 
 

@@ -42,8 +42,15 @@ _OBSERVATIONS: dict[str, type[Any]] = {
         obs.SessionStarted,
         obs.BrokerRestarted,
         obs.RunStarted,
+        obs.FailModeRequested,
+        obs.DeadLettersSampled,
+        obs.DeadLettersMoved,
     )
 }
+
+
+_NESTED = (obs.ExternalConsumer, obs.DeadLetterSeen)
+"""Dataclasses held in an observation's tuples: written as objects."""
 
 
 def encode(item: Arrival) -> str:
@@ -56,7 +63,7 @@ def encode(item: Arrival) -> str:
     for f in dataclasses.fields(item):
         value = getattr(item, f.name)
         if isinstance(value, tuple):
-            value = [dataclasses.asdict(v) if isinstance(v, obs.ExternalConsumer) else v for v in value]
+            value = [dataclasses.asdict(v) if isinstance(v, _NESTED) else v for v in value]
         data[f.name] = value
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
 
@@ -84,6 +91,11 @@ def _observation(line: str | bytes) -> obs.Observation | None:
             data["external"] = tuple(obs.ExternalConsumer(**c) for c in external)
         if cls is obs.ModeRequested and isinstance(data.get("names"), list):
             data["names"] = tuple(str(name) for name in data["names"])
+        if cls is obs.DeadLettersMoved and isinstance(data.get("ids"), list):
+            data["ids"] = tuple(str(name) for name in data["ids"])
+        if cls is obs.DeadLettersSampled and isinstance(data.get("letters"), list):
+            letters = [c for c in data["letters"] if isinstance(c, dict) and _fits(obs.DeadLetterSeen, c)]
+            data["letters"] = tuple(obs.DeadLetterSeen(**c) for c in letters)
         if not _fits(cls, data):
             return None
         item: obs.Observation = cls(**data)

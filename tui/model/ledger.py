@@ -28,6 +28,10 @@ AFTER_CHANNEL_CLOSE = "after the broker closed the channel"
 SUPERSEDED = "gone"
 """A delivery's outcome while we know only that the broker handed the message to someone else."""
 
+AFTER_FAILURE = "after a failure: requeued"
+"""Why a failed task came again: its worker nacked it with requeue (the broker puts it back at the head)."""
+MOVED_BACK = "moved back from the dead-letter queue"
+
 FROM_OTHERS = "back from another consumer"
 """Why a message inferred taken by another consumer reached one of ours after all (that consumer gave it back)."""
 
@@ -56,7 +60,27 @@ FAILED = "publish failed"
 TAKEN = "taken by another consumer (inferred)"
 """Gone from the queue to a consumer this dashboard does not run: our workers never reported it."""
 DELETED = "deleted with the queue"
-TERMINAL = frozenset({DONE, LOST, PURGED, FAILED, TAKEN, DELETED})
+DEAD_LETTERED = "dead-lettered"
+"""In the queue's dead-letter queue: rejected, or returned past the delivery limit (the broker did it)."""
+DROPPED = "dropped by the broker"
+"""Rejected, or past the delivery limit, with no dead-letter target: the broker discarded it."""
+TERMINAL = frozenset({DONE, LOST, PURGED, FAILED, TAKEN, DELETED, DEAD_LETTERED, DROPPED})
+
+# How a failed delivery ended (protocol.Failed's action), as a lifeline tells it.
+FAIL_REQUEUED = "failed -> requeued"
+FAIL_NACKED = "failed -> nacked"
+"""Nacked with requeue, but the broker dead-lettered or dropped it: it was past the delivery limit."""
+FAIL_REJECTED = "failed -> rejected"
+FAIL_CRASHED = "failed -> crashed"
+FAIL_LOST = "failed -> lost (auto ack)"
+FAIL_UNACKED = "failed, never acked"
+_FAIL_OUTCOMES = frozenset({FAIL_REQUEUED, FAIL_NACKED, FAIL_REJECTED, FAIL_CRASHED, FAIL_LOST, FAIL_UNACKED})
+_FAIL_ACTIONS = {"requeue": FAIL_REQUEUED, "crash": FAIL_CRASHED, "reject": FAIL_REJECTED}
+DEATH_REASONS = {"rejected": "rejected", "delivery_limit": "over the delivery limit"}
+"""x-first-death-reason in words (the broker's own word is kept for any other)."""
+DELIVERIES_KEPT = 40
+"""Deliveries a record keeps (its first few and its latest): a requeue loop makes thousands."""
+_KEPT_FIRST = 4
 
 DEFAULT_CAP = 50_000
 
@@ -127,6 +151,11 @@ class Delivery:
     """A second copy of a republished message (the broker got it twice), not a redelivery."""
     orphaned: bool = False
     """Its queue was deleted while the worker held it: the broker forgot the message (acks of it go nowhere)."""
+    count: int | None = None
+    """The broker's ``x-delivery-count`` for it (quorum queues): how many deliveries came before."""
+    late: bool = False
+    """Reported after a later delivery of the same message (another worker's pipe was read first): told
+    in its place by the counts, it changes nothing about where the message is now."""
 
     @property
     def in_queue_unacked(self) -> bool:
@@ -165,6 +194,19 @@ class MessageRecord:
             return self.lost_cause.value
         return {PURGED: PURGE_CAUSE, DELETED: DELETE_CAUSE, FAILED: self.failure}.get(self.state, "")
 
+    failures: int = 0
+    """Times a worker failed it (its body holds '!'): the loop count of a poison task."""
+    death: str = ""
+    """Why the broker dead-lettered or dropped it (``rejected``, ``delivery_limit``), from x-first-death-reason
+    when the dead-letter queue was read, else as the model inferred it."""
+    elided: int = 0
+    """Deliveries no longer kept in ``deliveries`` (DELIVERIES_KEPT): counted, not silent."""
+
+    @property
+    def bad(self) -> bool:
+        """A task that fails when worked (its body holds '!')."""
+        return "!" in self.body
+
     def label(self) -> str:
         """``r2#3`` for the third task of run 2, ``#17`` for our other tasks, the id for anyone else's."""
         if self.run:
@@ -181,7 +223,16 @@ class MessageRecord:
         if self.republished:
             parts.append("republished" if self.republished == 1 else f"republished x{self.republished}")
         last = len(self.deliveries) - 1
-        for index, delivery in enumerate(self.deliveries):
+        shown: list[int] = list(range(len(self.deliveries)))
+        if len(self.deliveries) + self.elided > 8:
+            # A requeue loop: its start and its end, and how many went between.
+            between = len(self.deliveries) - 6 + self.elided
+            shown = [*range(3), -1, *range(len(self.deliveries) - 3, len(self.deliveries))]
+        for index in shown:
+            if index < 0:
+                parts.append(f"… {between} more deliveries ({self.failures} failures in all) …")
+                continue
+            delivery = self.deliveries[index]
             mark = " (redelivered)" if delivery.redelivered else " (copy)" if delivery.copy else ""
             parts.append(f"{delivery.worker}{mark}")
             outcome = delivery.outcome
@@ -197,6 +248,9 @@ class MessageRecord:
                 parts.append(f"{outcome} -> requeued" if back else outcome)
             elif outcome in ("killed, lost", "exited, lost"):
                 parts.append(outcome.replace(", ", " -> "))
+            elif outcome in _FAIL_OUTCOMES:
+                back = index < last or self.state == READY
+                parts.append(f"{outcome} -> requeued" if back and outcome in (FAIL_CRASHED, FAIL_UNACKED) else outcome)
             else:
                 parts.append(f"{outcome} -> requeued")
         if not self.deliveries:
@@ -205,6 +259,9 @@ class MessageRecord:
             parts.append(self.state)  # given back by ours, then taken by someone else's consumer
         elif self.state in (PURGED, LOST, DELETED) and parts[-1].endswith("requeued"):
             parts.append(self.state)  # back in the queue, then purged (or gone with a transient queue)
+        elif self.state in (DEAD_LETTERED, DROPPED):
+            reason = DEATH_REASONS.get(self.death, self.death)
+            parts.append(f"{self.state} ({reason})" if reason else self.state)
         return " -> ".join(parts)
 
 
@@ -246,6 +303,33 @@ class Ledger:
         """Runs finished after the broker had taken their delivery back (its channel closed): worked, never acked."""
         self.deleted = 0
         """Messages that went with their queue when it was deleted (ready in it, or held by a worker and returned)."""
+        self.failures = 0
+        """Runs that failed (worker events: ``failed``)."""
+        self.requeued = 0
+        """Failures the worker nacked with requeue (the loop's turns)."""
+        self.rejected = 0
+        """Failures the worker rejected without requeue."""
+        self.crashed = 0
+        """Failures that made the worker exit."""
+        self.dead_lettered = 0
+        """Ours in the dead-letter queue now: rejected or past the delivery limit (inferred, then read there)."""
+        self.dropped = 0
+        """Ours the broker discarded: rejected or past the limit with no dead-letter target (inferred)."""
+        self.moved_back = 0
+        """Dead letters moved back to the work queue."""
+        self.delivery_limit: int | None = None
+        """The limit the broker enforces (quorum: x-delivery-limit, or 4.0+'s default 20), None for none."""
+        self.counts_deliveries = False
+        """The queue counts deliveries (quorum): a delivery without x-delivery-count is its first (count 0)."""
+        self.dead_target = False
+        """The work queue dead-letters into <queue>.dead (else what it dead-letters is dropped)."""
+        self.max_failures = 0
+        """The most failures of one message: the longest requeue loop."""
+        self.max_count = 0
+        """The largest x-delivery-count a worker reported (quorum queues)."""
+        self.delayed: dict[str, str] = {}
+        """Good tasks held up by a failing one (waiting behind it in a worker's window, or given back
+        with it by a crash), by id, and the failing task's label. Bounded like the other id lists."""
         self.lost_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self.duplicate_ids: collections.deque[str] = collections.deque(maxlen=1000)
         self._anonymous = 0
@@ -320,7 +404,14 @@ class Ledger:
     # ----- worker side
 
     def received(
-        self, msg_id: str | None, body: str, worker: str, ts: float, redelivered: bool, ack: AckMode
+        self,
+        msg_id: str | None,
+        body: str,
+        worker: str,
+        ts: float,
+        redelivered: bool,
+        ack: AckMode,
+        count: int | None = None,
     ) -> MessageRecord:
         if msg_id is None:
             self._anonymous += 1
@@ -340,6 +431,17 @@ class Ledger:
         elif state == TAKEN:
             self.taken -= 1  # the other consumer gave it back (it closed its channel, or nacked it)
         deliveries = record.deliveries
+        if count is None and self.counts_deliveries:
+            count = 0  # measured on 3.10.8: a quorum queue's first delivery to a consumer has no header
+        if count is not None and deliveries and (deliveries[-1].count or 0) > count:
+            return self._late(record, worker, ts, redelivered, ack, count)
+        if state == DEAD_LETTERED:
+            # Delivered from the work queue again: it was moved back (its DeadLettersMoved may come after this).
+            self.dead_lettered -= 1
+            self.moved_back += 1
+            record.next_why = MOVED_BACK
+        elif state == DROPPED:
+            self.dropped -= 1
         # Unflagged, yet delivered before: the broker got the message twice (a republish), not back.
         copy = not redelivered and bool(deliveries) and record.republished > 0
         if state == HELD and deliveries and deliveries[-1].outcome is None and not copy:
@@ -353,12 +455,30 @@ class Ledger:
         if copy:
             why = COPY
             self.copies += 1
-        deliveries.append(Delivery(worker, ts, redelivered, why, ack, copy=copy))
+        deliveries.append(Delivery(worker, ts, redelivered, why, ack, copy=copy, count=count))
+        if count is not None and count > self.max_count:
+            self.max_count = count
+        if len(deliveries) > DELIVERIES_KEPT:
+            del deliveries[_KEPT_FIRST]
+            record.elided += 1
         record.next_why = REDELIVERED
         self.deliveries += 1
         if redelivered:
             self.redeliveries += 1
         self._move(record, HELD)
+        return record
+
+    def _late(
+        self, record: MessageRecord, worker: str, ts: float, redelivered: bool, ack: AckMode, count: int
+    ) -> MessageRecord:
+        """An earlier delivery (by the broker's count) reported after a later one: put in its place, nothing moves."""
+        deliveries = record.deliveries
+        index = next(i for i, d in enumerate(deliveries) if (d.count or 0) > count)
+        why = REDELIVERED if redelivered else FIRST
+        deliveries.insert(index, Delivery(worker, ts, redelivered, why, ack, count=count, late=True))
+        self.deliveries += 1
+        if redelivered:
+            self.redeliveries += 1
         return record
 
     def done(self, record: MessageRecord, ts: float, acked: bool, worker: str | None = None) -> None:
@@ -421,11 +541,113 @@ class Ledger:
             record.deliveries[-1].ended = ts
             record.deliveries[-1].outcome = outcome
         record.next_why = why
+        limit = self.delivery_limit
+        if limit is not None and record.state in (HELD, UNACKED_DONE) and record.deliveries:
+            last = record.deliveries[-1]
+            if last.count is not None and last.count >= limit:
+                # Returned once more than the limit allows: the broker dead-letters (or drops) it instead.
+                if last.outcome == FAIL_REQUEUED:
+                    last.outcome = FAIL_NACKED
+                self._dead(record, "delivery_limit")
+                return
         if record.state in (HELD, UNACKED_DONE) and record.deliveries and record.deliveries[-1].orphaned:
             self.deleted += 1  # back to a queue that was deleted: gone with it
             self._move(record, DELETED)
         if record.state in (HELD, UNACKED_DONE):
             self._move(record, READY)
+
+    def run_failed(self, record: MessageRecord, ts: float, worker: str, action: str) -> None:
+        """``worker`` failed the message; ``action`` (protocol.Failed) says what it told the broker."""
+        self.failures += 1
+        record.failures += 1
+        if record.failures > self.max_failures:
+            self.max_failures = record.failures
+        outcome = _FAIL_ACTIONS.get(action)
+        delivery = _open_delivery(record.deliveries, worker)
+        if delivery is not None and delivery.late:
+            delivery.ended, delivery.outcome = ts, outcome or FAIL_UNACKED
+            self.requeued += action == "requeue"
+            self.crashed += action == "crash"
+            return
+        if outcome is not None and self._superseded(record, worker, outcome, AFTER_FAILURE):
+            # Its next delivery (to another worker, whose pipe was read first) is known already:
+            # this news only explains the earlier one. Where the message is now stays as it is.
+            if action == "requeue":
+                self.requeued += 1
+            elif action == "crash":
+                self.crashed += 1
+            return
+        delivery = _open_delivery(record.deliveries, worker)
+        if action == "requeue":
+            self.requeued += 1
+            if delivery is not None:
+                delivery.ended, delivery.outcome = ts, FAIL_REQUEUED
+            self._requeue(record, ts, AFTER_FAILURE, FAIL_REQUEUED)
+            return
+        if action == "reject":
+            self.rejected += 1
+            if delivery is not None:
+                delivery.ended, delivery.outcome = ts, FAIL_REJECTED
+            self._dead(record, "rejected")
+            return
+        if action == "crash":
+            # Still unacked: the worker's exit hands it back (worker_gone), past the limit or not.
+            self.crashed += 1
+            if delivery is not None:
+                delivery.ended, delivery.outcome = ts, FAIL_CRASHED
+            return
+        # "none": the worker tells the broker nothing.
+        if delivery is not None and delivery.ack.lost_with_worker:
+            delivery.ended, delivery.outcome = ts, FAIL_LOST
+            self.lost += 1
+            self.lost_ids.append(record.msg_id)
+            self._move(record, LOST)
+        elif delivery is not None:
+            delivery.ended, delivery.outcome = ts, FAIL_UNACKED
+            self._move(record, UNACKED_DONE)
+
+    def _dead(self, record: MessageRecord, reason: str) -> None:
+        """The broker dead-letters the message (or drops it, with no target), for ``reason``."""
+        record.death = reason
+        if self.dead_target:
+            self.dead_lettered += 1
+            self._move(record, DEAD_LETTERED)
+        else:
+            self.dropped += 1
+            self._move(record, DROPPED)
+
+    def dead_letter_seen(self, msg_id: str, reason: str) -> None:
+        """The dead-letter queue holds this message (read there): the broker's word over our inference."""
+        record = self.records.get(msg_id)
+        if record is None or record.state == DEAD_LETTERED:
+            return
+        if record.state == DROPPED:
+            self.dropped -= 1
+        if record.deliveries and record.deliveries[-1].outcome is None:
+            record.deliveries[-1].outcome = "gone"
+        record.death = reason or record.death
+        self.dead_lettered += 1
+        self._move(record, DEAD_LETTERED)
+
+    def move_back(self, ids: list[str]) -> int:
+        """Dead letters moved back to the work queue: ready again; returns how many were ours."""
+        ours = 0
+        for msg_id in ids:
+            record = self.records.get(msg_id)
+            if record is None or record.state != DEAD_LETTERED:
+                continue
+            self.dead_lettered -= 1
+            self.moved_back += 1
+            record.next_why = MOVED_BACK
+            self._move(record, READY)
+            ours += 1
+        return ours
+
+    def held_up(self, record: MessageRecord, by: MessageRecord) -> None:
+        """A good task waited behind (or went back with) a failing one."""
+        if record.bad or record.msg_id in self.delayed or len(self.delayed) >= 1000:
+            return
+        self.delayed[record.msg_id] = by.label()
 
     def _superseded(self, record: MessageRecord, worker: str, outcome: str, why: str) -> bool:
         """True when ``worker`` no longer has the message's latest delivery (someone else got it since).

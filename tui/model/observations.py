@@ -206,8 +206,49 @@ class BrokerRestarted:
 
 
 @dataclass(frozen=True, slots=True)
+class FailModeRequested:
+    """The user set what every worker does with a failing task (``requeue``, ``reject``, ``crash``)."""
+
+    ts: float
+    on_fail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSeen:
+    """One message read in the dead-letter queue (workers.dead_letters.DeadLetter, without its body's bytes)."""
+
+    msg_id: str | None
+    reason: str
+    times: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersSampled:
+    """The dead-letter queue as the broker has it: ``count`` ready (passive declare), the first of them read."""
+
+    ts: float
+    queue: str
+    count: int
+    letters: tuple[DeadLetterSeen, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettersMoved:
+    """The dead letters with these ids went back to the work queue; ``error`` says why not, if they did not."""
+
+    ts: float
+    queue: str
+    ids: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SessionStarted:
-    """The first line of a session log: what was being run (no credentials)."""
+    """The first line of a session log: what was being run (no credentials).
+
+    The keys after ``broker`` came later (issue 15): older logs read with their defaults.
+    """
 
     ts: float
     queue: str
@@ -216,6 +257,15 @@ class SessionStarted:
     ack: str
     durable: bool
     broker: str
+    on_fail: str = "requeue"
+    queue_type: str = "classic"
+    delivery_limit: int | None = None
+    dead_letter: bool = False
+    broker_version: str = ""
+    """As the broker announced it (server properties), or "" when not known."""
+    ack_timeout: float | None = None
+    """The broker's consumer_timeout in seconds, when the dashboard knows it (it set it, or was told)."""
+    ack_timeout_source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,4 +306,7 @@ Observation = (
     | SessionStarted
     | BrokerRestarted
     | RunStarted
+    | FailModeRequested
+    | DeadLettersSampled
+    | DeadLettersMoved
 )

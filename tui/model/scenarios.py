@@ -20,7 +20,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from workers.settings import ACK_MODES, MAX_PREFETCH
+from workers.settings import (
+    ACK_MODES,
+    FAIL_MODES,
+    MAX_PREFETCH,
+    FailMode,
+    QueueSpec,
+    SettingsError,
+    check_ack_timeout,
+    check_fail,
+    check_queue_type,
+)
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 
@@ -34,6 +44,7 @@ class Do(str, Enum):
     PREFETCH = "prefetch"
     ACK = "ack"
     RESTART_BROKER = "restart_broker"
+    ON_FAIL = "on_fail"
 
     def __str__(self) -> str:
         return self.value
@@ -55,7 +66,17 @@ EXPECTATIONS = {
     "lost_at_least": "at least this many lost",
     "redelivered_at_least": "at least this many redeliveries",
     "duplicates_at_most": "at most this many duplicates",
+    "failures_at_least": "at least this many failed runs",
+    "dead_lettered": "tasks dead-lettered",
+    "good_dead_lettered": "good tasks dead-lettered with the bad one",
+    "good_all_done": "every task without '!' finished",
+    "max_delivery_count": "the largest x-delivery-count",
+    "ack_lost_at_least": "at least this many finished after an ack timeout (ack lost)",
+    "done_at_least": "at least this many tasks finished",
 }
+EXACT = frozenset({"all_done", "lost", "dead_lettered", "good_dead_lettered", "good_all_done", "max_delivery_count"})
+"""Expectations met only by their exact value (the others are at least or at most, as their names say)."""
+_BOOLEAN = frozenset({"all_done", "good_all_done"})
 
 
 class ScenarioError(ValueError):
@@ -89,6 +110,16 @@ class Scenario:
     tasks: tuple[str, ...]
     actions: tuple[Action, ...] = ()
     expect: dict[str, int | bool] = field(default_factory=dict)
+    queue: QueueSpec | None = None
+    """How its queue is declared (quorum, a delivery limit, dead letters); None: the tutorial's classic queue."""
+    on_fail: FailMode | None = None
+    """What the workers do with a failing task; None: the default (requeue)."""
+    private_broker: bool = False
+    """It needs a broker of its own (a private node): its settings differ from a shared broker's."""
+    ack_timeout: float | None = None
+    """The private node's consumer_timeout in seconds."""
+    run_for: float | None = None
+    """Seconds after which the run ends and is checked, for work that never settles (a task past the ack timeout)."""
 
 
 def _whole(value: Any) -> TypeGuard[int]:
@@ -112,6 +143,8 @@ def _action(raw: Any, where: str) -> Action:
         raise ScenarioError(f"{where}: a prefetch action needs a 'value' from 0 to {MAX_PREFETCH}.")
     if do is Do.ACK and value not in ACK_MODES:
         raise ScenarioError(f"{where}: an ack action needs a 'value' of manual, auto or none.")
+    if do is Do.ON_FAIL and value not in FAIL_MODES:
+        raise ScenarioError(f"{where}: an on_fail action needs a 'value' of requeue, reject or crash.")
     return Action(float(at), do, worker if isinstance(worker, str) else None, value)
 
 
@@ -134,14 +167,53 @@ def parse(data: Any, where: str) -> Scenario:
         raise ScenarioError(f"{where}: 'expect' keys are {', '.join(EXPECTATIONS)}.")
     # Checked here, not when the run is over: a bad value would only fail (or crash the check) after all the work.
     for key, wanted in expect.items():
-        if key == "all_done" and not isinstance(wanted, bool):
-            raise ScenarioError(f"{where}: 'all_done' is true or false, not {wanted!r}.")
-        if key != "all_done" and not (_whole(wanted) and wanted >= 0):
+        if key in _BOOLEAN and not isinstance(wanted, bool):
+            raise ScenarioError(f"{where}: {key!r} is true or false, not {wanted!r}.")
+        if key not in _BOOLEAN and not (_whole(wanted) and wanted >= 0):
             raise ScenarioError(f"{where}: {key!r} is a whole number (0 or more), not {wanted!r}.")
     actions = tuple(sorted((_action(a, where) for a in raw_actions), key=lambda a: a.at))
     return Scenario(
-        str(data.get("name") or where), str(data.get("description") or ""), tuple(tasks) * repeat, actions, expect
+        str(data.get("name") or where), str(data.get("description") or ""), tuple(tasks) * repeat, actions, expect,
+        *_broker_side(data, where),
+    )  # fmt: skip
+
+
+def _broker_side(
+    data: dict[str, Any], where: str
+) -> tuple[QueueSpec | None, FailMode | None, bool, float | None, float | None]:
+    """The queue, failure mode, broker and run length a scenario asks for (every key optional)."""
+    queue, on_fail, timeout, run_for = (
+        data.get("queue"),
+        data.get("on_fail"),
+        data.get("ack_timeout"),
+        data.get("run_for"),
     )
+    spec = None
+    try:
+        if queue is not None:
+            if not isinstance(queue, dict) or any(k not in ("type", "delivery_limit", "dead_letter") for k in queue):
+                raise ScenarioError(f"{where}: 'queue' is an object with type, delivery_limit and dead_letter.")
+            limit = queue.get("delivery_limit")
+            if limit is not None and not _whole(limit):
+                raise ScenarioError(f"{where}: 'delivery_limit' is a whole number.")
+            spec = QueueSpec(
+                True, check_queue_type(str(queue.get("type", "classic"))), limit, queue.get("dead_letter") is True
+            )
+        fail = None if on_fail is None else check_fail(str(on_fail))
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool):
+                raise ScenarioError(f"{where}: 'ack_timeout' is seconds.")
+            timeout = check_ack_timeout(float(timeout))
+    except SettingsError as exc:
+        raise ScenarioError(f"{where}: {exc}") from None
+    private = data.get("broker") == "private" or timeout is not None
+    if "broker" in data and data["broker"] not in ("private", "any"):
+        raise ScenarioError(f"{where}: 'broker' is 'private' (a node of its own) or 'any'.")
+    if run_for is not None and not (
+        isinstance(run_for, (int, float)) and not isinstance(run_for, bool) and run_for > 0
+    ):
+        raise ScenarioError(f"{where}: 'run_for' is seconds (more than 0).")
+    return spec, fail, private, timeout, None if run_for is None else float(run_for)
 
 
 def _generate(spec: Any, where: str) -> list[str]:

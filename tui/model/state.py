@@ -32,7 +32,20 @@ from tui.model.ledger import (
 from tui.model.others import OtherConsumers
 from tui.model.runs import Run, Runs
 from workers import protocol
-from workers.settings import AckMode, DispatchMode, SettingsError, check_ack
+from workers.settings import (
+    DEFAULT_CONSUMER_TIMEOUT,
+    AckMode,
+    DispatchMode,
+    FailMode,
+    QueueSpec,
+    QueueType,
+    SettingsError,
+    check_ack,
+    check_fail,
+    consumer_timeout_applies,
+    effective_delivery_limit,
+    parse_version,
+)
 
 STALE_AFTER = 2.0
 """Seconds after which a broker figure is shown as stale."""
@@ -122,6 +135,11 @@ class CurrentTask:
     body: str
     started: float
     seconds: float
+    delivered: float = 0.0
+    """When the broker delivered it: its acknowledgement deadline counts from there, not from the start."""
+    deadline: float | None = None
+    """The broker's acknowledgement timeout (seconds from delivery) when the task is acked after the work."""
+    deadline_source: str = ""
 
 
 @dataclass(slots=True)
@@ -166,6 +184,10 @@ class WorkerState:
     """Events a remote worker dropped rather than slow its work (it says how many): its counts miss them."""
     exited_at: float | None = None
     """When its process was last seen to end (killed or exited); None while it runs."""
+    failed: int = 0
+    """Tasks that failed in its hands (their body holds '!')."""
+    on_fail: FailMode | None = None
+    """What it does with a failing task, as it last said (ready, on_fail)."""
 
     @property
     def alive(self) -> bool:
@@ -235,6 +257,21 @@ class WorkerState:
 
 
 @dataclass(slots=True)
+class DeadLetterView:
+    """The dead-letter queue as the broker has it, and what was moved back from it."""
+
+    queue: str = ""
+    count: int | None = None
+    """Ready in it (a passive declare); None until sampled."""
+    sampled: float | None = None
+    letters: tuple[obs.DeadLetterSeen, ...] = ()
+    """The first of them, read (and left there): ids and the broker's reasons."""
+    moved: int = 0
+    """Moved back to the work queue by this dashboard."""
+    error: str = ""
+
+
+@dataclass(slots=True)
 class QueueView:
     """The queue's figures and where each came from."""
 
@@ -258,9 +295,27 @@ class Model:
         mode: DispatchMode | None = None,
         prefix: str | None = None,
         ledger_cap: int | None = None,
+        spec: QueueSpec | None = None,
+        on_fail: FailMode = FailMode.REQUEUE,
+        broker_version: str = "",
+        ack_timeout: float | None = None,
+        ack_timeout_source: str = "",
     ) -> None:
         self.queue_name = queue
         self.mode = mode or DispatchMode()
+        self.on_fail = FailMode(on_fail)
+        """The failure mode last asked for (every worker's, live)."""
+        self.spec = spec or QueueSpec()
+        """How the work queue is declared: its type, delivery limit, dead-letter queue."""
+        self.broker_version = broker_version
+        """As the broker announced it, or "" (a replay of an older log, a run that did not ask)."""
+        self.ack_timeout = ack_timeout
+        self.ack_timeout_source = ack_timeout_source
+        """Where the known consumer_timeout comes from (``set on the private node``, ``--ack-timeout``)."""
+        self.fail_per_second: collections.deque[tuple[int, int]] = collections.deque(maxlen=RATE_SECONDS)
+        self.last_failure = 0.0
+        """When a task last failed: a requeue loop puts it back and takes it out faster than any sample tells."""
+        self.dead = DeadLetterView()
         self.workers: dict[str, WorkerState] = {}
         self.queue = QueueView()
         self.ledger = Ledger(prefix=prefix) if ledger_cap is None else Ledger(ledger_cap, prefix)
@@ -304,6 +359,50 @@ class Model:
         """Presets and scenarios published as runs: their tasks numbered from 1, their figures."""
         self._runs_losses = 0
         """The ledger's losses when the runs' open tasks were last looked at after news about many tasks."""
+        self._configure()
+
+    def _configure(self) -> None:
+        """Tell the ledger what the queue does with returns: its delivery limit and dead-letter target."""
+        spec = self.spec
+        self._version = parse_version(self.broker_version)
+        self._deadline = self._find_ack_deadline()
+        limit, _ = effective_delivery_limit(spec, self._version)
+        ledger = self.ledger
+        ledger.delivery_limit = limit
+        ledger.counts_deliveries = spec.type.counts_deliveries
+        ledger.dead_target = spec.dead_letter
+        self.dead.queue = spec.dead_letter_queue(self.queue_name) or ""
+
+    def set_broker_version(self, version: str) -> None:
+        """The broker's version as it announced it: the delivery limit and the ack deadline may depend on it."""
+        self.broker_version = version
+        self._configure()
+
+    @property
+    def version(self) -> tuple[int, ...] | None:
+        """The broker's version as numbers, or None when unknown."""
+        return self._version
+
+    def delivery_limit(self) -> tuple[int | None, str]:
+        """The delivery limit the broker enforces on the queue, and where that comes from."""
+        return effective_delivery_limit(self.spec, self.version)
+
+    def ack_deadline(self) -> tuple[float | None, str]:
+        """The broker's acknowledgement timeout in seconds and how we know it (worked out once per setting)."""
+        return self._deadline
+
+    def _find_ack_deadline(self) -> tuple[float | None, str]:
+        """The broker's acknowledgement timeout in seconds and how we know it; None when it sets none.
+
+        Known when this dashboard set it (its private node) or was told (--ack-timeout);
+        otherwise RabbitMQ's default, said to be assumed. RabbitMQ 4.3 stopped timing out
+        deliveries on classic queues (release notes; not tested here, the broker is 3.10).
+        """
+        if not consumer_timeout_applies(self.spec.type, self._version):
+            return None, "none on classic queues since RabbitMQ 4.3"
+        if self.ack_timeout is not None:
+            return self.ack_timeout, self.ack_timeout_source or "told"
+        return DEFAULT_CONSUMER_TIMEOUT, "assumed: RabbitMQ's default"
 
     # ----- folding
 
@@ -372,6 +471,7 @@ class Model:
     def _on_ready(self, e: protocol.Ready) -> None:
         w = self._worker(e.worker)
         w.pid, w.prefetch, w.ack, w.last_seen = e.pid, e.prefetch, _ack(e.ack), e.ts
+        w.on_fail = _fail(e.on_fail)
         if w.status in (CANCELLED, CHANNEL_CLOSED):
             w.log.append(
                 " [*] queue declared again; consuming" if w.status == CANCELLED else " [*] new channel; consuming"
@@ -390,7 +490,9 @@ class Model:
         w.last_seen = e.ts
         if e.redelivered:
             w.redelivered += 1
-        record = self.ledger.received(e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or AckMode.MANUAL)
+        record = self.ledger.received(
+            e.msg_id, e.body, e.worker, e.ts, e.redelivered, w.ack or AckMode.MANUAL, e.delivery_count
+        )
         held, tag = w.held, e.tag
         if tag in held:  # the same tag on a new channel: see WorkerState.held_delivery
             kept = held.pop(tag)
@@ -407,6 +509,7 @@ class Model:
         w.last_seen = ts
         found = w.held_delivery(tag, e.msg_id)
         record = None if found is None else found[1]
+        delivered = ts
         if record is None:
             body, label, redelivered = "", f"tag {tag}", False
         else:
@@ -415,8 +518,11 @@ class Model:
             last = deliveries[-1] if deliveries else None
             if last is not None and last.worker == e.worker:
                 last.started = ts
+                delivered = last.ts
             redelivered = last is not None and last.redelivered
-        w.current = CurrentTask(tag, label, body, ts, e.seconds)
+        w.current = CurrentTask(tag, label, body, ts, e.seconds, delivered)
+        if w.ack is None or w.ack.unacked_while_held:
+            w.current.deadline, w.current.deadline_source = self.ack_deadline()
         if w.status == IDLE:
             w.status = BUSY
         w.log.append(f" [x] Received {body!r}")
@@ -471,6 +577,63 @@ class Model:
                 w.lane[-1].end, w.lane[-1].outcome = e.ts, "returned"
             if w.status == BUSY:
                 w.status = IDLE
+
+    def _on_failed(self, e: protocol.Failed) -> None:
+        w = self._worker(e.worker)
+        ts, tag = e.ts, e.tag
+        w.failed += 1
+        w.last_seen = ts
+        self.last_failure = ts
+        crash = e.action == "crash"
+        # A crash leaves the delivery unacked in the worker's hands until its exit hands it back.
+        found = w.held_delivery(tag, e.msg_id) if crash else None
+        record = found[1] if found is not None else None if crash else w.release(tag, e.msg_id)
+        ledger = self.ledger
+        if record is not None:
+            ledger.run_failed(record, ts, e.worker, e.action)
+            if record.state == UNACKED_DONE:  # no ack mode: unacked until the worker goes
+                w.unacked_done[tag] = record
+            for other in w.held.values():
+                if other is not record:
+                    ledger.held_up(other, record)  # waiting behind it, or going back with it in a crash
+        current = w.current
+        if current is not None and current.tag == tag:
+            w.current = None
+        if w.status == BUSY:
+            w.status = IDLE
+        w.log.append(f" [!] Failed: {e.action}")
+        lane = w.lane
+        if lane and lane[-1].end is None:
+            lane[-1].end, lane[-1].outcome = ts, "failed"
+        if math.isfinite(ts):
+            second = int(ts)
+            rates = self.fail_per_second
+            if rates and rates[-1][0] == second:
+                rates[-1] = (second, rates[-1][1] + 1)
+            else:
+                rates.append((second, 1))
+
+    def _on_on_fail(self, e: protocol.OnFail) -> None:
+        w = self._worker(e.worker)
+        w.on_fail = _fail(e.on_fail)
+        w.log.append(f" [~] on failure: {w.on_fail.words}")
+
+    def _on_fail_requested(self, e: obs.FailModeRequested) -> None:
+        self.on_fail = _fail(e.on_fail)
+
+    def _on_dead_sampled(self, e: obs.DeadLettersSampled) -> None:
+        dead = self.dead
+        dead.queue, dead.count, dead.sampled, dead.letters = e.queue, e.count, e.ts, e.letters
+        for letter in e.letters:
+            if letter.msg_id is not None:
+                self.ledger.dead_letter_seen(letter.msg_id, letter.reason)
+
+    def _on_dead_moved(self, e: obs.DeadLettersMoved) -> None:
+        self.dead.moved += len(e.ids)
+        self.dead.error = e.error
+        if e.error:
+            self.last_error = f"moving the dead letters back: {e.error}"
+        self.ledger.move_back(list(e.ids))
 
     def _on_mode(self, e: protocol.Mode) -> None:
         w = self._worker(e.worker)
@@ -671,7 +834,9 @@ class Model:
         """
         ledger = self.ledger
         short = ledger.count(READY) - e.ready
-        if short <= 0 or self.broker_state != "connected":
+        # In a requeue loop the failed task is "ready" between its nack and its next delivery, which the
+        # broker makes at once: the queue never shows it, and nobody else took it.
+        if short <= 0 or self.broker_state != "connected" or e.ts - self.last_failure < TAKEN_SETTLE:
             self._missing = None
             return
         since, least = self._missing or (e.ts, short)
@@ -813,6 +978,14 @@ class Model:
         self.mode = DispatchMode(e.prefetch, _ack(e.ack))
         self.broker = e.broker
         self.durable = e.durable
+        self.on_fail = _fail(e.on_fail)
+        try:
+            self.spec = QueueSpec(e.durable, QueueType(e.queue_type), e.delivery_limit, e.dead_letter)
+        except (ValueError, SettingsError):  # a hand-edited log: the tutorial's queue
+            self.spec = QueueSpec(e.durable)
+        self.broker_version = e.broker_version
+        self.ack_timeout, self.ack_timeout_source = e.ack_timeout, e.ack_timeout_source
+        self._configure()
 
     # ----- figures for the widgets
 
@@ -881,6 +1054,11 @@ class Model:
         total = sum(count for second, count in self.done_per_second if cutoff <= second < int(now))
         return total / seconds
 
+    def fail_rate(self, now: float, seconds: int = 5) -> float:
+        """Failures per second over the last few whole seconds: a requeue loop's speed."""
+        cutoff = int(now) - seconds
+        return sum(count for second, count in self.fail_per_second if cutoff <= second < int(now)) / seconds
+
     def rate_series(self, now: float, seconds: int = 30) -> list[float]:
         """Done per second for each of the last ``seconds`` seconds, oldest first."""
         counts = dict(self.done_per_second)
@@ -911,6 +1089,7 @@ class Model:
             unacked = max(0, unacked - others.unacked)
         rhs = ledger.done_messages + ready + unacked + ledger.lost + ledger.purged + ledger.taken
         rhs += ledger.deleted  # went with a deleted queue
+        rhs += ledger.dead_lettered + ledger.dropped  # in <queue>.dead, or discarded by the broker
         settling = source == FROM_MANAGEMENT and (now - self.last_activity < MGMT_LAG or others.settling(now, MGMT_LAG))
         quiet = (
             not self.stale(now)
@@ -945,8 +1124,15 @@ def _ack(value: str) -> AckMode:
         return AckMode.MANUAL
 
 
+def _fail(value: str) -> FailMode:
+    try:
+        return check_fail(value)
+    except SettingsError:
+        return FailMode.REQUEUE
+
+
 _MOVES = frozenset({protocol.Received, protocol.Done, protocol.Returned, obs.WorkerExited, obs.Confirmed, obs.Purged})
-_MOVES |= {protocol.AckLost, protocol.Cancelled, protocol.ChannelClosed}
+_MOVES |= {protocol.AckLost, protocol.Cancelled, protocol.ChannelClosed, protocol.Failed}
 
 _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.Ready: Model._on_ready,
@@ -964,6 +1150,11 @@ _HANDLERS: dict[type, Callable[[Model, Any], None]] = {
     protocol.AckLost: Model._on_ack_lost,
     protocol.Dropped: Model._on_dropped,
     obs.RemoteWorkerHeard: Model._on_remote_heard,
+    protocol.Failed: Model._on_failed,
+    protocol.OnFail: Model._on_on_fail,
+    obs.FailModeRequested: Model._on_fail_requested,
+    obs.DeadLettersSampled: Model._on_dead_sampled,
+    obs.DeadLettersMoved: Model._on_dead_moved,
     obs.WorkerSpawned: Model._on_spawned,
     obs.WorkerExited: Model._on_exited,
     obs.WorkerStderr: Model._on_stderr,

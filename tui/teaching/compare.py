@@ -7,6 +7,8 @@ import io
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich import box
@@ -23,11 +25,16 @@ from tui.model.scenarios import Scenario, ScenarioError, find
 from tui.teaching.export import write_ledger_csv
 from tui.text import for_toast, printable
 from workers.broker import BrokerError
+from workers.local_node import LocalNode, LocalNodeError
 from workers.settings import (
     AckMode,
     DispatchMode,
+    FailMode,
+    QueueSpec,
     SettingsError,
     add_connection_args,
+    add_fail_arg,
+    add_queue_args,
     check_prefetch,
     mask_url,
     url_or_exit,
@@ -54,6 +61,27 @@ def parse_modes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(message) from None
 
 
+@contextmanager
+def broker_for(url: str, scenario: Scenario, progress: Progress) -> Iterator[tuple[str, LocalNode | None]]:
+    """The broker a scenario runs on: ``url``'s, or a private node of its own (an ack timeout needs one).
+
+    BrokerError when the node cannot start; it is stopped and its data deleted afterwards.
+    """
+    if not scenario.private_broker:
+        yield url, None
+        return
+    node = LocalNode(ack_timeout=scenario.ack_timeout)
+    try:
+        progress(f"{scenario.name}: starting a private RabbitMQ node (about 10 s) …")
+        try:
+            node.start(lambda phase: progress(f"{scenario.name}: private node: {phase} …"))
+        except LocalNodeError as exc:
+            raise BrokerError(str(exc)) from None
+        yield node.url, node
+    finally:
+        node.destroy()
+
+
 def compare_modes(
     url: str,
     scenario: Scenario,
@@ -73,12 +101,13 @@ def compare_modes(
     """
     runs: list[RunResult] = []
     try:
-        for prefetch in prefetches:
-            mode = DispatchMode(prefetch, ack)
-            run = ScenarioRun(url, scenario, mode=mode, workers=workers,
-                              seconds_per_dot=seconds_per_dot, progress=progress, timeout=timeout)  # fmt: skip
-            progress(f"{scenario.name}: running under {mode.describe()} …")
-            runs.append(run.run())
+        with broker_for(url, scenario, progress) as (where, node):
+            for prefetch in prefetches:
+                mode = DispatchMode(prefetch, ack)
+                run = ScenarioRun(where, scenario, mode=mode, workers=workers, node=node,
+                                  seconds_per_dot=seconds_per_dot, progress=progress, timeout=timeout)  # fmt: skip
+                progress(f"{scenario.name}: running under {mode.describe()} …")
+                runs.append(run.run())
     except BrokerError as exc:
         return runs, str(exc)
     return runs, ""
@@ -95,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds-per-dot", type=positive_float, default=0.2, metavar="F")
     parser.add_argument("--modes", type=parse_modes, default=[0, 1], help="prefetch values, e.g. 0,1,10")
     parser.add_argument("--ack", type=ack_arg, default=AckMode.MANUAL)
+    add_queue_args(parser, transient=False)
+    add_fail_arg(parser)
+    # Unset, the scenario's own queue and failure mode apply (poison: quorum, limit 3, dead letters).
+    parser.set_defaults(queue_type=None, on_fail=None)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--out", type=Path, default=None, help="save events, ledgers and an SVG here")
@@ -153,6 +186,34 @@ def prefetch_note(ack: AckMode) -> str:
     return ""
 
 
+def failure_lines(results: list[RunResult]) -> Text:
+    """Per run, what failed and what the broker did: dead letters, delivery counts, the good tasks it held up."""
+    text = Text()
+    for result in results:
+        figures = result.failures()
+        if not figures["failures"] and not figures["ack_lost"]:
+            continue
+        bad = ", ".join(
+            f"{b['task']} {b['state']} after {b['deliveries']} deliveries"
+            for b in figures["bad_tasks"]  # type: ignore[attr-defined]
+        )
+        line = (
+            f"{mode_name(result.mode)}: {figures['failures']} failures ({result.on_fail}), "
+            f"{figures['dead_lettered']} dead-lettered, {figures['dropped']} dropped"
+        )
+        if result.queue.type.counts_deliveries:
+            line += f", largest x-delivery-count {figures['max_delivery_count']}"
+        if figures["ack_lost"]:
+            line += f", {figures['ack_lost']} finished after an ack timeout (ack lost)"
+        if bad:
+            line += f"; {bad}"
+        delayed = " ".join(str(d["task"]) for d in figures["good_delayed"])  # type: ignore[attr-defined]
+        dead = " ".join(str(label) for label in figures["good_dead_lettered"])  # type: ignore[attr-defined]
+        line += f"; good tasks held up: {delayed or 'none'}; dead-lettered with it: {dead or 'none'}"
+        text.append(printable(line) + "\n", "yellow")
+    return text
+
+
 def verdict(results: list[RunResult]) -> str:
     """One sentence on which mode won and why (``tui.model.runs.verdict``, as the dashboard's run summary).
 
@@ -166,6 +227,7 @@ def verdict(results: list[RunResult]) -> str:
 def report(results: list[RunResult], console: Console) -> None:
     """The table, each run's checks and the verdict."""
     console.print(table(results))
+    console.print(failure_lines(results), end="")
     console.print(checks(results), end="")
     console.print(printable(verdict(results)), markup=False)
 
@@ -185,28 +247,24 @@ def main(argv: list[str]) -> int:
         errors.print(f"dispatch-lab compare: {exc}")
         return 2
     url = url_or_exit(args.url, "dispatch-lab compare")
+    spec: QueueSpec | None = None
+    if args.queue_type is not None or args.delivery_limit is not None or args.dead_letter:
+        base = scenario.queue or QueueSpec()
+        try:
+            spec = QueueSpec(
+                True,
+                args.queue_type or base.type,
+                args.delivery_limit if args.delivery_limit is not None else base.delivery_limit,
+                args.dead_letter or base.dead_letter,
+            )
+        except SettingsError as exc:
+            errors.print(f"dispatch-lab compare: {exc}")
+            return 2
+    on_fail: FailMode | None = args.on_fail
     results: list[RunResult] = []
     try:
-        for prefetch in args.modes:
-            mode = DispatchMode(prefetch, args.ack)
-            log = None
-            if args.out is not None:
-                log = SessionLog(args.out / f"prefetch-{prefetch}" / "events.jsonl")
-                log.start()
-            with console.status(Text(f"{for_toast(scenario.name)}: {mode.describe()} …")) as status:
-                run = ScenarioRun(url, scenario, mode=mode, workers=args.workers,
-                                  seconds_per_dot=args.seconds_per_dot, timeout=args.timeout, log=log,
-                                  progress=lambda text: status.update(Text(printable(text))))  # fmt: skip
-                if log is not None:
-                    # The log's first line, as the dashboard's: without it a replay knows neither the
-                    # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.
-                    log.add([SessionStarted(time.time(), run.queue, run.prefix, prefetch, args.ack, True,
-                                            mask_url(url))])  # fmt: skip
-                result = run.run()
-            results.append(result)
-            if log is not None and args.out is not None:
-                log.close()
-                write_ledger_csv(result.model.ledger, args.out / f"prefetch-{prefetch}" / "ledger.csv")
+        with broker_for(url, scenario, lambda text: errors.print(printable(text))) as (where, node):
+            results = _run_all(args, scenario, where, node, spec, on_fail, console)
     except BrokerError as exc:
         errors.print(f"dispatch-lab compare: {exc}")
         return 1
@@ -225,6 +283,43 @@ def main(argv: list[str]) -> int:
         console.save_svg(str(args.out / "compare.svg"), title="dispatch-lab compare")
     failed = any(not c.ok for r in results for c in r.checks) or any(r.timed_out for r in results)
     return 3 if failed else 0
+
+
+def _run_all(
+    args: argparse.Namespace,
+    scenario: Scenario,
+    url: str,
+    node: LocalNode | None,
+    spec: QueueSpec | None,
+    on_fail: FailMode | None,
+    console: Console,
+) -> list[RunResult]:
+    """One run per prefetch value, on ``url``'s broker; BrokerError stops them."""
+    results: list[RunResult] = []
+    for prefetch in args.modes:
+        mode = DispatchMode(prefetch, args.ack)
+        log = None
+        if args.out is not None:
+            log = SessionLog(args.out / f"prefetch-{prefetch}" / "events.jsonl")
+            log.start()
+        with console.status(Text(f"{for_toast(scenario.name)}: {mode.describe()} …")) as status:
+            run = ScenarioRun(url, scenario, mode=mode, workers=args.workers,
+                              seconds_per_dot=args.seconds_per_dot, timeout=args.timeout, log=log,
+                              progress=lambda text: status.update(Text(printable(text))),
+                              node=node, queue=spec, on_fail=on_fail)  # fmt: skip
+            if log is not None:
+                # The log's first line, as the dashboard's: without it a replay knows neither the
+                # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.
+                c = run.config
+                log.add([SessionStarted(time.time(), run.queue, run.prefix, prefetch, args.ack, True,
+                                        mask_url(url), c.on_fail.value, c.queue_type.value, c.delivery_limit,
+                                        c.dead_letter, "", c.ack_timeout, c.ack_timeout_source)])  # fmt: skip
+            result = run.run()
+        results.append(result)
+        if log is not None and args.out is not None:
+            log.close()
+            write_ledger_csv(result.model.ledger, args.out / f"prefetch-{prefetch}" / "ledger.csv")
+    return results
 
 
 if __name__ == "__main__":

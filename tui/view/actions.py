@@ -23,7 +23,7 @@ from tui.text import ERROR_CHARS, for_toast, quoted
 from tui.view.widgets.compare_screen import CompareScreen
 from tui.view.widgets.mode_dialog import PrefetchDialog
 from tui.view.widgets.publisher import PublisherPane
-from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, AckMode, DispatchMode
+from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, FAIL_MODES, AckMode, DispatchMode, FailMode
 
 PREFETCH_CYCLE = (0, 1, 10)
 
@@ -100,15 +100,34 @@ class LabActions:
             return
         if self._read_only("publish to"):
             return
-        if message.scenario is not None:
+        scenario = message.scenario
+        if scenario is not None and scenario.on_fail is not None and scenario.on_fail is not self.on_fail:
+            self.set_fail_mode(scenario.on_fail)  # before its tasks can fail
+        if scenario is not None:
             # A run: its tasks are numbered from 1 (odd-heavy's heavy ones are its odd ones) and summed up at the end.
-            self.backend.publish_run(message.scenario.name, message.bodies)
+            self.backend.publish_run(scenario.name, message.bodies)
             self.notify(f"Publishing {message.label} as a run ({len(message.bodies)} tasks)", timeout=3)
+            self._tell_what_the_preset_needs(scenario)
         else:
             self.backend.publish(message.bodies)
             self.notify(f"Publishing {message.label} ({len(message.bodies)} tasks)", timeout=3)
-        if message.scenario is not None and message.scenario.actions:
-            self.run_scenario_actions(message.scenario)
+        if scenario is not None and scenario.actions:
+            self.run_scenario_actions(scenario)
+
+    def _tell_what_the_preset_needs(self, scenario: Scenario) -> None:
+        """A preset meant for another queue or broker runs anyway; the flags that show it as meant are said."""
+        flags: list[str] = []
+        if scenario.queue is not None and scenario.queue != self.config.spec:
+            flags += scenario.queue.argv()
+        if scenario.ack_timeout is not None and self.model.ack_deadline()[0] != scenario.ack_timeout:
+            flags += ["--broker", "private", "--ack-timeout", f"{scenario.ack_timeout:g}"]
+        if flags:
+            self.notify(
+                f"{for_toast(scenario.name)} is meant for: dispatch-lab {' '.join(flags)} (this queue is declared "
+                "otherwise; a queue's arguments cannot change while it exists).",
+                severity="warning",
+                timeout=10,
+            )
 
     def run_scenario_actions(self, scenario: Scenario) -> None:
         """A scenario's timed actions, as the headless runner does them."""
@@ -237,6 +256,29 @@ class LabActions:
     def mode(self) -> DispatchMode:
         """The mode last asked for: the model hears of it only at the next refresh."""
         return self.backend.mode if self.backend is not None else self.model.mode
+
+    @property
+    def on_fail(self) -> FailMode:
+        """The failure mode last asked for."""
+        return self.backend.on_fail if self.backend is not None else self.model.on_fail
+
+    def set_fail_mode(self, on_fail: FailMode) -> None:
+        if self._read_only("switch to another failure mode") or self.backend is None:
+            return
+        self.backend.set_fail_mode(on_fail)
+        self.notify(f"On failure, for all workers: {on_fail.words}: {on_fail.help[0]}", timeout=4)
+
+    def cycle_fail_mode(self) -> None:
+        self.set_fail_mode(FAIL_MODES[(FAIL_MODES.index(self.on_fail) + 1) % len(FAIL_MODES)])
+
+    def move_dead_letters_back(self) -> None:
+        if self._read_only("move dead letters for") or self.backend is None:
+            return
+        refused = self.backend.move_dead_letters_back()
+        if refused is not None:
+            self.notify(refused.reason, severity="warning")
+            return
+        self.notify("Moving the dead letters back to the work queue, for another try", timeout=3)
 
     def compare(self) -> None:
         if self.config.watch_only:

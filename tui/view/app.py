@@ -55,6 +55,8 @@ class DispatchLab(App[int]):
         Binding("f9", "messages", "Msgs", priority=True),
         Binding("f10", "restart_broker", "Broker↻", priority=True),
         Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+f", "cycle_fail_mode", "On fail", show=False, priority=True),
+        Binding("ctrl+r", "move_dead_letters_back", "Dead letters back", show=False, priority=True),
         Binding("f12", "compare", "Compare", show=False, priority=True),
         Binding("ctrl+n", "select(1)", "Next worker", show=False, priority=True),
         Binding("ctrl+b", "select(-1)", "Previous worker", show=False, priority=True),
@@ -192,6 +194,12 @@ class DispatchLab(App[int]):
 
     def action_cycle_ack(self) -> None:
         self.actions.cycle_ack()
+
+    def action_cycle_fail_mode(self) -> None:
+        self.actions.cycle_fail_mode()
+
+    def action_move_dead_letters_back(self) -> None:
+        self.actions.move_dead_letters_back()
 
     def action_purge(self) -> None:
         self.actions.purge()

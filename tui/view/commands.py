@@ -11,7 +11,7 @@ from textual.message import Message
 
 from tui.view.actions import LabActions
 from tui.view.widgets.publisher import PublisherPane, preset_key
-from workers.settings import ACK_MODES, DispatchMode
+from workers.settings import ACK_MODES, FAIL_MODES, DispatchMode
 
 
 class LabView(Protocol):
@@ -47,6 +47,15 @@ def lab_commands(app: LabView, actions: LabActions) -> Iterator[SystemCommand]:
             f"Ack mode {ack}", "For all workers, live",
             lambda a=ack: actions.set_mode(DispatchMode(actions.mode.prefetch, a)),
         )  # fmt: skip
+    for on_fail in FAIL_MODES:
+        yield SystemCommand(
+            f"On failure: {on_fail}", f"{on_fail.words}: {on_fail.help[0]} (Ctrl+F cycles; for all workers, live)",
+            lambda f=on_fail: actions.set_fail_mode(f),
+        )  # fmt: skip
+    yield SystemCommand(
+        "Move dead letters back (Ctrl+R)", "Every message in <queue>.dead back to the work queue, for another try",
+        actions.move_dead_letters_back,
+    )  # fmt: skip
     yield SystemCommand("Purge queue", "Remove the ready messages", actions.purge)
     if actions.can_restart_broker:
         yield SystemCommand("Restart broker", "Stop and start the private node", actions.restart_broker)

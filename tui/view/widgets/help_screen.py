@@ -9,7 +9,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Markdown
 
 from tui.view.widgets.publisher import PRESET_KEYS
-from workers.settings import AckMode
+from workers.settings import AckMode, FailMode, QueueType
 
 HELP = """\
 # dispatch-lab: what you are looking at
@@ -50,10 +50,49 @@ change", not a crash.
 | F10 | restart the broker (only one dispatch-lab started itself): durability |
 | F12 | compare modes: one scenario under several prefetch values, side by side (manual ack unless you pick another) |
 | Alt+1 … Alt+{last} | publish the preset whose button shows that key (also in the palette: type its name) |
+| Ctrl+F | on failure: requeue → reject → crash |
+| Ctrl+R | move the dead letters back to the work queue |
 | Ctrl+S | save events, ledger and a screenshot into runs/ |
 | Ctrl+N / Ctrl+B | select next / previous worker (or click a card) |
 | Ctrl+P | command palette (set prefetch to any number, presets, …) |
 | Ctrl+Q | quit (every worker is stopped) |
+
+## When a task fails (a body with `!`)
+
+The worker works the dots before the `!`, then the task fails. What it does then
+is its failure mode (`--on-fail`, Ctrl+F live):
+
+| on fail | what the worker does | watch for |
+| --- | --- | --- |
+{fail_rows}
+
+Under auto ack a failure tells the broker nothing (it forgot the task at
+delivery: the task is **lost**); under no ack the task stays unacked. The tutorial's
+default task, *Hello World!*, would fail here for its `!`: an empty task field sends *Hello World* instead.
+
+## Queue types, delivery limits, dead letters
+
+`--queue-type quorum` counts each message's deliveries (`x-delivery-count`, shown
+in F9; measured on 3.10: a consumer's first delivery has no header, then 1, 2, …).
+`--delivery-limit N`: a message returned more than N times (by nack, a crash, a
+closed channel) is dead-lettered, or dropped without a target. RabbitMQ 4.0+
+applies a limit of 20 to quorum queues by default; 3.x has none. With prefetch
+above 1 and `crash`, the tasks waiting behind a poison task go back with it and
+count toward the limit too: innocent tasks get dead-lettered with the bad one.
+`--dead-letter` declares `<queue>.dead`: the panel shows how many and why
+(`x-first-death-reason`); Ctrl+R moves them back. Quorum queues refuse global
+QoS ({quorum_qos}) and prefetch 0 means {quorum_prefetch} ({classic_prefetch} on a classic queue).
+
+## Acknowledgement timeout: there *are* message timeouts
+
+The tutorial says "there aren't any message timeouts". Since 3.8.15 the broker
+closes a channel whose oldest delivery stays unacked longer than `consumer_timeout`
+(30 min by default; 3.x checks once per channel tick) with 406 PRECONDITION_FAILED,
+and requeues everything it delivered there; an ack sent after that is lost
+(*ack lost*: worked, never acknowledged). A card shows the deadline of a long
+task (`set`: a private node started with `--ack-timeout`; `told`: `--ack-timeout`;
+`assumed`: the default). RabbitMQ 4.3 no longer times out deliveries on classic
+queues (not tested here). `dispatch-lab --broker private --ack-timeout 10` shows it.
 
 ## Experiments
 
@@ -61,9 +100,15 @@ change", not a crash.
 2. **Fair dispatch**: send *odd-heavy* at prefetch 0, then press F6 to 1 and send it again.
 3. **Redelivery**: send long tasks, kill a busy worker with F3: its task comes back.
 4. **Loss**: F7 to auto, send a backlog, kill a worker: the lost count rises.
+5. **Poison task**: send `Bad task!` among others: requeue loops (failures/s in the panel);
+   Ctrl+F to reject ends it; presets *nack-loop*, *poison* and *ack-timeout* show the rest.
 """.format(
     ack_rows="\n".join(f"| **{mode.value}** | {mode.help[0]} | {mode.help[1]} |" for mode in AckMode),
+    fail_rows="\n".join(f"| **{mode.value}** | {mode.help[0]} | {mode.help[1]} |" for mode in FailMode),
     last=len(PRESET_KEYS),
+    quorum_qos="measured on 3.10: the whole connection is closed, 540" if not QueueType.QUORUM.global_qos else "",
+    quorum_prefetch=QueueType.QUORUM.unlimited_prefetch,
+    classic_prefetch=QueueType.CLASSIC.unlimited_prefetch,
 )
 
 

@@ -136,10 +136,13 @@ class MessagesScreen(ModalScreen[None]):
             table.add_column(column)
         for d in record.deliveries:
             waited, worked = timings(d)
-            table.add_row(Text(printable(d.worker)), f"+{d.ts - origin:.2f}s", "yes" if d.redelivered else "no",
+            redelivered = ("yes" if d.redelivered else "no") + ("" if d.count is None else f", count {d.count}")
+            table.add_row(Text(printable(d.worker)), f"+{d.ts - origin:.2f}s", redelivered,
                           Text(printable(d.why)), Text(printable(d.ack)), Text(printable(d.outcome or "in progress")),
                           waited, worked)  # fmt: skip
         notes = ["waited = in the worker's prefetch window, behind another task; worked = the task's own time"]
+        if record.elided:
+            notes.insert(0, f"{record.elided} deliveries between the first and the latest are counted, not listed")
         if record.state == LOST and record.lost_cause is not None:
             notes.insert(0, record.lost_cause.sentence)
         elif record.cause():

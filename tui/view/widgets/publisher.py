@@ -12,6 +12,7 @@ from tui.model.ledger import PUBLISHING
 from tui.model.scenarios import Scenario
 from tui.model.state import Model
 from tui.text import for_toast, quoted
+from workers.settings import DEFAULT_TASK
 
 MAX_COUNT = 100_000
 
@@ -118,7 +119,7 @@ class PublisherPane(Vertical):
             self.post_message(self.PublishTasks(list(scenario.tasks), for_toast(scenario.name), scenario))
 
     def _send_typed(self) -> None:
-        body = self.query_one("#task-body", Input).value or "Hello World!"
+        body = self.query_one("#task-body", Input).value or DEFAULT_TASK
         count_text = self.query_one("#task-count", Input).value
         count = int(count_text) if count_text.isdigit() else 1
         if not 1 <= count <= MAX_COUNT:

@@ -17,6 +17,7 @@ from textual.widgets import Sparkline, Static
 from tui.model.ledger import TAKEN, LostCause, MessageRecord
 from tui.model.state import DERIVED, DERIVED_IGNORED, FROM_MANAGEMENT, Model
 from tui.text import printable
+from tui.view.widgets.dead_letters import DeadLetterPanel, failure_rows
 
 
 class QueueFigures(Widget):
@@ -55,6 +56,7 @@ class QueuePanel(Vertical):
         yield Static(id="rate-label")
         yield Static(id="external")
         yield Static(id="broker-steps")
+        yield DeadLetterPanel(id="dead-letters")
         yield Static(id="recent")
 
     def on_mount(self) -> None:
@@ -73,7 +75,8 @@ class QueuePanel(Vertical):
         recorded = self.recorded
         stale = model.stale(now)
         self.set_class(stale, "-stale")
-        title = f"queue {printable(model.queue_name)} ({'durable' if durable else 'transient'})"
+        kind = model.spec.describe() if model.spec.type.always_durable or model.spec.dead_letter else ""
+        title = f"queue {printable(model.queue_name)} ({kind or ('durable' if durable else 'transient')})"
         if self._shown.get("title") != title:  # setting a title repaints the whole panel, even to the same title
             self._shown["title"] = title
             self.border_title = Text(title)  # a string title is read as markup; a queue's name is outside text
@@ -96,6 +99,7 @@ class QueuePanel(Vertical):
         if self._shown.get("#broker-steps", ()) != steps:
             self.query_one("#broker-steps").display = bool(steps)  # no blank line while there is nothing to tell
         self._put("#broker-steps", steps, lambda: Text("\n".join(steps), "yellow"), layout=True)
+        self.query_one(DeadLetterPanel).show(model)
         if not details:
             return
         recent = model.ledger.recent(RECENT)
@@ -159,6 +163,7 @@ def _rows(model: Model, now: float, stale: bool) -> tuple[Row, ...]:
     rows.append(("lost", str(ledger.lost), "bold red" if ledger.lost else "bold", _lost_source(model)))
     if ledger.ack_lost:  # finished after an ack timeout: the broker had handed the task out again
         rows.append(("ack lost", str(ledger.ack_lost), "bold red", "worked; the broker took it back"))
+    rows += failure_rows(model, now)  # failures, the requeue loop, dead letters (none while all is well)
     if ledger.deleted:
         rows.append(("deleted", str(ledger.deleted), "bold", "went with the deleted queue"))
     if ledger.purged:

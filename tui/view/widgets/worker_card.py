@@ -12,7 +12,7 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.model.state import WorkerState, WorkerStatus
+from tui.model.state import CurrentTask, WorkerState, WorkerStatus
 from tui.text import for_toast, printable
 
 
@@ -97,6 +97,8 @@ class WorkerCard(Widget, can_focus=True):
         mode = "mode ?" if worker.prefetch is None else (
             f"prefetch {worker.prefetch or '∞ (0)'} · {worker.ack} ack"
         )  # fmt: skip
+        if worker.on_fail is not None and not worker.on_fail.requeues:  # the default goes unsaid
+            mode += f" · on fail {worker.on_fail}"
         name = for_toast(worker.name, NAME_CHARS)
         where = f"remote {for_toast(worker.host, NAME_CHARS)}:{worker.pid or '?'}" if worker.remote else (
             f"pid {worker.pid or '-'}"
@@ -115,6 +117,7 @@ class WorkerCard(Widget, can_focus=True):
         counts = Text.assemble(
             ("received ", "dim"), (f"{worker.received:<7}", "bold"),
             ("done ", "dim"), (f"{worker.done}", "bold"),
+            (" failed " if worker.failed else "", "dim"), (f"{worker.failed or ''}", "bold red"),
             ("\nholds    ", "dim"), (f"{worker.in_hand:<7}", "bold cyan" if worker.in_hand else "bold"),
             ("redelivered ", "dim"), (f"{worker.redelivered}", "bold yellow" if worker.redelivered else "bold"),
         )  # fmt: skip
@@ -181,6 +184,11 @@ class WorkerCard(Widget, can_focus=True):
             fraction = min(1.0, elapsed / current.seconds)
             left = max(0.0, current.seconds - elapsed)
             text = Text(f"{label} ", "bold")
+            # The deadline first: on a narrow card the end of the line is cut off.
+            deadline = _deadline(current, now)
+            if deadline:
+                text.append_text(deadline)
+                text.append(" ")
             text.append(progress_bar(fraction), "green")
             text.append(f" {elapsed:.1f}/{current.seconds:.1f}s")
             if left > 60:
@@ -188,6 +196,29 @@ class WorkerCard(Widget, can_focus=True):
         if waiting:
             text.append(f" +{waiting} waiting", "bold yellow")
         return text
+
+
+LONG_TASK = 60.0
+"""Seconds of work from which a task's acknowledgement deadline is shown (or half the deadline, if sooner)."""
+
+
+def _deadline(current: CurrentTask, now: float) -> Text:
+    """The time left before the broker's acknowledgement deadline, for a long task; empty for a short one.
+
+    The deadline counts from the delivery (a task waiting in the window spends it too);
+    RabbitMQ 3.x checks it once per channel tick, so the close can come a tick later.
+    """
+    deadline = current.deadline
+    if deadline is None or current.seconds < min(LONG_TASK, deadline / 2):
+        return Text("")
+    left = current.delivered + deadline - now
+    finish = current.started + current.seconds - now
+    how = current.deadline_source.split(" ", 1)[0].rstrip(":")  # set, told or assumed (Model.ack_deadline)
+    style = "bold red" if left < finish else "yellow"
+    if left <= 0:
+        return Text(f"ack deadline passed ({how})", style)
+    shown = f"{left:.0f}s" if left < 120 else _duration(left)
+    return Text(f"ack in {shown} ({how})", style)
 
 
 def _height(part: Static, otherwise: int) -> int:
