@@ -489,7 +489,7 @@ def test_quit_while_publishing_publishes_nothing_more(broker_url: str, queue_nam
         await lab.ready(2)
         await lab.type_task("quick", batch)
         lab.app.post_message(events.Key("enter", None))  # the same again at once, queued behind it
-        await lab.until(lambda: lab.backend.publisher.pending > batch, 5, "two batches asked for")
+        await lab.until(lambda: lab.backend.publisher.pending > batch, 20, "two batches asked for")
         await lab.until(lambda: lab.model.ledger.confirmed >= 20, 10, "the first batch being published")
         await lab.key("ctrl+q")
 

@@ -174,7 +174,7 @@ def test_compare_prints_json_and_saves_events_ledgers_and_a_picture(broker_url: 
 BAD_ARGS = [
     (["--modes", "x"], "dispatch-lab compare: error: argument --modes: --modes takes prefetch numbers like 0,1,10"),
     (["--modes", ","], "dispatch-lab compare: error: argument --modes: --modes takes prefetch numbers like 0,1,10"),
-    (["--scenario", "nope"], "dispatch-lab compare: No scenario 'nope': use one of ack-timeout, burst, kill-one,"),
+    (["--scenario", "nope"], "dispatch-lab compare: No scenario 'nope': use one of tutorial, odd-heavy, kill-one,"),
     (["--workers", "0"], "dispatch-lab compare: --workers must be between 1 and 32, not 0."),
 ]
 

@@ -1107,7 +1107,6 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         action="store_true",
         help="if the broker cannot be reached at start, keep trying instead of exiting",
     )
-    parser.add_argument("--transient", action="store_true", help="declare the queue non-durable (default: durable)")
     parser.add_argument(
         "--report",
         action="store_true",

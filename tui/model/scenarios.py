@@ -240,13 +240,19 @@ def load(path: Path) -> Scenario:
     return parse(data, path.stem)
 
 
+LESSON_ORDER = ("tutorial", "odd-heavy", "kill-one", "burst", "mixed-random", "nack-loop", "poison", "ack-timeout")
+"""The built-in scenarios in the order a lesson meets them: the tutorial's first, so their buttons and keys
+(Alt+1, Alt+2, ...) come first where a narrow screen shows only a few; any other after them, by name."""
+
+
 def builtin() -> dict[str, Scenario]:
-    """The scenarios that ship with dispatch-lab, by name."""
+    """The scenarios that ship with dispatch-lab, by name, in LESSON_ORDER."""
     found = {}
     for path in sorted(SCENARIO_DIR.glob("*.json")):
         scenario = load(path)
         found[scenario.name] = scenario
-    return found
+    rank = {name: index for index, name in enumerate(LESSON_ORDER)}
+    return dict(sorted(found.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])))
 
 
 def find(name_or_path: str) -> Scenario:
