@@ -146,17 +146,33 @@ class Lesson:
         self.tmux = tmux
         self.workdir = workdir
         self.processes: set[int] = set()
+        self.nodes: set[str] = set()
         self.captures: dict[str, str] = {}
         """The screen when each step showed what it promised (printed on failure, kept for the report)."""
 
     def start(self, args: list[str]) -> None:
         width, height = SIZE
-        command = " ".join([str(DISPATCH_LAB), *args, "; echo $? >", str(self.workdir / "exit-code")])
+        # A COLUMNS or LINES in the environment would win over the pane's size (Python's get_terminal_size).
+        exit_code = str(self.workdir / "exit-code")
+        # The shell stays after the dashboard exits (what it left on the terminal is part of the last step),
+        # until the fixture ends the tmux server.
+        command = " ".join(["unset COLUMNS LINES;", str(DISPATCH_LAB), *args, "; echo $? >", exit_code, "; sleep 60"])
         where = ["-s", self.tmux.name, "-c", str(self.workdir), "-x", str(width), "-y", str(height)]
-        # The pane stays after the dashboard exits: what it left on the terminal is part of the last step.
-        keep = [";", "set-option", "remain-on-exit", "on"]
-        self.tmux.run("-f", "/dev/null", "new-session", "-d", *where, command, *keep)
-        self.pane = int(self.tmux.run("display-message", "-p", "-t", self.tmux.name, "#{pane_pid}").strip())
+        self.tmux.run("new-session", "-d", *where, command)
+        self.shell = int(self.tmux.run("display-message", "-p", "-t", self.tmux.name, "#{pane_pid}").strip())
+
+    def watch(self) -> None:
+        """Note every process the dashboard started so far, and which of them are RabbitMQ nodes."""
+        for pid in descendants(self.shell) - self.processes:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if argv[0] == "sleep":
+                continue  # the shell's, once the dashboard has exited
+            self.processes.add(pid)
+            if "-dispatch_lab_node" in argv[:-1]:  # the Erlang VM of a node local_node started
+                self.nodes.add(argv[argv.index("-dispatch_lab_node") + 1])
 
     def press(self, keys: list[str]) -> None:
         for key in keys:
@@ -171,7 +187,7 @@ class Lesson:
     def see(self, texts: list[str], step: str, timeout: float) -> str:
         def shown() -> str | None:
             screen = self.tmux.screen()
-            self.processes |= descendants(self.pane)
+            self.watch()
             return screen if all(on_screen(t, screen) for t in texts) else None
 
         try:
@@ -188,9 +204,9 @@ class Lesson:
         exit_file = self.workdir / "exit-code"
         code = wait_until(lambda: exit_file.exists() and exit_file.read_text().strip(), 30, "dispatch-lab to exit")
         assert code == "0", f"dispatch-lab exited {code}\n{self.tmux.screen()}"
-        node = re.search(r"node (dlab-\w+@localhost)", self.tmux.screen())
-        assert node, f"the private node's name on the terminal\n{self.tmux.screen()}"
-        wait_until(lambda: not node_pids(node[1]), 30, f"the private node {node[1]} to be gone")
+        assert self.nodes, "the lesson ran on a private node of its own"
+        for node in self.nodes:
+            wait_until(lambda n=node: not node_pids(n), 30, f"the private node {node} to be gone")
         wait_until(lambda: not [p for p in self.processes if alive(p)], 30, "every process it started to end")
 
 
