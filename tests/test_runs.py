@@ -264,3 +264,19 @@ def test_the_summary_shows_the_last_runs_and_the_verdict_with_outside_names_as_t
     (row,) = run_summary.summary_rows(model.runs.all, model.runs.comparable(), T0 + 0.5)
     assert row[0].plain == "r1 [bold red]x[/]\\x1b[2J" and row[0].spans == []
     assert (row[2].plain, row[3].plain) == ("0.5 s…", "running: 0/2 done")
+
+
+def test_at_80x24_the_summary_keeps_each_runs_makespan() -> None:
+    """The runs box is about 38 cells wide at 80 columns: titles and modes give way, the makespans stay whole."""
+    import io
+
+    from rich.console import Console
+
+    from tui.view.widgets import run_summary
+
+    model = replay(three_runs().events)
+    console = Console(file=io.StringIO(), width=38, color_system=None)
+    console.print(run_summary.render(model, T0 + 47))
+    rows = console.file.getvalue().splitlines()[:3]  # type: ignore[attr-defined]
+    for row, makespan in zip(rows, ("9.0 s", "20.0 s", "12.0 s"), strict=True):
+        assert makespan in row, rows

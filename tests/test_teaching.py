@@ -95,13 +95,13 @@ def read_plan(text: str) -> list[Session]:
 
 
 def tmux_key(key: str, where: str) -> str:
-    """``Alt+5`` -> ``M-5``, ``Ctrl+U`` -> ``C-u``, ``F10``, ``Esc`` -> ``Escape``; anything else fails."""
+    """``Alt+1`` -> ``M-1``, ``Ctrl+U`` -> ``C-u``, ``F10``, ``Esc`` -> ``Escape``; anything else fails."""
     if key in KEYS:
         return KEYS[key]
     if re.fullmatch(r"F([1-9]|1[0-2])", key):
         return key
     modifier = re.fullmatch(r"(Alt|Ctrl)\+(\w)", key)
-    assert modifier, f"{where}: no such key {key!r} (write F9, Alt+5, Ctrl+U, Esc, Enter, Tab, ↓ or ↑)"
+    assert modifier, f"{where}: no such key {key!r} (write F9, Alt+1, Ctrl+U, Esc, Enter, Tab, ↓ or ↑)"
     return f"{'M' if modifier[1] == 'Alt' else 'C'}-{modifier[2].lower()}"
 
 

@@ -49,13 +49,19 @@ def summary_rows(runs: list[Run], alike: list[Run], now: float) -> list[tuple[Te
     return rows
 
 
+MAKESPAN_CELLS = 6
+"""Room for a makespan such as ``12.3 s`` (a run still going may show a cut ``…``)."""
+
+
 def render(model: Model, now: float) -> Group:
     """The rows and the verdict under them, as the widget draws them."""
     runs, alike = model.runs.all[-SHOWN:], model.runs.comparable(SHOWN)
     out = Table.grid(padding=(0, 2))
-    out.add_column(no_wrap=True)
-    out.add_column(no_wrap=True)
-    out.add_column(no_wrap=True, justify="right")
+    # On a narrow screen rich shrinks every column alike, and the makespan went first: it keeps its width,
+    # the title and the mode give way (cut with an ellipsis) before it.
+    out.add_column(no_wrap=True, overflow="ellipsis")
+    out.add_column(no_wrap=True, overflow="ellipsis")
+    out.add_column(no_wrap=True, justify="right", min_width=MAKESPAN_CELLS)
     out.add_column(no_wrap=True, overflow="ellipsis")
     for row in summary_rows(runs, alike, now):
         out.add_row(*row)
