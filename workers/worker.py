@@ -45,6 +45,17 @@ T = TypeVar("T")
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 3.0, 5.0)
 POLL_INTERVAL = 0.2
 """Longest the connection's loop waits before it looks at its flags (stop, drain, alive)."""
+ACK_IDLE = 0.05
+"""Seconds a finished task waits at most for its ack while deliveries keep coming (bare pika's flush too)."""
+
+
+def ack_batch(prefetch: int) -> int:
+    """Finished tasks acked together while deliveries keep coming: half the window (25 when unlimited).
+
+    An ack per I/O cycle was 28 % of the connection thread at prefetch 50 (a cycle holds a
+    few deliveries under load); half the window still leaves the broker room to send.
+    """
+    return max(1, prefetch // 2) if prefetch > 0 else 25
 
 
 class EventWriter:
@@ -276,6 +287,10 @@ class Worker:
         self._interrupt = threading.Event()
         self._finished: collections.deque[Task] = collections.deque()
         self._wake_pending = False
+        self._deliveries = 0
+        """Deliveries taken so far: a cycle that adds none finds the connection idle, and acks."""
+        self._ack_due = False
+        self._ack_timer = False
         self._commands: queue.SimpleQueue[protocol.Command | Notice] = queue.SimpleQueue()
         self._never_acked: set[int] = set()
 
@@ -303,6 +318,7 @@ class Worker:
     # ----- the connection's thread
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._deliveries += 1
         tag = method.delivery_tag
         msg_id = properties.message_id
         text = body_text(body)
@@ -359,20 +375,36 @@ class Worker:
             # The connection is closing; the loop notices on its own.
             pass
 
-    def _after_cycle(self) -> None:
-        """Write what happened, then ack it (done before ack), then obey commands."""
+    def _after_cycle(self, idle: bool = True) -> None:
+        """Write what happened, then ack it (done before ack), then obey commands.
+
+        While deliveries keep coming (``idle`` False) the ack waits until half the window
+        is finished or ACK_IDLE has passed; a cycle that brought no delivery acks at once.
+        """
         if self._wake_pending:  # only set under the lock; clearing it needs the lock, reading it does not
             with self._lock:
                 self._wake_pending = False
         self.writer.flush()
-        self._send_acks()
         commands = self._commands
+        finished = self._finished
+        if finished:
+            if idle or self._ack_due or len(finished) >= ack_batch(self.mode.prefetch) or not commands.empty():
+                self._ack_due = False
+                self._send_acks()
+            elif not self._ack_timer and self._connection is not None:
+                self._ack_timer = True
+                self._connection.call_later(ACK_IDLE, self._ack_deadline)
         while not commands.empty():  # cheaper than raising queue.Empty once per cycle
             try:
                 command = commands.get_nowait()
             except queue.Empty:
                 break
             self._obey(command)
+
+    def _ack_deadline(self) -> None:
+        """ACK_IDLE after a finished task was left unacked: ack at the end of this cycle, whatever it brought."""
+        self._ack_timer = False
+        self._ack_due = True
 
     def _send_acks(self) -> None:
         finished = self._finished
@@ -690,6 +722,7 @@ class Worker:
     def _open(self) -> None:
         connection = connect(self.url, name=f"dispatch-lab {self.name} (pid {os.getpid()})", heartbeat=self.heartbeat)
         self._connection = connection
+        self._ack_timer = False  # a lost connection's deadline timer never fires
         try:
             self._new_channel()
         except BaseException:
@@ -769,9 +802,10 @@ class Worker:
                 assert self._connection is not None
                 # No time_limit: it would set and cancel a timer on every call (per
                 # delivery at prefetch 1); _keep_ticking's timer bounds the wait instead.
+                deliveries = self._deliveries
                 self._connection.process_data_events(time_limit=None)
                 self._say_alive()
-                self._after_cycle()
+                self._after_cycle(idle=self._deliveries == deliveries)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 raise BrokerError(explain_channel_error(exc, self.queue_name)) from None
             except (
