@@ -44,6 +44,8 @@ FIGURES: list[FigureFunction] = [
     dashboard.model_throughput,
     dashboard.dashboard_lag,
     dashboard.key_latency,
+    dashboard.dashboard_lag_scale,
+    dashboard.key_latency_scale,
     dashboard.memory,
 ]
 """Every figure, in table order."""

@@ -34,7 +34,15 @@ MEASURED_FIGURES = {
     "start_up",
     "monitor_cost",
 }
-DASHBOARD_FIGURES = {"model_throughput", "dashboard_lag", "key_latency", "memory"}
+DASHBOARD_FIGURES = {
+    "model_throughput",
+    "dashboard_lag",
+    "key_latency",
+    "dashboard_lag_8",
+    "dashboard_lag_16",
+    "key_latency_8",
+    "memory",
+}
 
 
 def _children(parent: int) -> dict[int, str]:

@@ -167,3 +167,30 @@ def test_a_key_that_comes_as_the_last_one_is_shown_waits_for_its_own_update(monk
     second = seen.trace.index("key 2")
     assert seen.trace[second + 1] == "screen 2", seen.trace[second : second + 4]
     assert "fold" in seen.trace[second:], "folding went on after key 2's update"
+
+
+def test_a_flood_the_fold_keeps_up_with_is_drawn_as_one_behind() -> None:
+    """Over FLOOD_EVENTS a tick, caught up or not: the figures every BEHIND_DRAW_SECONDS, the details every second.
+
+    With 8 workers draining, the fold kept up and every tick drew everything: the screen updates
+    were 40 % of the UI thread, and a key press waited behind them (p95 140-170 ms).
+    """
+    inbox, seen = Inbox(), Recorder()
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+    began = time.perf_counter()
+    flood = pacing.FLOOD_EVENTS + 100
+
+    def tick(at: float, lines: int) -> list[str]:
+        seen.trace.clear()
+        inbox.put_many([WorkerOutput("w1", started_lines(1, lines))])
+        asyncio.run(pacer.tick(began + at))
+        assert pacer.unfolded == 0, "caught up: nothing behind"
+        return [t for t in seen.trace if t != "fold"]
+
+    everything, figures = ["draw0", "draw1", "draw2"], ["figures0", "figures1", "figures2"]
+    assert tick(0.0, flood) == everything, "the first tick draws it all"
+    assert tick(pacing.REFRESH_SECONDS, flood) == []
+    assert tick(pacing.BEHIND_DRAW_SECONDS, flood) == figures
+    assert tick(pacing.BEHIND_DRAW_SECONDS + pacing.REFRESH_SECONDS, flood) == []
+    assert tick(pacing.DETAIL_SECONDS, flood) == everything
+    assert tick(pacing.DETAIL_SECONDS + pacing.REFRESH_SECONDS, 10) == everything, "the flood is over"

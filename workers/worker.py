@@ -55,6 +55,17 @@ _BANG = BANG[0]
 """As an int: ``33 in body`` is a memchr (16 ns), ``b"!" in body`` a substring search (160 ns, measured)."""
 POLL_INTERVAL = 0.2
 """Longest the connection's loop waits before it looks at its flags (stop, drain, alive)."""
+ACK_IDLE = 0.05
+"""Seconds a finished task waits at most for its ack while deliveries keep coming (bare pika's flush too)."""
+
+
+def ack_batch(prefetch: int) -> int:
+    """Finished tasks acked together while deliveries keep coming: half the window (25 when unlimited).
+
+    An ack per I/O cycle was 28 % of the connection thread at prefetch 50 (a cycle holds a
+    few deliveries under load); half the window still leaves the broker room to send.
+    """
+    return max(1, prefetch // 2) if prefetch > 0 else 25
 
 
 class EventWriter:
@@ -313,6 +324,10 @@ class Worker:
         self._interrupt = threading.Event()
         self._finished: collections.deque[Task] = collections.deque()
         self._wake_pending = False
+        self._deliveries = 0
+        """Deliveries taken so far: a cycle that adds none finds the connection idle, and acks."""
+        self._ack_due = False
+        self._ack_timer = False
         self._commands: queue.SimpleQueue[protocol.Command | Notice] = queue.SimpleQueue()
         self._never_acked: set[int] = set()
 
@@ -340,6 +355,7 @@ class Worker:
     # ----- the connection's thread
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._deliveries += 1
         if _BANG in body or properties.headers:
             # A task that fails, or a quorum queue's delivery count: off the hot path, as its own case.
             self._on_special_message(method, properties, body)
@@ -428,20 +444,36 @@ class Worker:
             # The connection is closing; the loop notices on its own.
             pass
 
-    def _after_cycle(self) -> None:
-        """Write what happened, then ack it (done before ack), then obey commands."""
+    def _after_cycle(self, idle: bool = True) -> None:
+        """Write what happened, then ack it (done before ack), then obey commands.
+
+        While deliveries keep coming (``idle`` False) the ack waits until half the window
+        is finished or ACK_IDLE has passed; a cycle that brought no delivery acks at once.
+        """
         if self._wake_pending:  # only set under the lock; clearing it needs the lock, reading it does not
             with self._lock:
                 self._wake_pending = False
         self.writer.flush()
-        self._send_acks()
         commands = self._commands
+        finished = self._finished
+        if finished:
+            if idle or self._ack_due or len(finished) >= ack_batch(self.mode.prefetch) or not commands.empty():
+                self._ack_due = False
+                self._send_acks()
+            elif not self._ack_timer and self._connection is not None:
+                self._ack_timer = True
+                self._connection.call_later(ACK_IDLE, self._ack_deadline)
         while not commands.empty():  # cheaper than raising queue.Empty once per cycle
             try:
                 command = commands.get_nowait()
             except queue.Empty:
                 break
             self._obey(command)
+
+    def _ack_deadline(self) -> None:
+        """ACK_IDLE after a finished task was left unacked: ack at the end of this cycle, whatever it brought."""
+        self._ack_timer = False
+        self._ack_due = True
 
     def _send_acks(self) -> None:
         finished = self._finished
@@ -826,6 +858,7 @@ class Worker:
     def _open(self) -> None:
         connection = connect(self.url, name=f"dispatch-lab {self.name} (pid {os.getpid()})", heartbeat=self.heartbeat)
         self._connection = connection
+        self._ack_timer = False  # a lost connection's deadline timer never fires
         try:
             self._new_channel()
         except BaseException:
@@ -910,9 +943,10 @@ class Worker:
                 assert self._connection is not None
                 # No time_limit: it would set and cancel a timer on every call (per
                 # delivery at prefetch 1); _keep_ticking's timer bounds the wait instead.
+                deliveries = self._deliveries
                 self._connection.process_data_events(time_limit=None)
                 self._say_alive()
-                self._after_cycle()
+                self._after_cycle(idle=self._deliveries == deliveries)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 raise BrokerError(explain_channel_error(exc, self.queue_name)) from None
             except (
