@@ -55,12 +55,12 @@ def test_compare_poison_reports_dead_letters_delivery_counts_and_the_good_tasks_
         assert (run["dead_lettered"], run["dead_letter_queue"], run["max_delivery_count"]) == (1, 1, 3)
         assert run["failures"] == 4 and run["redeliveries"] >= 3
         # The broker really delivered it 4 times (x-delivery-count 0..3) before it dead-lettered it.
-        assert run["bad_tasks"] == [{"task": "#4", "deliveries": 4, "failures": 4, "state": "dead-lettered"}]
+        assert run["bad_tasks"] == [{"task": "r1#4", "deliveries": 4, "failures": 4, "state": "dead-lettered"}]
         assert run["good_dead_lettered"] == [] and run["queue"] == "quorum, limit 3, DLX"
         assert run["delivery_limit"] == 3 and run["broker_version"]
     # Fair dispatch holds nothing behind it; a window of 10 does.
     assert runs[0]["good_delayed"] == []
-    assert runs[1]["good_delayed"] and all(d["behind"] == "#4" for d in runs[1]["good_delayed"])
+    assert runs[1]["good_delayed"] and all(d["behind"] == "r1#4" for d in runs[1]["good_delayed"])
 
 
 @pytest.mark.timeout(120)
@@ -75,7 +75,7 @@ def test_nack_loop_loops_until_the_fix_rejects_it_into_the_dead_letter_queue(bro
     [bad] = figures["bad_tasks"]  # type: ignore[misc]
     assert bad["state"] == "dead-lettered"
     record = next(r for r in result.model.ledger.records.values() if r.bad)
-    assert record.lifeline().startswith("#1 -> w")
+    assert record.lifeline().startswith("r1#1 -> w")  # a scenario is a run: its tasks are numbered from 1
     assert record.lifeline().endswith("failed -> rejected -> dead-lettered (rejected)")
 
 

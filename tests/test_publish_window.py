@@ -169,7 +169,7 @@ def test_a_nack_in_a_window_reaches_the_task_the_broker_refused(
 ) -> None:
     """A queue of at most 3 that refuses more (x-overflow reject-publish): the broker nacks tasks 4 to 10."""
 
-    def declare_small(channel: Any, queue: str, *, durable: bool = True) -> int:
+    def declare_small(channel: Any, queue: str, *, durable: bool = True, spec: Any = None) -> int:
         arguments = {"x-max-length": 3, "x-overflow": "reject-publish"}
         return int(channel.queue_declare(queue=queue, durable=durable, arguments=arguments).method.message_count)
 
