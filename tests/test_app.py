@@ -677,8 +677,14 @@ def test_behind_a_flood_the_figures_move_often_and_the_details_seldom() -> None:
     behind = {part: [t for t, waiting in shown if waiting] for part, shown in draws.items()}
     assert len(behind["figures"]) >= 2, "the figures stood still while the backlog was folded"
     for part, least in (("figures", BEHIND_DRAW_SECONDS), ("timeline", DETAIL_SECONDS)):
-        gaps = [b - a for a, b in itertools.pairwise(behind[part])]
-        assert all(gap >= least * 0.9 for gap in gaps), (part, gaps)
+        # The pacer times its draws from each tick's start; a slice that ran long on a busy core delays one draw
+        # and shortens the gap after it. So the rate is checked, not each gap: no more draws than the interval
+        # allows over the time they spread across, give or take one.
+        shown = behind[part]
+        gaps = [b - a for a, b in itertools.pairwise(shown)]
+        if len(shown) >= 2:
+            allowed = (shown[-1] - shown[0]) / least + 1
+            assert len(shown) - 1 <= allowed, (part, gaps)
     assert draws["timeline"][-1][1] is False, "the timeline was not drawn once the backlog was folded"
 
 

@@ -482,7 +482,7 @@ def test_while_deliveries_keep_coming_the_ack_waits_for_half_the_window_or_an_id
     seen = _BatchRecorder()
     worker = Worker("amqp://x", name="w1", mode=DispatchMode(50, "manual"), seconds_per_dot=0.0, events=seen)  # type: ignore[arg-type]
     worker._channel = worker._connection = seen
-    props = SimpleNamespace(message_id=None)
+    props = SimpleNamespace(message_id=None, headers=None)  # as pika gives them: no headers on a classic queue
 
     def cycle(tags: range, *, idle: bool = False) -> list[tuple[str, object]]:
         before = len(seen.happened)
