@@ -329,6 +329,8 @@ class PublisherThread:
         sent = 0
         while todo and publisher.has_room() and not (self._stopping and todo[0].msg_id is None):
             task = todo[0]
+            if task.msg_id is None and task.generation != self._generation:
+                break  # cancelled meanwhile (a quit, a purge of the pane's batch): not one more goes out
             if task.probe and publisher.in_flight:
                 break  # a probe goes out alone
             if not self._send(task):
