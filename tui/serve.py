@@ -45,18 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def without_url(args: list[str]) -> list[str]:
-    """The dashboard options without ``--url``: the URL goes through the environment, never a command line."""
+def without_flag(args: list[str], flag: str) -> list[str]:
+    """``args`` without ``flag`` and its value, given as ``flag VALUE`` or ``flag=VALUE``."""
     out: list[str] = []
     skip = False
     for arg in args:
         if skip:
             skip = False
-        elif arg == "--url":
+        elif arg == flag:
             skip = True
-        elif not arg.startswith("--url="):
+        elif not arg.startswith(flag + "="):
             out.append(arg)
     return out
+
+
+def without_url(args: list[str]) -> list[str]:
+    """The dashboard options without ``--url``: the URL goes through the environment, never a command line."""
+    return without_flag(args, "--url")
 
 
 def is_loopback(host: str) -> bool:
@@ -129,16 +134,7 @@ def main(argv: list[str]) -> int:
 
 def _no_broker_flag(args: list[str]) -> list[str]:
     """Without ``--broker X``: the tabs use the URL's broker (a private node is this process's)."""
-    out: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--broker":
-            skip = True
-        elif not arg.startswith("--broker="):
-            out.append(arg)
-    return out
+    return without_flag(args, "--broker")
 
 
 def _drain(owner: Backend, stop: threading.Event) -> None:
