@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual import events
 from textual.widgets import Static
 
 from tui.model.state import Model
@@ -25,6 +26,13 @@ class TimelineView(Static):
         self.border_title = LEGEND
         self._drawn: tuple[object, ...] = ()
         self._lanes = -1
+        self._shown: tuple[Model, float] | None = None
+
+    def on_resize(self, event: events.Resize) -> None:
+        # A show before the first layout drew at the 20-cell minimum; a replay standing still draws nothing
+        # more, so the lanes would keep that width (labels such as ↻ cut) until the next move.
+        if self._shown is not None:
+            self.show(*self._shown)
 
     def toggle_run_only(self) -> bool:
         """Switch between the latest run alone and the whole session; True when it now shows the run."""
@@ -34,6 +42,7 @@ class TimelineView(Static):
 
     def show(self, model: Model, now: float) -> None:
         """Redraw when a cell's worth of time has passed or a lane changed, not on every tick."""
+        self._shown = (model, now)
         folded = self.folded
         width = max(20, self.size.width - 2)
         run = model.runs.latest if self.run_only else None
