@@ -13,6 +13,7 @@ from tests.test_app import Lab, run_lab
 from tests.test_hostile_text import toasts, wait_for_toast
 from tui.model import observations as obs
 from tui.model.state import Model
+from tui.view.widgets.worker_card import WorkerCard
 from workers import control, protocol
 from workers.settings import AckMode, FailMode
 
@@ -86,8 +87,11 @@ def test_commands_reach_only_the_worker_that_accepts_them_and_a_late_dashboard_l
         assert (a.prefetch, a.ack, a.on_fail, a.control) == (10, AckMode.MANUAL, FailMode.REQUEUE, True)
         assert (b.prefetch, b.ack, b.on_fail, b.control) == (3, AckMode.AUTO, FailMode.REJECT, False)
         assert not lab.events(protocol.Ready), "learnt from what they say each second, not from a ready"
-        await lab.until(lambda: "· control" in str(lab.card(ALICE).border_subtitle), 5, "alice's control mark")
-        await lab.until(lambda: "no control" in str(lab.card(BOB).border_subtitle), 5, "bob's no-control mark")
+        await lab.until(lambda: len(lab.app.query(WorkerCard)) == 2, 5, "two cards")
+        await lab.until(
+            lambda: str(lab.card(ALICE).border_subtitle).startswith("control · prefetch 10"), 5, "alice's control mark"
+        )
+        await lab.until(lambda: str(lab.card(BOB).border_subtitle).startswith("no control"), 5, "bob's no-control mark")
         assert "prefetch 3 · auto ack · on fail reject" in str(lab.card(BOB).border_subtitle)
 
         # F6: prefetch 1 for all workers (the dashboard's is 0): alice changes, bob is named as not reached.
