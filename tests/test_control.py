@@ -11,6 +11,8 @@ from tests.conftest import WorkerFactory
 from tests.helpers import WorkerProc, wait_until
 from tests.test_app import Lab, run_lab
 from tests.test_hostile_text import toasts, wait_for_toast
+from tui.engine import session_log
+from tui.engine.backend import LabConfig, build_pipeline
 from tui.model import observations as obs
 from tui.model.state import Model
 from tui.view.widgets.worker_card import WorkerCard
@@ -58,6 +60,18 @@ def test_a_dashboard_that_missed_ready_learns_the_mode_from_alive() -> None:
     assert eve.control and eve.prefetch is None, "an older worker's alive: the mode stays unknown, not invented"
     model.apply(protocol.Alive("eve", 11.5, 60, 3, "auto", "crash"))
     assert (eve.prefetch, eve.ack, eve.on_fail) == (3, AckMode.AUTO, FailMode.CRASH)
+
+
+def test_a_saved_session_keeps_which_remote_workers_took_commands() -> None:
+    heard = obs.RemoteWorkerHeard("eve", 10.0, "pc", 42, True)
+    assert session_log.decode(session_log.encode(heard)) == heard
+    older = '{"obs":"RemoteWorkerHeard","worker":"eve","ts":10.0,"host":"pc","pid":42}'
+    assert session_log.decode(older) == obs.RemoteWorkerHeard("eve", 10.0, "pc", 42, False)
+
+
+def test_a_watching_view_has_no_way_to_send_commands() -> None:
+    assert build_pipeline(LabConfig(url="amqp://x", watch_only=True, workers=0)).control is None
+    assert build_pipeline(LabConfig(url="amqp://x", workers=0)).control is not None
 
 
 def test_commands_reach_only_the_worker_that_accepts_them_and_a_late_dashboard_learns_both_modes(
