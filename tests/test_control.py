@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pika
+import pika.exceptions
 import pytest
 
 from tests.conftest import WorkerFactory
@@ -25,6 +26,25 @@ ALICE, BOB = "alice-laptop", "bob-laptop"
 def listening(worker: WorkerProc) -> bool:
     """The worker's control queue is bound (it says so on stderr)."""
     return control.LISTENING in worker.stderr
+
+
+def gone_from_broker(url: str, key: str) -> None:
+    """Wait until the broker has no control queue bound for ``key`` (a dead worker's goes once the broker notices)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+
+        def unroutable() -> bool:
+            try:
+                channel.basic_publish(control.EXCHANGE, key, b"probe", mandatory=True)
+            except pika.exceptions.UnroutableError:
+                return True
+            return False
+
+        wait_until(unroutable, 10, f"no control queue for {key}", interval=0.1)
+    finally:
+        connection.close()
 
 
 def test_a_control_message_that_is_not_a_command_is_ignored_with_a_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,3 +200,24 @@ def test_a_bad_control_message_never_stops_the_worker(
     assert "--prefetch must be between 0" in worker.of(protocol.Error)[0].message
     assert worker.proc.poll() is None and not worker.of(protocol.Mode)
     assert worker.stop() == 0
+
+
+def test_a_worker_gone_without_a_word_is_named_as_not_reached(
+    broker_url: str, queue_name: str, spawn_worker: WorkerFactory
+) -> None:
+    carol = spawn_worker(queue_name, "carol-pc", seconds_per_dot=0.0, extra_args=["--report", "--accept-control"])
+    carol.ready()
+    wait_until(lambda: listening(carol), 10, "carol's control queue bound")
+
+    async def scenario(lab: Lab) -> None:
+        await lab.until(
+            lambda: lab.model.workers.get("carol-pc") and lab.model.workers["carol-pc"].control, 10, "carol"
+        )
+        carol.kill()  # SIGKILL, as a laptop's battery dies: no stopped event; the broker drops her queue
+        gone_from_broker(broker_url, control.routing_key(queue_name, "carol-pc"))
+        assert lab.model.workers["carol-pc"].alive, "nothing told the dashboard yet"
+        await lab.key("f7")  # the ack mode for all workers
+        toast = await wait_for_toast(lab.app, "did not reach")
+        assert f"The mode change did not reach carol-pc: {control.NOT_LISTENING}" in toast, toast
+
+    run_lab(broker_url, queue_name, scenario, workers=0, notifications=True)
