@@ -164,8 +164,12 @@ def run_lab(
     prefetch: int = 0,
     ack: AckMode = AckMode.MANUAL,
     seconds_per_dot: float = DOT,
+    notifications: bool = False,
 ) -> Lab:
-    """Build the app as ``tui.launch`` does, run ``scenario`` in it, and always shut the backend down."""
+    """Build the app as ``tui.launch`` does, run ``scenario`` in it, and always shut the backend down.
+
+    ``notifications``: toasts are drawn on screen (Pilot leaves them out unless asked).
+    """
     config = LabConfig(
         url=broker_url,
         queue=queue,
@@ -181,7 +185,7 @@ def run_lab(
 
     async def main() -> None:
         nonlocal lab
-        async with app.run_test(size=SIZE) as pilot:
+        async with app.run_test(size=SIZE, notifications=notifications) as pilot:
             lab = Lab(app, model, backend, pilot)
             await scenario(lab)
 

@@ -20,7 +20,7 @@ from workers.new_task import Publisher
 def test_a_reporting_worker_sends_on_the_exchange_what_it_writes_on_stdout(
     broker_url: str, queue_name: str, spawn_worker: WorkerFactory
 ) -> None:
-    heard: list[tuple[str, str, int, bytes]] = []
+    heard: list[tuple[str, str, int, bytes, bool]] = []
     kinds = (protocol.Ready, protocol.Received, protocol.Started, protocol.Done, protocol.Stopped)
     feed = report.ReportFeed(broker_url, queue_name, lambda *got: heard.append(got))
     feed.start()
@@ -36,12 +36,13 @@ def test_a_reporting_worker_sends_on_the_exchange_what_it_writes_on_stdout(
         assert worker.wait_exit() == 0
 
         def over_the_broker() -> list[protocol.Event]:
-            return [e for *_, data in heard for e in protocol.decode_lines(data)[0] if isinstance(e, kinds)]
+            return [e for _, _, _, data, _ in heard for e in protocol.decode_lines(data)[0] if isinstance(e, kinds)]
 
         wait_until(lambda: protocol.Stopped in {type(e) for e in over_the_broker()}, 10, "the stopped event")
         sent = over_the_broker()
-        assert {(name, pid) for name, _, pid, _ in heard} == {("alice-laptop", worker.proc.pid)}
-        assert all(host == report.short_host() for _, host, _, _ in heard)
+        assert {(name, pid) for name, _, pid, _, _ in heard} == {("alice-laptop", worker.proc.pid)}
+        assert all(host == report.short_host() for _, host, _, _, _ in heard)
+        assert not any(control for *_, control in heard), "started without --accept-control: it says so"
         assert sent == [e for e in worker.events if isinstance(e, kinds)]
         assert len(heard) < len(sent)  # batched, not a message per event
     finally:

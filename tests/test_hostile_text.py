@@ -20,7 +20,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,8 +275,8 @@ class PublishingFeed(FeedBackend):
     def publish_run(self, name: str, bodies: list[str]) -> None:
         self.publish(bodies)
 
-    def set_mode(self, mode: DispatchMode) -> None:
-        pass
+    def set_mode(self, mode: DispatchMode, remote: Sequence[str] = (), unreached: object = None) -> list[str]:
+        return []
 
     def kill(self, name: str) -> bool:
         self.killed.append(name)

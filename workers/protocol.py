@@ -237,6 +237,11 @@ class Alive:
     worker: str
     ts: float
     heartbeat: int
+    prefetch: int | None = None
+    """The worker's mode and failure mode as they are now (added later: a dashboard that started after
+    its ``ready`` learns them here; absent in older lines)."""
+    ack: str | None = None
+    on_fail: str | None = None
 
 
 @event
@@ -336,7 +341,7 @@ def encode(event: Event) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
-_OPTIONAL = frozenset({"delivery_count"})
+_OPTIONAL = frozenset({"delivery_count", "prefetch", "ack", "on_fail"})
 """Keys left out when None (a reader that predates them sees the event as before)."""
 
 

@@ -42,6 +42,8 @@ MIN_INTERVAL = 0.05
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 HOST_HEADER = "host"
 PID_HEADER = "pid"
+CONTROL_HEADER = "control"
+"""True when the worker obeys commands on ``workers.control.EXCHANGE`` (``--accept-control``); added later."""
 
 
 def short_host() -> str:
@@ -80,8 +82,11 @@ class Reporter:
         *,
         buffer_bytes: int = BUFFER_BYTES,
         host: str | None = None,
+        control: bool = False,
     ) -> None:
+        """``control``: the worker obeys commands on the control exchange, as each report's headers say."""
         self.url = url
+        self.control = control
         self.name = name
         self.key = routing_key(queue, name)
         self.host = host or short_host()
@@ -167,7 +172,7 @@ class Reporter:
         declare_exchange(channel)
         properties = pika.BasicProperties(
             content_type="application/x-ndjson",
-            headers={HOST_HEADER: self.host, PID_HEADER: os.getpid()},
+            headers={HOST_HEADER: self.host, PID_HEADER: os.getpid(), CONTROL_HEADER: self.control},
             delivery_mode=1,
         )
         last = 0.0
@@ -191,11 +196,11 @@ class Reporter:
 class ReportFeed:
     """The dashboard's side: an exclusive queue bound to ``<queue>.*``; each report goes to ``heard`` on its thread.
 
-    ``heard(name, host, pid, data)``: the worker's name (from the routing key), its host
-    and pid (as it said), and its event lines as sent.
+    ``heard(name, host, pid, data, control)``: the worker's name (from the routing key), its host
+    and pid (as it said), its event lines as sent, and whether it said it obeys commands.
     """
 
-    def __init__(self, url: str, queue: str, heard: Callable[[str, str, int, bytes], None]) -> None:
+    def __init__(self, url: str, queue: str, heard: Callable[[str, str, int, bytes, bool], None]) -> None:
         self.url = url
         self.queue = queue
         self.heard = heard
@@ -221,7 +226,8 @@ class ReportFeed:
         headers = properties.headers or {}
         host, pid = headers.get(HOST_HEADER), headers.get(PID_HEADER)
         name = key[len(self._prefix) :]
-        self.heard(name, host if isinstance(host, str) else "", pid if isinstance(pid, int) else 0, body)
+        control = headers.get(CONTROL_HEADER) is True
+        self.heard(name, host if isinstance(host, str) else "", pid if isinstance(pid, int) else 0, body, control)
 
     def _run(self) -> None:
         attempt = 0

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO, TypeVar
 import pika
 import pika.exceptions
 
-from workers import protocol, report
+from workers import control, protocol, report
 from workers.broker import BrokerError, connect, declare_task_queue, explain_channel_error
 from workers.settings import (
     DEFAULT_QUEUE,
@@ -519,17 +519,22 @@ class Worker:
         elif isinstance(command, protocol.SetFailMode):
             self._set_fail_mode(command.on_fail)
         elif isinstance(command, protocol.SetMode):
-            try:
-                mode = DispatchMode(check_prefetch(command.prefetch), check_ack(command.ack))
-            except SettingsError as exc:
-                self._fail(str(exc))
-                return
-            self._change_mode(mode)
+            mode = self._checked_mode(command)
+            if mode is not None:
+                self._change_mode(mode)
         elif command.now:
             self._stop_reason = "stop"
             self._exit = True
         else:
             self._begin_drain("stop")
+
+    def _checked_mode(self, command: protocol.SetMode) -> DispatchMode | None:
+        """The mode a command asks for; None, after saying why, when it asks for one that does not exist."""
+        try:
+            return DispatchMode(check_prefetch(command.prefetch), check_ack(command.ack))
+        except SettingsError as exc:
+            self._fail(str(exc))
+            return None
 
     def _set_fail_mode(self, name: str) -> None:
         try:
@@ -850,9 +855,12 @@ class Worker:
                         flush=True,
                     )
                 continue
-            self._commands.put(command)
-            self._request_wake()
-        self._commands.put(protocol.Stop(now=True))
+            self.command(command)
+        self.command(protocol.Stop(now=True))
+
+    def command(self, command: protocol.Command) -> None:
+        """Obey a command between messages, as a line on stdin is obeyed (from any thread; never blocks)."""
+        self._commands.put(command)
         self._request_wake()
 
     def _open(self) -> None:
@@ -904,8 +912,10 @@ class Worker:
             elif isinstance(command, protocol.SetFailMode):
                 self._set_fail_mode(command.on_fail)
             elif isinstance(command, protocol.SetMode):
-                self.mode = DispatchMode(command.prefetch, check_ack(command.ack))
-                self.writer.emit(protocol.Mode(self.name, time.time(), command.prefetch, command.ack))
+                mode = self._checked_mode(command)
+                if mode is not None:
+                    self.mode = mode
+                    self.writer.emit(protocol.Mode(self.name, time.time(), mode.prefetch, mode.ack))
             else:
                 self._exit = True
                 self._stop_reason = "stop"
@@ -931,7 +941,10 @@ class Worker:
         # pika keeps the value negotiated in Connection.Tune on the parameters it connected with.
         params = getattr(getattr(self._connection, "_impl", None), "params", None)
         heartbeat = int(getattr(params, "heartbeat", 0) or 0)
-        self.writer.add(protocol.encode(protocol.Alive(self.name, now, heartbeat)))
+        # With its mode: a dashboard that started after this worker's ``ready`` learns it here.
+        mode = self.mode
+        alive = protocol.Alive(self.name, now, heartbeat, mode.prefetch, mode.ack, self.on_fail.value)
+        self.writer.add(protocol.encode(alive))
 
     def _loop(self) -> None:
         while not self._exit:
@@ -1147,6 +1160,12 @@ def build_parser(prog: str = "worker") -> argparse.ArgumentParser:
         help=f"also send the events to the broker's {report.EXCHANGE} exchange, for a dashboard anywhere "
         "(name defaults to host-pid)",
     )
+    parser.add_argument(
+        "--accept-control",
+        action="store_true",
+        help=f"with --report: obey stop and mode changes a dashboard sends on the {control.EXCHANGE} exchange "
+        "(anyone who may publish on the broker's vhost can send them)",
+    )
     add_queue_args(parser)
     add_fail_arg(parser)
     return parser
@@ -1164,6 +1183,14 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
     commands: BinaryIO | None = None
     if args.events:
         commands = open(sys.stdin.fileno(), "rb", closefd=False)  # noqa: SIM115 - lives as long as we do
+    if args.accept_control and not args.report:
+        # A dashboard learns that a worker takes commands from its reports; unseen, it would never send one.
+        print(
+            f"{prog}: --accept-control needs --report: a dashboard sends commands only to workers it hears "
+            "report that they accept them",
+            file=sys.stderr,
+        )
+        return 2
     name = args.name or (report.default_name() if args.report else f"w{os.getpid()}")
     reporter: report.Reporter | None = None
     if args.report:
@@ -1172,7 +1199,7 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         except ValueError as exc:
             print(f"{prog}: {exc}", file=sys.stderr)
             return 2
-        reporter = report.Reporter(url, args.queue, name)
+        reporter = report.Reporter(url, args.queue, name, control=args.accept_control)
         reporter.start()
     worker = Worker(
         url,
@@ -1190,9 +1217,14 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         on_fail=args.on_fail,
         queue_spec=spec,
     )
+    listener = control.ControlListener(url, args.queue, name, worker.command) if args.accept_control else None
+    if listener is not None:
+        listener.start()
     try:
         return worker.run()
     finally:
+        if listener is not None:
+            listener.stop()
         if reporter is not None:
             reporter.close()
 

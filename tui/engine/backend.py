@@ -23,7 +23,10 @@ from pathlib import Path
 from tui.engine.pool import Inbox, PoolClosed, WorkerPool
 from tui.engine.remote import RemoteWorkers
 from tui.model import observations as obs
+from tui.text import for_toast
+from workers import protocol
 from workers.broker import ConsumerInfo, ManagementApi
+from workers.control import ControlSender, Unreached
 from workers.dead_letters import DeadLetter, DeadLetterWatcher
 from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
@@ -96,6 +99,8 @@ class Pipeline:
     """The events exchange's subscriber, when the config hears reports."""
     dead_letters: DeadLetterWatcher | None = None
     """Watches ``<queue>.dead`` when the queue has one."""
+    control: ControlSender | None = None
+    """Sends commands to remote workers that accept them, when the config hears reports and may change things."""
 
 
 def build_pipeline(
@@ -116,10 +121,12 @@ def build_pipeline(
         queue_spec=config.spec,
         on_fail=config.on_fail,
     )
-    remote = feed = None
+    remote = feed = control = None
     if config.hear_reports:
         remote = RemoteWorkers(inbox, lambda name: pool.get(name) is not None)
         feed = ReportFeed(config.url, config.queue, remote.heard)
+        if not config.watch_only:
+            control = ControlSender(config.url, config.queue)
     report = InboxReport(inbox, pool, management, remote)
     monitor = QueueMonitor(config.url, config.queue, report, management=management)
     publisher = PublisherThread(
@@ -133,7 +140,7 @@ def build_pipeline(
     publisher.publisher.queue_spec = config.spec  # declared with the workers' arguments, or the broker refuses
     dead_queue = config.spec.dead_letter_queue(config.queue)
     watcher = None if dead_queue is None else DeadLetterWatcher(config.url, dead_queue, config.queue, report)
-    return Pipeline(inbox, pool, monitor, publisher, prefix, remote, feed, watcher)
+    return Pipeline(inbox, pool, monitor, publisher, prefix, remote, feed, watcher, control)
 
 
 class Backend:
@@ -168,6 +175,7 @@ class Backend:
         self.remote = pipeline.remote
         self.feed = pipeline.feed
         self.dead_letters = pipeline.dead_letters
+        self.control = pipeline.control
         self._started = False
         self._shutdown_lock = threading.Lock()
         self._submitted = 0
@@ -176,6 +184,8 @@ class Backend:
     def start(self) -> None:
         if self.feed is not None:
             self.feed.start()
+        if self.control is not None:
+            self.control.start()  # it connects at its first command: a lab without remote workers opens nothing
         self.monitor.start()
         self.publisher.start()
         if self.dead_letters is not None:
@@ -195,6 +205,8 @@ class Backend:
             self.monitor.stop()
             if self.feed is not None:
                 self.feed.stop()
+            if self.control is not None:
+                self.control.stop()
             if self.dead_letters is not None:
                 self.dead_letters.stop()
 
@@ -213,6 +225,27 @@ class Backend:
     def stop(self, name: str) -> bool:
         """Finish the current task, then exit; False when it is not running."""
         return self.pool.stop(name)
+
+    def stop_remote(self, name: str, unreached: Unreached) -> Refused | None:
+        """Ask a worker on another machine to finish its task and exit, over the control exchange.
+
+        Refused when it did not say it accepts control; ``unreached`` hears (on the sender's
+        thread) when the broker had nowhere to route the command.
+        """
+        if self.control is None or self.remote is None:
+            return Refused("This dashboard sends no commands to remote workers (it does not hear their reports).")
+        if not self.remote.accepts_control(name):
+            return Refused(not_accepting(name))
+        self.control.send([name], protocol.Stop(), unreached)
+        return None
+
+    def _tell_remote(self, names: Sequence[str], command: protocol.Command, unreached: Unreached | None) -> list[str]:
+        """Send ``command`` to those of the remote workers named that accept control; the names of the others."""
+        remote, control = self.remote, self.control
+        told = [] if remote is None or control is None else [n for n in names if remote.accepts_control(n)]
+        if told and control is not None:
+            control.send(told, command, unreached or _nobody)
+        return [name for name in names if name not in told]
 
     def restart(self, name: str, gave_up: Callable[[], None]) -> None:
         """Stop a worker and start it again under its name once its process is gone.
@@ -245,19 +278,30 @@ class Backend:
         """The mode last asked for: the model hears of it only when it folds the request."""
         return self.pool.mode
 
-    def set_mode(self, mode: DispatchMode) -> None:
+    def set_mode(self, mode: DispatchMode, remote: Sequence[str] = (), unreached: Unreached | None = None) -> list[str]:
+        """Every worker of ours in ``mode``, and the ``remote`` workers named that accept control; the others' names.
+
+        ``unreached`` hears (on the sender's thread) of remote workers the command could not reach.
+        """
         self.inbox.put(obs.ModeRequested(time.time(), mode.prefetch, mode.ack))
         self.pool.set_mode(mode)
+        return self._tell_remote(remote, protocol.SetMode(mode.prefetch, mode.ack), unreached)
 
     @property
     def on_fail(self) -> FailMode:
         """The failure mode last asked for."""
         return self.pool.on_fail
 
-    def set_fail_mode(self, on_fail: FailMode) -> None:
-        """What every worker does with a failing task from its next failure on (new workers start in it)."""
+    def set_fail_mode(
+        self, on_fail: FailMode, remote: Sequence[str] = (), unreached: Unreached | None = None
+    ) -> list[str]:
+        """What every worker does with a failing task from its next failure on (new workers start in it).
+
+        The ``remote`` workers named hear it too when they accept control (see ``set_mode``); the others' names.
+        """
         self.inbox.put(obs.FailModeRequested(time.time(), on_fail.value))
         self.pool.set_fail_mode(on_fail)
+        return self._tell_remote(remote, protocol.SetFailMode(on_fail.value), unreached)
 
     def move_dead_letters_back(self) -> Refused | None:
         """Every dead letter back to the work queue, for another try (reported as DeadLettersMoved)."""
@@ -312,6 +356,18 @@ class Backend:
         thread = threading.Thread(target=restart, name="broker-restart", daemon=True)
         thread.start()
         return thread
+
+
+def not_accepting(name: str) -> str:
+    """Why a remote worker takes no command, and what to do (one sentence)."""
+    return (
+        f"{for_toast(name)} was started without --accept-control, so it takes no commands from a dashboard: "
+        "stop it where it runs (Ctrl+C there), or start it again with --report --accept-control."
+    )
+
+
+def _nobody(names: list[str], why: str) -> None:
+    """Nobody to tell that a command did not reach these workers (a caller that did not ask)."""
 
 
 class InboxReport:

@@ -27,6 +27,8 @@ class RemoteWorkers:
         """True for a name of the pool's: heard on its pipe already."""
         self._lock = threading.Lock()
         self._pids: dict[str, int] = {}
+        self._control: set[str] = set()
+        """Names whose process last said (in its reports' headers) that it obeys the control exchange."""
         self.reports = 0
         """Messages heard so far (each a batch of lines)."""
 
@@ -34,8 +36,16 @@ class RemoteWorkers:
         with self._lock:
             return set(self._pids)
 
-    def heard(self, name: str, host: str, pid: int, data: bytes) -> None:
-        """A report, on the feed's thread: the name (routing key), host and pid (as it said), its lines."""
+    def accepts_control(self, name: str) -> bool:
+        """The worker of this name said it obeys commands on the control exchange (``--accept-control``)."""
+        with self._lock:
+            return name in self._control
+
+    def heard(self, name: str, host: str, pid: int, data: bytes, control: bool = False) -> None:
+        """A report, on the feed's thread: the name (routing key), host and pid (as it said), its lines.
+
+        ``control``: its headers say it obeys the control exchange.
+        """
         if self._ours(name):
             return
         self.reports += 1
@@ -43,6 +53,10 @@ class RemoteWorkers:
             new = self._pids.get(name) != pid
             if new:
                 self._pids[name] = pid
+                if control:
+                    self._control.add(name)
+                else:
+                    self._control.discard(name)
         if new:
-            self.inbox.put(obs.RemoteWorkerHeard(name, time.time(), host, pid))
+            self.inbox.put(obs.RemoteWorkerHeard(name, time.time(), host, pid, control))
         self.inbox.put_many([WorkerOutput(name, data if data.endswith(b"\n") else data + b"\n")])

@@ -59,6 +59,8 @@ class RemoteWorkerHeard:
     ts: float
     host: str
     pid: int
+    control: bool = False
+    """It obeys commands on the control exchange (``--accept-control``; added later, older logs mean no)."""
 
 
 @dataclass(frozen=True, slots=True)

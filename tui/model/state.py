@@ -180,6 +180,8 @@ class WorkerState:
     remote: bool = False
     """Not a process of this dashboard: it reports through the broker (``worker --report``), from ``host``."""
     host: str = ""
+    control: bool = False
+    """A remote worker that obeys commands sent on the control exchange (``--accept-control``), as it said."""
     dropped: int = 0
     """Events a remote worker dropped rather than slow its work (it says how many): its counts miss them."""
     exited_at: float | None = None
@@ -453,7 +455,7 @@ class Model:
 
     def _on_remote_heard(self, e: obs.RemoteWorkerHeard) -> None:
         w = self._worker(e.worker)
-        w.remote, w.host = True, e.host
+        w.remote, w.host, w.control = True, e.host, e.control
         if w.pid is not None and w.pid != e.pid:
             w.restarts += 1  # the same name again from a new process: the same card
         w.pid = e.pid
@@ -502,6 +504,11 @@ class Model:
     def _on_alive(self, e: protocol.Alive) -> None:
         w = self._worker(e.worker)
         w.last_seen, w.heartbeat = e.ts, e.heartbeat
+        # Its mode as it is now (newer workers say it each second): a dashboard that missed its ready learns it.
+        if e.prefetch is not None and e.ack is not None:
+            w.prefetch, w.ack = e.prefetch, _ack(e.ack)
+        if e.on_fail is not None:
+            w.on_fail = _fail(e.on_fail)
 
     def _on_started(self, e: protocol.Started) -> None:
         w = self._worker(e.worker)

@@ -26,6 +26,8 @@ from tui.view.widgets.publisher import PublisherPane
 from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, FAIL_MODES, AckMode, DispatchMode, FailMode
 
 PREFETCH_CYCLE = (0, 1, 10)
+NAMES_SHOWN = 5
+"""Remote workers named in one toast at most (a class has thirty): the rest are counted."""
 
 
 WATCH_ONLY = "Watch-only: this view follows the class; the dashboard that runs the workers changes things."
@@ -42,6 +44,12 @@ def no_workers(queue: str, durable: bool, default_broker: bool = True) -> str:
         f"Press F2 to start a worker here, or run `dispatch-lab worker{options}` in another terminal{where} "
         "(the tutorial's worker.py): tasks wait in the queue until a worker consumes them."
     )
+
+
+def some_names(names: list[str]) -> str:
+    """Worker names for a toast: the first few, and how many more."""
+    shown = ", ".join(for_toast(name, 24) for name in names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
 
 
 def restart_fate(durable: bool, persistent: bool) -> str:
@@ -184,18 +192,42 @@ class LabActions:
         return True
 
     def _remote(self, name: str, what: str) -> bool:
-        """True for a worker on another machine, after saying what can be done instead."""
+        """True for a worker on another machine, after saying that no dashboard can ``what`` it, and what it can do."""
         worker = self.model.workers.get(name)
         if worker is None or not worker.remote:
             return False
-        where = f" on {for_toast(worker.host)}" if worker.host else ""
+        where = f" on {for_toast(worker.host)}" if worker.host else " on another machine"
+        instead = (
+            "Press F4 to stop it instead (it accepts control)."
+            if worker.control
+            else "Stop it where it runs (Ctrl+C there)."
+        )
         self.notify(
-            f"{for_toast(name)} runs{where}, not under this dashboard: it cannot {what} it. "
-            "Stop it where it runs (Ctrl+C there).",
+            f"{for_toast(name)} runs{where}: the dashboard cannot {what} a process on another machine. {instead}",
             severity="warning",
             timeout=6,
         )
         return True
+
+    def _remote_workers(self) -> list[str]:
+        """The live workers on other machines: a change for all workers is for them too, if they accept it."""
+        return [w.name for w in self.model.workers.values() if w.remote and w.alive]
+
+    def _unreached(self, what: str) -> Callable[[list[str], str], None]:
+        """A toast, from the control sender's thread, naming the remote workers a command did not reach."""
+
+        def tell(names: list[str], why: str) -> None:
+            said = f"{what} did not reach {some_names(names)}: {for_toast(why, ERROR_CHARS)}"
+            self._from_thread(lambda: self.notify(said, severity="warning", timeout=10))
+
+        return tell
+
+    def _told_remote(self, told: int, refused: list[str]) -> str:
+        """What a change for all workers did on other machines, for its toast ("" when no remote worker runs)."""
+        said = f" Sent to {told} remote worker(s) over the control exchange." if told else ""
+        if refused:
+            said += f" Not reached (started without --accept-control): {some_names(refused)}."
+        return said
 
     def add_worker(self) -> None:
         if self._read_only("add to") or self.backend is None:
@@ -224,10 +256,25 @@ class LabActions:
         if self._read_only("stop"):
             return
         name = self._selected_worker(selected)
-        if name is None or self._remote(name, "stop"):
+        if name is None or self.backend is None:
             return
-        if self.backend is not None and not self.backend.stop(name):
+        worker = self.model.workers[name]
+        if worker.remote:
+            self._stop_remote(name)
+        elif not self.backend.stop(name):
             self.notify(f"{for_toast(name)} is not running.", severity="warning")
+
+    def _stop_remote(self, name: str) -> None:
+        """Stop a worker on another machine over the control exchange, when it accepts that."""
+        assert self.backend is not None
+        if not self.model.workers[name].alive:
+            self.notify(f"{for_toast(name)} is not running.", severity="warning")
+            return
+        refused = self.backend.stop_remote(name, self._unreached("Stop"))
+        if refused is not None:
+            self.notify(refused.reason, severity="warning", timeout=8)
+            return
+        self.notify(f"Asked {for_toast(name)} to stop, over the control exchange: it finishes its task first.")
 
     def restart(self, selected: str | None) -> None:
         if self._read_only("restart"):
@@ -249,8 +296,11 @@ class LabActions:
     def set_mode(self, mode: DispatchMode) -> None:
         if self._read_only("switch to another mode") or self.backend is None:
             return
-        self.backend.set_mode(mode)
-        self.notify(f"Mode for all workers: {mode.describe()}", timeout=4)
+        remote = self._remote_workers()
+        refused = self.backend.set_mode(mode, remote, self._unreached("The mode change"))
+        told = self._told_remote(len(remote) - len(refused), refused)
+        said = f"Mode for all workers: {mode.describe()}" + (f".{told}" if told else "")
+        self.notify(said, timeout=8 if refused else 4)
 
     @property
     def mode(self) -> DispatchMode:
@@ -265,8 +315,11 @@ class LabActions:
     def set_fail_mode(self, on_fail: FailMode) -> None:
         if self._read_only("switch to another failure mode") or self.backend is None:
             return
-        self.backend.set_fail_mode(on_fail)
-        self.notify(f"On failure, for all workers: {on_fail.words}: {on_fail.help[0]}", timeout=4)
+        remote = self._remote_workers()
+        refused = self.backend.set_fail_mode(on_fail, remote, self._unreached("The failure mode change"))
+        told = self._told_remote(len(remote) - len(refused), refused)
+        said = f"On failure, for all workers: {on_fail.words}: {on_fail.help[0]}" + (f".{told}" if told else "")
+        self.notify(said, timeout=8 if refused else 4)
 
     def cycle_fail_mode(self) -> None:
         self.set_fail_mode(FAIL_MODES[(FAIL_MODES.index(self.on_fail) + 1) % len(FAIL_MODES)])

@@ -99,6 +99,8 @@ class WorkerCard(Widget, can_focus=True):
         )  # fmt: skip
         if worker.on_fail is not None and not worker.on_fail.requeues:  # the default goes unsaid
             mode += f" · on fail {worker.on_fail}"
+        if worker.remote:  # whether F4 and the mode keys reach it (worker --accept-control): first, a card cuts the end
+            mode = ("control · " if worker.control else "no control · ") + mode
         name = for_toast(worker.name, NAME_CHARS)
         where = f"remote {for_toast(worker.host, NAME_CHARS)}:{worker.pid or '?'}" if worker.remote else (
             f"pid {worker.pid or '-'}"
