@@ -325,6 +325,14 @@ async def wait_for_toast(app: DispatchLab, fragment: str, timeout: float = 10) -
     raise AssertionError(f"no toast with {fragment!r}: {toasts(app)}")
 
 
+async def wait_drawn(widget: Widget, timeout: float = 10) -> str:
+    """What ``widget`` shows once it shows something: the view draws a part at a time, later on a busy machine."""
+    deadline = time.monotonic() + timeout
+    while not rendered(widget) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return rendered(widget)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("text", sweep())
 def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -347,8 +355,7 @@ def test_toasts_show_outside_text_as_text_and_short(text: str, tmp_path: Path, m
 
     async def drive() -> None:
         async with app.run_test(size=(80, 24), notifications=True) as pilot:
-            await pilot.pause()
-            said["task line"] = rendered(app.query_one(WorkerCard).query_one(".task", Static))
+            said["task line"] = await wait_drawn(app.query_one(WorkerCard).query_one(".task", Static))
             body = app.query_one("#task-body", Input)
             body.value = text
             body.focus()

@@ -13,7 +13,6 @@ backend at all.
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -261,9 +260,9 @@ class Backend:
         self.pool.stop(name)
 
         def respawn_when_gone() -> None:
-            try:
-                worker.process.wait(self.RESTART_WAIT)
-            except subprocess.TimeoutExpired:  # still finishing its task
+            # Its exit reported, not only its process reaped: the pool reports the exit after the last
+            # stderr lines, and a new w1 spawned in between was marked exited by the old one's WorkerExited.
+            if not worker.exit_reported.wait(self.RESTART_WAIT):  # still finishing its task
                 gave_up()
                 return
             try:

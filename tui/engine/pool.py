@@ -211,6 +211,8 @@ class WorkerProcess:
     stdin_lock: threading.Lock = field(default_factory=threading.Lock)
     consuming: threading.Event = field(default_factory=threading.Event)
     """Set at its first ``ready`` event (its consumer is registered), or when its output ends."""
+    exit_reported: threading.Event = field(default_factory=threading.Event)
+    """Set once its ``WorkerExited`` is in the inbox: a worker started again under its name comes after it."""
 
     @property
     def running(self) -> bool:
@@ -490,6 +492,7 @@ class WorkerPool:
         for thread in worker.threads:
             thread.join(timeout=1.0)  # its last stderr lines belong before the exit
         self.inbox.put(obs.WorkerExited(worker.name, time.time(), code))
+        worker.exit_reported.set()
 
     def _masked(self, line: bytes) -> str:
         """A line of worker output as text, with this pool's password masked."""
