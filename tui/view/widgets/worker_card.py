@@ -144,9 +144,14 @@ class WorkerCard(Widget, can_focus=True):
         if self._row_part.display:  # a compact row (app.tcss decides where): a card leaves these two alone
             _put(self._row_part, row + extra)
             # Its first line: who, in what state, and the task at hand (as the card's task line).
-            remote = f" · remote {for_toast(worker.host, NAME_CHARS)}" if worker.remote else ""
-            head = Text.assemble((name, "bold"), (f"{remote} · {describe_status(worker, now)}", "dim"))
-            if task.plain:
+            remote = (
+                f" · remote {for_toast(worker.host, NAME_CHARS)}" + ("" if worker.control else " (no control)")
+                if worker.remote
+                else ""
+            )  # a row has no subtitle: whether F4 and the mode keys reach it is said here
+            status_words = describe_status(worker, now)
+            head = Text.assemble((name, "bold"), (f"{remote} · {status_words}", "dim"))
+            if task.plain and task.plain != status_words:  # an idle row said "idle · idle"
                 head.append(" · ")
                 head.append_text(task)
             _put(self._head_part, head)
