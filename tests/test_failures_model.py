@@ -22,6 +22,7 @@ from tui.model.ledger import (
 )
 from tui.model.state import Model
 from tui.view.widgets.queue_panel import _rows as queue_rows
+from tui.view.widgets.queue_panel import queue_kind
 from workers import protocol
 from workers.settings import DEFAULT_CONSUMER_TIMEOUT, FailMode, QueueSpec, QueueType
 
@@ -225,3 +226,11 @@ def test_a_requeue_loop_is_not_mistaken_for_tasks_taken_by_another_consumer() ->
     model = model_for(QueueSpec(), r.events)
     assert model.missing_from_queue(r.now) == 0 and model.ledger.taken == 0
     assert row(model, "", r.now) is None, "no 'of ours gone: checking' line"
+
+
+def test_the_header_and_the_panel_name_the_queue_kind_alike() -> None:
+    """A quorum queue is durable by nature: both say its type (the header said "(durable)" alone)."""
+    assert queue_kind(Model(spec=QUORUM_3), True) == "quorum, limit 3, DLX"
+    assert queue_kind(Model(spec=QueueSpec(type=QueueType.QUORUM)), True) == "quorum"
+    assert queue_kind(Model(spec=QueueSpec()), True) == "durable"
+    assert queue_kind(Model(spec=QueueSpec(durable=False)), False) == "transient"

@@ -7,6 +7,7 @@ from textual.widgets import Static
 
 from tui.model.state import Model
 from tui.text import for_toast, printable
+from tui.view.widgets.queue_panel import queue_kind
 
 REASON_CELLS = 40
 """Characters of the broker's block reason the header shows (RabbitMQ's are ``low on memory``, ``low on disk``)."""
@@ -63,7 +64,7 @@ class LabHeader(Static):
         text.append(model.mode.describe(), "bold cyan")
         text.append(" · queue ", "dim")
         text.append(printable(model.queue_name), "bold")
-        text.append(" (durable) " if durable else " (transient) ", "dim")
+        text.append(f" ({queue_kind(model, durable)}) ", "dim")  # a quorum queue said "(durable)"
         text.append(printable(broker), "dim")
         self.set_class((live and state not in ("connected", "connecting")) or blocked is not None, "-trouble")
         shown = (text.plain, tuple(text.spans))  # Text's own == ignores styles

@@ -20,6 +20,12 @@ from tui.text import printable
 from tui.view.widgets.dead_letters import DeadLetterPanel, failure_rows
 
 
+def queue_kind(model: Model, durable: bool) -> str:
+    """The queue in a word or a few, for the header and the panel: ``durable``, ``transient``, ``quorum, limit 3``."""
+    spec = model.spec
+    return spec.describe() if spec.type.always_durable or spec.dead_letter else ("durable" if durable else "transient")
+
+
 class QueueFigures(Widget):
     """The figures as a grid, laid out when drawn: for the width the widget has then."""
 
@@ -75,8 +81,7 @@ class QueuePanel(Vertical):
         recorded = self.recorded
         stale = model.stale(now)
         self.set_class(stale, "-stale")
-        kind = model.spec.describe() if model.spec.type.always_durable or model.spec.dead_letter else ""
-        title = f"queue {printable(model.queue_name)} ({kind or ('durable' if durable else 'transient')})"
+        title = f"queue {printable(model.queue_name)} ({queue_kind(model, durable)})"
         if self._shown.get("title") != title:  # setting a title repaints the whole panel, even to the same title
             self._shown["title"] = title
             self.border_title = Text(title)  # a string title is read as markup; a queue's name is outside text
