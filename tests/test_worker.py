@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from tests.helpers import (
 )
 from workers import protocol
 from workers.broker import ManagementApi, QueueFigures
+from workers.local_node import free_ports
 from workers.protocol import Alive, Connection, Done, Mode, Ready, Received, Returned, Started, Stopped
 
 pytestmark = pytest.mark.broker
@@ -538,3 +540,22 @@ def test_the_compact_writer_keeps_every_event_in_its_order_with_the_v1_lines_bet
     writer.flush()
     lines = stream.getvalue().splitlines()
     assert [len(protocol.decode_all(line) or []) for line in lines] == [protocol.TASKS_CAP, 5]
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_waiting_for_its_broker_still_says_it_is_alive() -> None:
+    """No broker (a restart, a closed port): it keeps saying ``alive`` each second while it reconnects.
+
+    Silent, it read as UNRESPONSIVE on the dashboard during every broker restart (F10).
+    """
+    [port] = free_ports(1)  # nothing listens there
+    worker = WorkerProc(f"amqp://guest:guest@127.0.0.1:{port}/%2F", "nowhere", "w1", extra_args=["--wait-for-broker"])
+    try:
+        worker.wait_event(Connection, count=2, where=lambda e: e.state == "reconnecting", timeout=15)
+        alive = worker.wait_event(Alive, count=3, timeout=15)
+        gaps = [b.ts - a.ts for a, b in itertools.pairwise(alive)]
+        assert all(gap < 2.0 for gap in gaps), gaps  # the dashboard calls 3 s of silence unresponsive
+        assert all(e.heartbeat == 0 for e in alive), "no connection, no heartbeat to speak of"
+        assert worker.of(Ready) == []
+    finally:
+        worker.close()

@@ -885,6 +885,9 @@ class Worker:
             deadline = time.monotonic() + delay
             while time.monotonic() < deadline and not self._exit:
                 self._poll_commands_offline()
+                # Alive without a broker: a worker waiting out a broker restart was shown UNRESPONSIVE.
+                self._say_alive()
+                self.writer.flush()
                 time.sleep(0.05)
             if self._exit:
                 return False
@@ -935,10 +938,11 @@ class Worker:
 
     def _say_alive(self) -> None:
         now = time.time()
-        if now - self._alive_at < 1.0 or not self.writer.enabled or self._connection is None:
+        if now - self._alive_at < 1.0 or not self.writer.enabled:
             return
         self._alive_at = now
-        # pika keeps the value negotiated in Connection.Tune on the parameters it connected with.
+        # pika keeps the value negotiated in Connection.Tune on the parameters it connected with
+        # (none while the connection is lost: heartbeat 0, no broker to drop us).
         params = getattr(getattr(self._connection, "_impl", None), "params", None)
         heartbeat = int(getattr(params, "heartbeat", 0) or 0)
         # With its mode: a dashboard that started after this worker's ``ready`` learns it here.
