@@ -6,12 +6,15 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from textual.widgets import Static
+
 from tests.helpers import delete_queue
 from tui.engine.backend import Backend, LabConfig
 from tui.model.ledger import DEAD_LETTERED
 from tui.model.state import Model
 from tui.view.app import DispatchLab
 from tui.view.widgets.dead_letters import DeadLetterPanel
+from tui.view.widgets.messages_screen import MessagesScreen
 from tui.view.widgets.queue_panel import QueueFigures
 from tui.view.widgets.worker_card import WorkerCard
 from workers.settings import DispatchMode, FailMode
@@ -58,6 +61,11 @@ def test_ctrl_f_ends_a_requeue_loop_with_reject_and_ctrl_r_moves_the_dead_letter
             assert panel.display and f"dead letters in {queue_name}.dead: 1" in text and "#1 rejected" in text
             card = app.query_one(WorkerCard)
             assert "on fail reject" in str(card.border_subtitle)
+            await pilot.press("f9")  # the ledger's summary counts the failures as the panel does
+            await until(app, lambda: isinstance(app.screen, MessagesScreen), 5, "F9")
+            summary = str(app.screen.query_one("#ledger-summary", Static).content)
+            assert f"failures {model.ledger.failures} " in summary and "dead letters 1 " in summary, summary
+            await pilot.press("escape")
             await pilot.press("ctrl+r")
             await until(app, lambda: model.dead.moved == 1, 10, "moved back")
             # Back in the work queue under reject: it fails once more, and is dead-lettered again.

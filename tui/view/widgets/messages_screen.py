@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Static
 from tui.model.ledger import LOST, TAKEN, Delivery, MessageRecord
 from tui.model.state import Model
 from tui.text import printable, quoted
+from tui.view.widgets.dead_letters import failure_rows
 
 ROWS = 300
 STATE_STYLES = {"done": "green", "lost": "bold red", "held": "cyan", "ready": "yellow", "done, never acked": "red"}
@@ -60,6 +61,11 @@ class MessagesScreen(ModalScreen[None]):
             ("lost ", "dim"), (f"{ledger.lost}  ", "bold red" if ledger.lost else "bold"),
             ("evicted (finished, over the cap) ", "dim"), (f"{ledger.evicted}", "bold"),
         )  # fmt: skip
+        failures = failure_rows(self.model, self.clock())  # the queue panel's rows: one home for their figures
+        if failures:
+            summary.append("\n")
+            for label, figure, style, _source in failures:
+                summary.append_text(Text.assemble((f"{label} ", "dim"), (f"{figure}  ", style)))
         if ledger.lost_ids:
             summary.append("\nlost: " + self._lost_by_cause(list(ledger.lost_ids)[-40:]), "red")
         if ledger.duplicate_ids:

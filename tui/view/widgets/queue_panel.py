@@ -17,7 +17,7 @@ from textual.widgets import Sparkline, Static
 from tui.model.ledger import TAKEN, LostCause, MessageRecord
 from tui.model.state import DERIVED, DERIVED_IGNORED, FROM_MANAGEMENT, Model
 from tui.text import printable
-from tui.view.widgets.dead_letters import DeadLetterPanel, failure_rows
+from tui.view.widgets.dead_letters import DeadLetterPanel, Row, failure_rows
 
 
 def queue_kind(model: Model, durable: bool) -> str:
@@ -111,9 +111,6 @@ class QueuePanel(Vertical):
         key = tuple((r.msg_id, r.state, len(r.deliveries)) for r in recent)
         self._put("#recent", key, lambda: _recent(recent), layout=False)
 
-
-Row = tuple[str, str, str, str]
-"""label, value, value style, source."""
 
 HELD_NOW = "unacked, worker events"
 AUTO_ACKED = "held by workers; broker forgot them"
