@@ -17,7 +17,7 @@ from types import FrameType
 import pika
 from rich.console import Console
 
-from benchmarks import dashboard
+from benchmarks import dashboard, reporting
 from benchmarks.children import BenchError, stop_all
 from benchmarks.control import Control
 from benchmarks.figures import (
@@ -47,6 +47,8 @@ FIGURES: list[FigureFunction] = [
     dashboard.dashboard_lag_scale,
     dashboard.key_latency_scale,
     dashboard.memory,
+    reporting.class_lag,
+    reporting.report_cost,
 ]
 """Every figure, in table order."""
 

@@ -204,6 +204,8 @@ class ReportFeed:
         self._thread: threading.Thread | None = None
         self.bound = threading.Event()
         """Set once the feed's queue is bound: reports published from then on reach it."""
+        self.native_id: int | None = None
+        """The feed thread's id for the OS, once it runs (a benchmark reads its CPU time)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="report-feed", daemon=True)
@@ -224,6 +226,7 @@ class ReportFeed:
         self.heard(name, host if isinstance(host, str) else "", pid if isinstance(pid, int) else 0, body)
 
     def _run(self) -> None:
+        self.native_id = threading.get_native_id()
         attempt = 0
         while not self._stop.is_set():
             try:
