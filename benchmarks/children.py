@@ -282,7 +282,10 @@ class Student:
     does not read stdin: SIGTERM stops it, as Ctrl+C would.
     """
 
-    def __init__(self, name: str, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool) -> None:
+    def __init__(
+        self, name: str, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool, nice: int = 0
+    ) -> None:
+        """``nice``: run at this niceness (``nice -n``, which execs the worker: the pid stays its own)."""
         self.name = name
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in end()
         args = (
@@ -291,7 +294,7 @@ class Student:
             *(("--report",) if report else ()),
         )
         self.popen = subprocess.Popen(
-            [sys.executable, *args],
+            [*(("nice", "-n", str(nice)) if nice else ()), sys.executable, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
@@ -339,11 +342,13 @@ class Student:
 class Class:
     """``count`` students' workers on one queue, named as if each ran on a lab machine of its own."""
 
-    def __init__(self, count: int, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool) -> None:
+    def __init__(
+        self, count: int, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool, nice: int = 0
+    ) -> None:
         self.members: list[Student] = []
         try:
             for n in range(1, count + 1):
-                self.members.append(Student(f"lab-pc{n:02d}", queue, prefetch, env, report=report))
+                self.members.append(Student(f"lab-pc{n:02d}", queue, prefetch, env, report=report, nice=nice))
         except BaseException:
             self.stop()
             raise
@@ -371,19 +376,34 @@ class Class:
             member.end(timeout)
 
 
-def broker_pid() -> int | None:
-    """The system broker's Erlang VM on this machine, when there is exactly one (private test nodes excluded)."""
-    found = []
+def broker_pid(port: int = 5672) -> int | None:
+    """The process listening on this machine's AMQP ``port`` (the broker's Erlang VM), or None when none is found.
+
+    By the listening socket, not the VM's name: private test nodes of other engineers
+    run beside the shared broker on this machine.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(entry.name)
         except OSError:
             continue
-        if argv and argv[0].endswith(b"beam.smp") and not any(b"dispatch_lab_node" in arg for arg in argv):
-            found.append(int(entry.name))
-    return found[0] if len(found) == 1 else None
+    return None
 
 
 def stop_all() -> None:
