@@ -43,12 +43,14 @@ class ClassSize:
     window: float
     """Seconds of each cost run measured, once every worker consumes."""
     pairs: int
+    settle: float = 1.0
+    """Seconds between the broker counting every consumer and the window: the last ones' first deliveries."""
 
 
 SIZES = {
     "full": ClassSize(50, lag_tasks=100_000, idle=3.0, cost_tasks=120_000, window=10.0, pairs=3),
     "quick": ClassSize(50, lag_tasks=40_000, idle=2.0, cost_tasks=80_000, window=5.0, pairs=2),
-    "smoke": ClassSize(3, lag_tasks=300, idle=0.5, cost_tasks=12_000, window=0.5, pairs=1),
+    "smoke": ClassSize(3, lag_tasks=300, idle=0.3, cost_tasks=6_000, window=0.3, pairs=1, settle=0.1),
 }
 STUDENTS_NICE = 19
 """The class figure runs its workers at this niceness: as if on machines of their own.
@@ -58,8 +60,6 @@ cores, and the dashboard's UI and feed threads get about 2/53 of them each: meas
 the screen fell 23.5 s behind (p95) while its threads used 82 µs of CPU per task. In a
 class the workers run on the students' machines and take none of the teacher's CPU.
 """
-SETTLE = 1.0
-"""Seconds between the broker counting every consumer and the window: the last ones' first deliveries."""
 
 
 def _size(bench: Bench) -> ClassSize:
@@ -193,7 +193,7 @@ class _CostRun:
 def _class_drain(bench: Bench, size: ClassSize, *, report: bool) -> _CostRun:
     """A class (with or without ``--report``) on a backlog; per-worker msg/s and CPU per message over the window.
 
-    The window opens once the broker counts every worker as a consumer (and SETTLE more):
+    The window opens once the broker counts every worker as a consumer (and ``settle`` more):
     start-up is not measured. Messages are what left the queue's ready count meanwhile,
     as the broker counted them (at most one in flight per worker at prefetch 1).
     """
@@ -208,7 +208,7 @@ def _class_drain(bench: Bench, size: ClassSize, *, report: bool) -> _CostRun:
             if time.monotonic() > deadline:
                 raise BenchError(f"{size.students} workers did not all consume within {deadline:.0f} s")
             control.connection.sleep(0.1)
-        control.connection.sleep(SETTLE)
+        control.connection.sleep(size.settle)
         ready0, began = control.figures()[0], time.monotonic()
         cpu0, broker0 = group.cpu_seconds(), None if broker is None else cpu_seconds(broker)
         control.connection.sleep(size.window)
