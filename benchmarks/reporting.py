@@ -49,7 +49,7 @@ class ClassSize:
 
 SIZES = {
     "full": ClassSize(50, lag_tasks=100_000, idle=3.0, cost_tasks=120_000, window=10.0, pairs=3),
-    "quick": ClassSize(50, lag_tasks=40_000, idle=2.0, cost_tasks=80_000, window=5.0, pairs=2),
+    "quick": ClassSize(50, lag_tasks=20_000, idle=2.0, cost_tasks=60_000, window=4.0, pairs=1),
     "smoke": ClassSize(3, lag_tasks=300, idle=0.3, cost_tasks=6_000, window=0.3, pairs=1, settle=0.1),
 }
 STUDENTS_NICE = 19
@@ -224,9 +224,24 @@ def _class_drain(bench: Bench, size: ClassSize, *, report: bool) -> _CostRun:
     return _CostRun(Run(taken / (ended - began) / size.students, (cpu1 - cpu0) / taken * 1e6), broker_us)
 
 
+ALONE = {
+    "full": ClassSize(1, lag_tasks=0, idle=0.0, cost_tasks=40_000, window=5.0, pairs=3),
+    "quick": ClassSize(1, lag_tasks=0, idle=0.0, cost_tasks=30_000, window=3.0, pairs=1),
+}
+"""Per profile: one worker alone, as on a student's own machine (the smoke has none)."""
+
+
 def report_cost(bench: Bench) -> list[Figure]:
+    """What ``--report`` costs: a class of 50 on this machine's 2 cores, and one worker alone, as on its own machine."""
+    figures = _report_cost(bench, _size(bench))
+    alone = ALONE.get(bench.params.profile)
+    if alone is not None:
+        figures += _report_cost(bench, alone)
+    return figures
+
+
+def _report_cost(bench: Bench, size: ClassSize) -> list[Figure]:
     """The same class with ``--report`` and without, alternating: msg/s per worker and CPU per message."""
-    size = _size(bench)
     bench.log(f"report cost: {size.students} workers with --report vs without, {size.window:g} s windows")
     brokers: dict[bool, list[float]] = {True: [], False: []}
 
@@ -240,8 +255,10 @@ def report_cost(bench: Bench) -> list[Figure]:
         return result.run
 
     ours, reference = alternate(size.pairs, functools.partial(side, True), functools.partial(side, False))
+    alone = "1 `worker` process alone, as on a machine of its own (lab-pc01"
+    who = f"{size.students} `worker` processes on 2 cores (lab-pc01..." if size.students > 1 else alone
     what = (
-        f"{size.students} `worker` processes (lab-pc01..., prefetch {PREFETCH}, manual ack, tutorial lines to "
+        f"{who}, prefetch {PREFETCH}, manual ack, tutorial lines to "
         f"/dev/null) with --report (ours; no dashboard listening) vs the same without (reference), {size.pairs} "
         f"alternating pairs, {size.window:g} s windows once all consume"
     )
