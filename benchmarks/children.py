@@ -12,11 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from tui.engine.pool import PIPE_BYTES, READ_PAUSE, EventReader, Inbox, WorkerOutput, complete_lines, widen_pipe
 from tui.model.observations import WorkerGarbage
@@ -28,12 +29,42 @@ Kind = Literal["ours", "compact", "bare"]
 """Our worker with v1 event lines (``--events``), with the compact form (``--compact-events``), or bare pika."""
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_live: set[Consumer] = set()
+
+
+class Stoppable(Protocol):
+    """A process this module started: ``stop_all`` closes its stdin, then ends it."""
+
+    def close_stdin(self) -> None: ...
+
+    def end(self, timeout: float) -> None: ...
+
+
+_live: set[Stoppable] = set()
 _live_lock = threading.Lock()
 
 
 class BenchError(Exception):
     """A run could not be measured; ``str()`` says why in one sentence."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def thread_cpu_seconds(native_id: int) -> float | None:
+    """User + system CPU seconds of one thread of this process (``threading.Thread.native_id``), or None."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 class Consumer:
@@ -155,12 +186,7 @@ class Consumer:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU seconds of the process so far (Linux /proc), or None."""
-        try:
-            with open(f"/proc/{self.popen.pid}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return cpu_seconds(self.popen.pid)
 
     def exited(self) -> bool:
         return self.popen.poll() is not None
@@ -248,11 +274,143 @@ class Group:
             member.end(timeout)
 
 
+class Student:
+    """One ``workers.worker`` as a student runs it in a class: its own name, default output, maybe ``--report``.
+
+    Its stdout (the tutorial's lines) goes to /dev/null on both sides of a comparison;
+    its stderr to a file, read only to say why it ended early. Without ``--events`` it
+    does not read stdin: SIGTERM stops it, as Ctrl+C would.
+    """
+
+    def __init__(
+        self, name: str, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool, nice: int = 0
+    ) -> None:
+        """``nice``: run at this niceness (``nice -n``, which execs the worker: the pid stays its own)."""
+        self.name = name
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in end()
+        args = (
+            *("-m", "workers.worker", "--name", name, "--prefetch", str(prefetch)),
+            *("--ack", AckMode.MANUAL.value, "--seconds-per-dot", "0", "--queue", queue),
+            *(("--report",) if report else ()),
+        )
+        self.popen = subprocess.Popen(
+            [*(("nice", "-n", str(nice)) if nice else ()), sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            cwd=ROOT,
+            env=dict(env),
+        )
+        with _live_lock:
+            _live.add(self)
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.popen.pid)
+
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def failure(self) -> str:
+        """Why this process ended early, for an error message."""
+        self._stderr.seek(0)
+        lines = self._stderr.read()[-2000:].decode("utf-8", "replace").splitlines()
+        tail = " | ".join(line for line in lines[-5:] if line) or "no output on stderr"
+        return f"worker {self.name} (pid {self.popen.pid}) exited with {self.popen.returncode}: {tail}"
+
+    def close_stdin(self) -> None:
+        """It reads no stdin: ask it to stop as Ctrl+C would (all of a class at once, before any is waited for)."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.terminate()
+            except OSError:
+                pass
+
+    def end(self, timeout: float) -> None:
+        """Stop it: SIGTERM (the worker's clean stop), then SIGKILL; reap it."""
+        for escalate in (self.popen.terminate, self.popen.kill):
+            escalate()
+            try:
+                self.popen.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._stderr.close()
+        with _live_lock:
+            _live.discard(self)
+
+
+class Class:
+    """``count`` students' workers on one queue, named as if each ran on a lab machine of its own."""
+
+    def __init__(
+        self, count: int, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool, nice: int = 0
+    ) -> None:
+        self.members: list[Student] = []
+        try:
+            for n in range(1, count + 1):
+                self.members.append(Student(f"lab-pc{n:02d}", queue, prefetch, env, report=report, nice=nice))
+        except BaseException:
+            self.stop()
+            raise
+
+    def check_alive(self) -> None:
+        for member in self.members:
+            if member.exited():
+                raise BenchError(member.failure())
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of every member so far; BenchError when one cannot be read (it ended)."""
+        total = 0.0
+        for member in self.members:
+            seconds = member.cpu_seconds()
+            if seconds is None:
+                raise BenchError(member.failure())
+            total += seconds
+        return total
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM to all first so they stop in parallel, then reap each."""
+        for member in self.members:
+            member.close_stdin()
+        for member in self.members:
+            member.end(timeout)
+
+
+def broker_pid(port: int = 5672) -> int | None:
+    """The process listening on this machine's AMQP ``port`` (the broker's Erlang VM), or None when none is found.
+
+    By the listening socket, not the VM's name: private test nodes of other engineers
+    run beside the shared broker on this machine.
+    """
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
 def stop_all() -> None:
-    """End every consumer process still alive (after an error or an interrupt)."""
+    """End every process still alive that this module started (after an error or an interrupt)."""
     with _live_lock:
         left = list(_live)
-    for consumer in left:
-        consumer.close_stdin()
-    for consumer in left:
-        consumer.end(2.0)
+    for child in left:
+        child.close_stdin()
+    for child in left:
+        child.end(2.0)

@@ -7,7 +7,6 @@ import compileall
 import json
 import os
 import platform
-import secrets
 import signal
 import sys
 import time
@@ -17,9 +16,9 @@ from types import FrameType
 import pika
 from rich.console import Console
 
-from benchmarks import dashboard
+from benchmarks import dashboard, reporting
 from benchmarks.children import BenchError, stop_all
-from benchmarks.control import Control
+from benchmarks.control import Control, queue_name
 from benchmarks.figures import (
     PROFILES,
     Bench,
@@ -47,6 +46,8 @@ FIGURES: list[FigureFunction] = [
     dashboard.dashboard_lag_scale,
     dashboard.key_latency_scale,
     dashboard.memory,
+    reporting.class_lag,
+    reporting.report_cost,
 ]
 """Every figure, in table order."""
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
     params = PROFILES[profile]
     env = {**os.environ, "AMQP_URL": url}  # children get the URL here, never in argv
     log = Console(stderr=True, highlight=False).print
-    queue = f"dispatch-lab-bench-{os.getpid()}-{secrets.token_hex(2)}"
+    queue = queue_name()
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     started = time.monotonic()
@@ -90,12 +91,14 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
     except BrokerError as exc:
         print(f"benchmarks: {exc}", file=sys.stderr)
         return 1
-    machine = Machine(os.cpu_count(), control.broker_version, platform.python_version(), pika.__version__)
-    bench = Bench(params, url, env, control, lambda text: log(text, style="dim"))
-    log(f"{machine.cpu_count} cores, {machine.broker}; queue {queue}; {params.describe()}")
-    log(_byte_compile(), style="dim")
     figures: list[Figure] = []
     try:
+        machine = Machine(os.cpu_count(), control.broker_version, platform.python_version(), pika.__version__)
+        bench = Bench(params, url, env, control, lambda text: log(text, style="dim"))
+        log(f"{machine.cpu_count} cores, {machine.broker}; queue {queue}; {params.describe()}")
+        for swept in control.sweep_orphans():
+            log(f"deleted {swept}: an earlier run's queue, whose process is gone", style="dim")
+        log(_byte_compile(), style="dim")
         for function in FIGURES:
             if args.only and function.__name__ not in args.only:
                 continue
@@ -107,8 +110,13 @@ def main(argv: list[str] | None = None, prog: str = "benchmarks/run.py") -> int:
         print(f"benchmarks: {exc}", file=sys.stderr)
         return 1
     finally:
-        stop_all()
-        _delete_queue(control, url, queue)
+        # A second Ctrl+C or SIGTERM must not cut the clean-up short: held until it is done.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            stop_all()
+            _delete_queue(control, url, queue)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
     elapsed = time.monotonic() - started
     if args.json:
         print(json.dumps(as_json(figures, params, machine, elapsed), indent=2))

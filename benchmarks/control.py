@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Sequence
 
 import pika
+import pika.exceptions
 
 from workers.broker import ConsumerInfo, ManagementApi, connect
 from workers.monitor import QueueMonitor
+from workers.settings import url_parts
+
+QUEUE_PREFIX = "dispatch-lab-bench-"
+BENCH_QUEUE = re.compile(r"dispatch-lab-bench-(\d+)-[0-9a-f]{4}")
+"""A benchmark run's queue: ``dispatch-lab-bench-<pid of the run>-<4 hex digits>``."""
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def queue_name() -> str:
+    """This run's queue: named after this process, so that a later run can tell it was left behind."""
+    return f"{QUEUE_PREFIX}{os.getpid()}-{os.urandom(2).hex()}"
+
 
 TASK_BODY = b"Hello World"
 """The tutorial's default task without its '!' (which fails a task since issue 15): no dots, zero seconds of work."""
@@ -62,6 +77,30 @@ class Control:
 
     def delete(self) -> None:
         self.channel.queue_delete(queue=self.queue)
+
+    def sweep_orphans(self) -> list[str]:
+        """Delete the queues of earlier runs on this machine that ended without deleting theirs; their names.
+
+        A run killed outright (SIGKILL: a test's timeout, the OOM killer) cannot delete its
+        queue, and a durable queue with its last backlog stays on the shared broker. Only
+        queues named as a run's, whose process is gone from this machine, with no consumer
+        (``if_unused``), are deleted; and only on a broker on this machine.
+        """
+        if url_parts(self.url).host not in LOOPBACK:
+            return []
+        names = ManagementApi(self.url).queue_names() or []
+        swept = []
+        for name in names:
+            match = BENCH_QUEUE.fullmatch(name)
+            if match is None or name == self.queue or os.path.exists(f"/proc/{match.group(1)}"):
+                continue
+            try:
+                self.channel.queue_delete(queue=name, if_unused=True)
+            except pika.exceptions.ChannelClosedByBroker:  # in use after all, or gone meanwhile
+                self.channel = self.connection.channel()
+                continue
+            swept.append(name)
+        return swept
 
     def close(self) -> None:
         try:

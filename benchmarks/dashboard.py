@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class Screen:
     shown: list[tuple[float, int]] = field(default_factory=list)
 
 
-def _record_screen(screen: Screen) -> Callable[[], None]:
+def record_screen(screen: Screen) -> Callable[[], None]:
     """Wrap QueuePanel.show so each render records (time, done figure on screen); returns the undo."""
     original = QueuePanel.show
 
@@ -128,7 +128,7 @@ def _record_screen(screen: Screen) -> Callable[[], None]:
     return undo
 
 
-def _record_displays(app: DispatchLab) -> list[float]:
+def record_displays(app: DispatchLab) -> list[float]:
     """Note the time.time() of each screen update the app hands to its driver.
 
     That is when the screen shows what widgets changed before it: a value set on a
@@ -139,7 +139,7 @@ def _record_displays(app: DispatchLab) -> list[float]:
     return displays
 
 
-def _painted(displays: list[float], after: float) -> float | None:
+def painted_at(displays: list[float], after: float) -> float | None:
     """The end of the first screen update that ended after ``after`` (time.time())."""
     for shown in displays:
         if shown >= after:
@@ -147,7 +147,7 @@ def _painted(displays: list[float], after: float) -> float | None:
     return None
 
 
-class _TappedInbox(Inbox):
+class TappedInbox(Inbox):
     """The pool's inbox, keeping a copy of what the workers wrote: the truth the screen trails.
 
     Only a reference is kept while the app runs (decoding here would load the process
@@ -169,17 +169,17 @@ class _TappedInbox(Inbox):
         return [item.ts for item in tapped.drain() if type(item) is protocol.Done]
 
 
-def _lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backend, _TappedInbox]:
+def lab(bench: Bench, workers: int, prefetch: int) -> tuple[DispatchLab, Backend, TappedInbox]:
     config = LabConfig(url=bench.url, queue=bench.control.queue, workers=workers,
                        mode=DispatchMode(prefetch, AckMode.MANUAL), seconds_per_dot=0.0)  # fmt: skip
-    inbox = _TappedInbox()
+    inbox = TappedInbox()
     backend = Backend(config, pipeline=build_pipeline(config, inbox=inbox))
     model = Model(queue=config.queue, mode=config.mode, prefix=backend.prefix)
     tune_process()  # as the dashboard's process does where it starts
     return DispatchLab(config, model, backend), backend, inbox
 
 
-def _p95(values: list[float]) -> float:
+def p95(values: list[float]) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -201,22 +201,79 @@ def _lag(bench: Bench, key: str, workers: int, tasks: int, target: float) -> Fig
     """``workers`` drain ``tasks`` pre-published 0-dot tasks at prefetch 50; p95 of the screen's lag vs ``target`` s."""
     bench.log(f"dashboard lag: {workers} workers, {tasks:,} tasks")
     bench.control.prepare(tasks, timeout=60 + tasks / 1_000)  # the backlog is there before the workers start
+    app, backend, inbox = lab(bench, workers, 50)
+    lag = follow(app, backend, inbox, tasks)
+    bench.log(f"  lag: p95 {lag.p95:.3f} s, final {lag.final:.3f} s, {len(lag.ages)} samples")
+    return Figure(
+        key=key,
+        what=f"dashboard lag: {workers} workers drain {tasks:,} 0-dot tasks at prefetch 50, app headless; "
+        f"{lag.describe()} (ratio vs the {target:g} s target)",
+        unit="s",
+        ours=lag.p95,
+        reference=target,
+        ratio=lag.p95 / target,
+        target=Target("<=", 1.0),
+        samples={"ages": lag.ages[:2000], "final": [lag.final]},
+    )
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far the screen's done figure trailed the workers' done events over one run."""
+
+    ages: list[float]
+    """At each sample: how long ago the oldest done not yet on screen happened (0 when none)."""
+    behind: list[int]
+    """At each sample: how many dones the screen did not show yet."""
+    final: float
+    """Seconds from the last done to the screen update that showed the full count."""
+
+    @property
+    def p95(self) -> float:
+        return p95(self.ages)
+
+    def describe(self) -> str:
+        return (
+            f"p95 over {len(self.ages)} samples every {LAG_SAMPLE * 1000:.0f} ms, from the first done until the "
+            "screen showed them all, of how long the screen had been behind the workers' done count; after the "
+            f"last done the screen showed the full count in {self.final:.2f} s; p95 tasks behind "
+            f"{p95([float(b) for b in self.behind]):.0f}"
+        )
+
+
+def follow(
+    app: DispatchLab,
+    backend: Backend,
+    inbox: TappedInbox,
+    tasks: int,
+    *,
+    during: Callable[[], Awaitable[None]] | None = None,
+    after: Callable[[], Awaitable[None]] | None = None,
+) -> Lag:
+    """Run the app headless until its screen shows ``tasks`` done; the lag of its figures behind the workers'.
+
+    ``during`` is awaited once the app runs (to start workers it does not own), ``after``
+    once the screen showed them all, before the app ends.
+    """
     screen = Screen()
-    undo = _record_screen(screen)
-    app, backend, inbox = _lab(bench, workers, 50)
-    displays = _record_displays(app)
+    undo = record_screen(screen)
+    displays = record_displays(app)
     final_lag: list[float] = []
 
     async def run() -> None:
         async with app.run_test(size=(120, 36)):
+            if during is not None:
+                await during()
             deadline = time.monotonic() + 120 + tasks / 200
-            while not (screen.shown and screen.shown[-1][1] >= tasks and _painted(displays, screen.shown[-1][0])):
+            while not (screen.shown and screen.shown[-1][1] >= tasks and painted_at(displays, screen.shown[-1][0])):
                 await asyncio.sleep(0.02)  # pilot.pause would force a screen update each time
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the screen reached only {screen.shown[-1][1] if screen.shown else 0}")
-            painted = _painted(displays, screen.shown[-1][0])
+            painted = painted_at(displays, screen.shown[-1][0])
             assert painted is not None
             final_lag.append(painted - max(inbox.done_ts()))
+            if after is not None:
+                await after()
 
     try:
         asyncio.run(run())
@@ -226,32 +283,17 @@ def _lag(bench: Bench, key: str, workers: int, tasks: int, target: float) -> Fig
     done = sorted(inbox.done_ts())
     # What the screen showed, and from when: each panel update counts from the screen update that drew it.
     painted_counts = sorted(
-        (painted, count) for at, count in screen.shown if (painted := _painted(displays, at)) is not None
+        (painted, count) for at, count in screen.shown if (painted := painted_at(displays, at)) is not None
     )
-    ages, behind = _sampled_lag(done, painted_counts, final_lag[0])
-    p95 = _p95(ages)
-    bench.log(f"  lag: p95 {p95:.3f} s, final {final_lag[0]:.3f} s, {len(ages)} samples")
-    return Figure(
-        key=key,
-        what=f"dashboard lag: {workers} workers drain {tasks:,} 0-dot tasks at prefetch 50, app headless; "
-        f"p95 over {len(ages)} samples every {LAG_SAMPLE * 1000:.0f} ms, from the first done until the screen "
-        "showed them all, of how long the screen had been behind the workers' done count (ratio vs the "
-        f"{target:g} s target); after the last done the screen showed the full count in {final_lag[0]:.2f} s; "
-        f"p95 tasks behind {_p95([float(b) for b in behind]):.0f}",
-        unit="s",
-        ours=p95,
-        reference=target,
-        ratio=p95 / target,
-        target=Target("<=", 1.0),
-        samples={"ages": ages[:2000], "final": final_lag},
-    )
+    ages, behind = sampled_lag(done, painted_counts, final_lag[0])
+    return Lag(ages, behind, final_lag[0])
 
 
 LAG_SAMPLE = 0.02
 """Seconds between two samples of the screen's lag."""
 
 
-def _sampled_lag(
+def sampled_lag(
     done: list[float], painted_counts: list[tuple[float, int]], final: float
 ) -> tuple[list[float], list[int]]:
     """At each sample time: how long ago the oldest done not yet on screen happened (0 when none), and how many.
@@ -358,7 +400,7 @@ def _key_latency(
     """Presses idle, then while ``workers`` drain ``load`` tasks, once ``under_way`` are done; p95 vs ``target`` s."""
     bench.log(f"key latency: {workers} workers, {load:,} tasks published meanwhile")
     bench.control.prepare(0)
-    app, backend, _ = _lab(bench, workers, 50)
+    app, backend, _ = lab(bench, workers, 50)
     press = _press_latencies(app, presses)
     loaded: list[float] = []
     idle: list[float] = []
@@ -391,7 +433,7 @@ def _key_latency(
         asyncio.run(run())
     finally:
         backend.shutdown()
-    ours, reference = _p95(loaded), _p95(idle)
+    ours, reference = p95(loaded), p95(idle)
     bench.log(f"  key latency p95: {ours * 1000:.0f} ms loaded, {reference * 1000:.0f} ms idle")
     return Figure(
         key=key,

@@ -19,6 +19,7 @@ from typing import Any
 import pika
 import pytest
 
+from benchmarks.control import Control, queue_name
 from workers.settings import URL_ENV
 
 pytestmark = pytest.mark.broker
@@ -35,7 +36,10 @@ MEASURED_FIGURES = {
     "start_up",
     "monitor_cost",
 }
+CLASS_FIGURES = {"report_cost_3", "report_cpu_3"}
+"""The class figures compared side by side (3 workers in a smoke run, 50 in a full one)."""
 DASHBOARD_FIGURES = {
+    "class_lag_3",
     "model_throughput",
     "dashboard_lag",
     "key_latency",
@@ -76,6 +80,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _run_bench(args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the benchmark; past ``timeout``, SIGTERM it (its clean-up deletes its queue), never SIGKILL first.
+
+    subprocess.run's timeout kills outright: a run killed so on a loaded machine left its
+    durable queue with the smoke's 300 tasks on the shared broker.
+    """
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=30)
+        pytest.fail(f"the benchmark took over {timeout:.0f} s: {stderr[-2000:]}")
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
 def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
@@ -84,18 +104,14 @@ def _positive(value: Any) -> bool:
 def test_smoke_run_prints_every_figure_as_json(broker_url: str) -> None:
     env = {**os.environ, URL_ENV: broker_url}
     started, cpu_before = time.monotonic(), _children_cpu()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--smoke", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    result = _run_bench(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--smoke", "--json"], ROOT, env, 110
     )
     elapsed, cpu = time.monotonic() - started, _children_cpu() - cpu_before
     assert result.returncode == 0, result.stderr[-2000:]
     # The run's own CPU, not its wall time: on a busy machine the wait for a core is not the smoke's
-    # (measured: 11 s of CPU in 31 s of wall time under a load of 15-20, when the wall-time bound of 30 s failed).
+    # (measured: 11 s of CPU in 31 s of wall time under a load of 15-20, when a wall-time bound of 30 s failed;
+    # the class figures, 3 workers each side, add about 5 s of wall time).
     assert cpu < 30, f"the smoke run used {cpu:.1f} s of CPU ({elapsed:.1f} s of wall time)"
 
     report = json.loads(result.stdout)
@@ -105,9 +121,9 @@ def test_smoke_run_prints_every_figure_as_json(broker_url: str) -> None:
     assert report["parameters"]["prefetches"] == [1, 50]
 
     figures = {figure["key"]: figure for figure in report["figures"]}
-    assert set(figures) == MEASURED_FIGURES | DASHBOARD_FIGURES
+    assert set(figures) == MEASURED_FIGURES | CLASS_FIGURES | DASHBOARD_FIGURES
     for key, figure in figures.items():
-        if key in MEASURED_FIGURES:
+        if key in MEASURED_FIGURES | CLASS_FIGURES:
             assert figure["measured"] is True, key
             for field in ("ours", "reference", "ratio"):
                 assert _positive(figure[field]), (key, field, figure[field])
@@ -166,14 +182,35 @@ def test_smoke_run_leaves_no_process_or_queue(broker_url: str) -> None:
 def test_dispatch_lab_bench_runs_the_same_benchmark_from_any_folder(broker_url: str, tmp_path: Path) -> None:
     """``dispatch-lab bench`` finds benchmarks/ beside tui/ even when started elsewhere."""
     env = {**os.environ, URL_ENV: broker_url}
-    result = subprocess.run(
-        [sys.executable, "-m", "tui", "bench", "--smoke", "--json", "--only", "model_throughput"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=55,
+    result = _run_bench(
+        [sys.executable, "-m", "tui", "bench", "--smoke", "--json", "--only", "model_throughput"], tmp_path, env, 55
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert [figure["key"] for figure in report["figures"]] == ["model_throughput"]
+
+
+def test_a_run_deletes_the_queues_that_killed_runs_left_and_no_other(broker_url: str) -> None:
+    """A run killed outright leaves its queue; the next run on this machine deletes it, and only such queues."""
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    gone = next(pid for pid in range(pid_max - 1, 0, -1) if not Path(f"/proc/{pid}").exists())
+    left = f"dispatch-lab-bench-{gone}-{os.urandom(2).hex()}"
+    alive = f"dispatch-lab-bench-{os.getpid()}-{os.urandom(2).hex()}"  # a run still going: ours
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    control = Control(broker_url, queue_name())
+    try:
+        channel = connection.channel()
+        for name in (left, alive):
+            channel.queue_declare(queue=name, durable=True)
+            channel.basic_publish("", name, b"Hello World")
+        assert control.sweep_orphans() == [left]
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            connection.channel().queue_declare(queue=left, passive=True)
+        assert connection.channel().queue_declare(queue=alive, passive=True).method.message_count == 1
+    finally:
+        cleanup = connection.channel()
+        for name in (left, alive):
+            cleanup.queue_delete(queue=name)
+        control.delete()
+        control.close()
+        connection.close()

@@ -60,3 +60,10 @@ def test_the_ruler_marks_seconds_since_the_first_event_all_dim() -> None:
     assert ruler.style == "dim" and {span.style for span in ruler.spans} == {"dim"}
     # One span a label, on the cells of its label.
     assert [ruler.plain[span.start : span.end] for span in ruler.spans] == ["|5s", "|10s", "|15s", "|20s", "|25s"]
+
+
+def test_lane_names_show_the_ends_of_a_class_s_names_that_cut_alike() -> None:
+    class_names = timeline.lane_names(["lab-pc01", "lab-pc02", "w1"], 4)
+    assert class_names == {"lab-pc01": "pc01", "lab-pc02": "pc02", "w1": "w1  "}
+    # Names whose first cells differ keep their heads, as before.
+    assert timeline.lane_names(["alpha-1", "beta-2", "w1"], 4) == {"alpha-1": "alph", "beta-2": "beta", "w1": "w1  "}

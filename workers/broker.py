@@ -272,6 +272,14 @@ class ManagementApi:
             return None
         return data if isinstance(data, dict) else None
 
+    def queue_names(self) -> list[str] | None:
+        """The names of the vhost's queues, or None if unreachable."""
+        try:
+            data = self._get(f"/api/queues/{quote(self.vhost, safe='')}?columns=name")
+        except (OSError, ValueError):  # URLError is an OSError
+            return None
+        return [str(item.get("name")) for item in data if isinstance(item, dict)] if isinstance(data, list) else None
+
     def consumers(self, queue: str) -> list[ConsumerInfo] | None:
         """The queue's consumers with their channel's unacked count, or None if unreachable.
 

@@ -113,6 +113,22 @@ def run_marks(runs: Sequence[Run], start: float, end: float, width: int) -> Text
     return Text("".join(chars), spans=spans)
 
 
+def lane_names(names: Collection[str], width: int) -> dict[str, str]:
+    """Each worker's lane label: its name cut to ``width`` cells, or its end when the cut heads would look alike.
+
+    A class's workers are named after their machines (lab-pc01, lab-pc02, ...): cut to four
+    cells every lane read "lab-"; their ends (pc01, pc02) tell them apart.
+    """
+    shown = {name: printable(name) for name in names}
+    heads = [set_cell_size(text, width) for text in shown.values() if cell_len(text) > width]
+    if len(heads) == len(set(heads)):
+        return {name: set_cell_size(text, width) for name, text in shown.items()}
+    return {
+        name: set_cell_size(text[-width:] if cell_len(text) > width and len(text) == cell_len(text) else text, width)
+        for name, text in shown.items()
+    }
+
+
 def render(
     model: Model, now: float, width: int, name_width: int = 4, run: Run | None = None, folded: Collection[str] = ()
 ) -> Text:
@@ -128,10 +144,11 @@ def render(
         out.append(" " * (name_width + 1))
         out.append_text(run_marks(model.runs.all, start, end, lane_width))
         out.append("\n")
+    labels = lane_names(model.workers, name_width)
     for name, worker in model.workers.items():
         if name in folded or (run is not None and name not in run.figures):
             continue
-        out.append(set_cell_size(printable(name), name_width) + " ", "bold" if worker.alive else "dim strike")
+        out.append(labels[name] + " ", "bold" if worker.alive else "dim strike")
         out.append_text(lane(worker.lane, start, end, lane_width, now))
         out.append("\n")
     names = [name for name in model.workers if name in folded]
