@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 from textual.command import CommandList
 from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Static
@@ -31,6 +32,8 @@ from tui.view.widgets.help_screen import HELP
 from tui.view.widgets.messages_screen import MessagesScreen, timings
 from tui.view.widgets.publisher import PublisherPane
 from tui.view.widgets.queue_panel import AUTO_ACKED, _rows
+from tui.view.widgets.worker_grid import WorkerGrid
+from workers import protocol
 from workers.local_node import BOOT_PHASES
 from workers.settings import DEFAULT_URL, AckMode, DispatchMode
 
@@ -438,22 +441,45 @@ def test_help_lists_every_command() -> None:
         assert f"dispatch-lab {command}" in text, command
 
 
-def test_with_no_workers_a_toast_says_press_f2_or_start_one_elsewhere() -> None:
-    app = _App()
-    config = LabConfig(url="amqp://guest:guest@localhost/%2F", workers=0, queue="lesson", durable=False)
-    actions = LabActions(app, config, Model(), _Backend(DispatchMode()), PRESETS)  # type: ignore[arg-type]
-    actions.started()
-    assert app.notes == [no_workers("lesson", False, False)]
-    assert "F2" in app.notes[0] and "dispatch-lab worker --queue 'lesson' --transient" in app.notes[0]
-    assert "AMQP_URL" in app.notes[0] and "guest" not in app.notes[0]  # another broker: named, its password never
-    app.notes.clear()
-    private = LabConfig(url=DEFAULT_URL, workers=0, private_broker=True)
-    LabActions(app, private, Model(), _Backend(DispatchMode()), {}).started()  # type: ignore[arg-type]
-    assert "AMQP_URL" in app.notes[0]
-    app.notes.clear()
-    LabActions(app, LabConfig(url=DEFAULT_URL, workers=0), Model(), _Backend(DispatchMode()), {}).started()  # type: ignore[arg-type]
-    assert app.notes == [no_workers("task_queue", True)] and "AMQP_URL" not in app.notes[0]
-    assert "`dispatch-lab worker` in another terminal" in app.notes[0]
-    app.notes.clear()
-    LabActions(app, LabConfig(url="x", workers=2), Model(), _Backend(DispatchMode()), {}).started()  # type: ignore[arg-type]
-    assert app.notes == []
+def hint_of(config: LabConfig) -> str:
+    """What the empty grid says for a dashboard started with ``config`` ("" for none)."""
+    grid = WorkerGrid()
+    LabActions(_App(), config, Model(), _Backend(DispatchMode()), PRESETS).started(grid)  # type: ignore[arg-type]
+    return "" if grid.empty_hint is None else grid.empty_hint.plain
+
+
+def test_with_no_workers_the_empty_grid_says_press_f2_or_start_one_elsewhere() -> None:
+    tutorial = LabConfig(url="amqp://guest:guest@localhost/%2F", workers=0, queue="lesson", durable=False,
+                         hear_reports=False)  # fmt: skip
+    said = hint_of(tutorial)
+    assert said == "No workers yet. " + no_workers("lesson", False, False)
+    assert "F2" in said and "dispatch-lab worker --queue 'lesson' --transient" in said
+    assert "AMQP_URL" in said and "guest" not in said  # another broker: named, its password never
+    assert "AMQP_URL" in hint_of(LabConfig(url=DEFAULT_URL, workers=0, private_broker=True, hear_reports=False))
+    said = hint_of(LabConfig(url=DEFAULT_URL, workers=0, hear_reports=False))
+    assert "AMQP_URL" not in said and "`dispatch-lab worker` in another terminal" in said
+    # A dashboard that hears reports (the default): a student's worker reports, and takes the teacher's keys.
+    said = hint_of(LabConfig(url=DEFAULT_URL, workers=0))
+    assert "`dispatch-lab worker --report --accept-control` in another terminal or on a student's machine" in said
+    assert hint_of(LabConfig(url="x", workers=2)) == ""
+    assert hint_of(LabConfig(url=DEFAULT_URL, workers=0, watch_only=True)) == ""
+
+
+def test_the_empty_grids_hint_goes_with_the_first_card() -> None:
+    """It stood in a toast for 30 s at 80x24, over the cards of a class already reporting."""
+    model = Model(queue="q", mode=DispatchMode(1, "manual"))
+    app = DispatchLab(LabConfig(url=DEFAULT_URL, workers=0, queue="q"), model, None, presets={})
+    app.view.grid.empty_hint = Text(hint_of(LabConfig(url=DEFAULT_URL, workers=0, queue="q")))
+
+    async def run() -> tuple[bool, bool]:
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.refresh_view()
+            await pilot.pause()
+            before = bool(app.query("#no-workers"))
+            model.apply_all([protocol.Ready("[b]alice", T0, 7, "q", 1, "manual")])
+            app.refresh_view()
+            await pilot.pause()
+            return before, bool(app.query("#no-workers"))
+
+    before, after = asyncio.run(run())
+    assert before and not after, (before, after)

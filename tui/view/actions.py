@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from rich.text import Text
 from textual.app import App
 from textual.notifications import SeverityLevel
 
@@ -23,6 +24,7 @@ from tui.text import ERROR_CHARS, for_toast, quoted
 from tui.view.widgets.compare_screen import CompareScreen
 from tui.view.widgets.mode_dialog import PrefetchDialog
 from tui.view.widgets.publisher import PublisherPane
+from tui.view.widgets.worker_grid import WorkerGrid
 from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, FAIL_MODES, AckMode, DispatchMode, FailMode
 
 PREFETCH_CYCLE = (0, 1, 10)
@@ -33,13 +35,19 @@ NAMES_SHOWN = 5
 WATCH_ONLY = "Watch-only: this view follows the class; the dashboard that runs the workers changes things."
 
 
-def no_workers(queue: str, durable: bool, default_broker: bool = True) -> str:
-    """How to get a worker when the dashboard started none: here, or the tutorial's way in another terminal.
+def no_workers(queue: str, durable: bool, default_broker: bool = True, *, reports: bool = False) -> str:
+    """How to get a worker when the dashboard started none: here, or in another terminal or on another machine.
 
     The URL is not written out (its password must not show): another broker than the default is named by AMQP_URL.
     """
     options = ("" if queue == DEFAULT_QUEUE else f" --queue {quoted(queue)}") + ("" if durable else " --transient")
     where = "" if default_broker else " with AMQP_URL set to this dashboard's broker (in the header)"
+    if reports:  # a class: each student's worker reports through the broker and shows here as a card
+        return (
+            f"Press F2 to start a worker here, or run `dispatch-lab worker --report --accept-control{options}` "
+            f"in another terminal or on a student's machine{where}: each shows here as a card. "
+            "Tasks wait in the queue until a worker consumes them."
+        )
     return (
         f"Press F2 to start a worker here, or run `dispatch-lab worker{options}` in another terminal{where} "
         "(the tutorial's worker.py): tasks wait in the queue until a worker consumes them."
@@ -168,12 +176,13 @@ class LabActions:
 
     # ----- actions
 
-    def started(self) -> None:
-        """The dashboard is up: with no worker of its own (``--workers 0``), say how to get one."""
+    def started(self, grid: WorkerGrid) -> None:
+        """The dashboard is up: with no worker of its own (``--workers 0``), the empty grid says how to get one."""
         if self.backend is not None and self.config.workers == 0 and not self.config.watch_only:
             config = self.config
             default = config.url == DEFAULT_URL and not config.private_broker
-            self.notify(no_workers(config.queue, config.durable, default), title="No workers yet", timeout=30)
+            hint = no_workers(config.queue, config.durable, default, reports=config.hear_reports)
+            grid.empty_hint = Text.assemble(("No workers yet. ", "bold"), hint)
 
     def _selected_worker(self, name: str | None) -> str | None:
         if name in self.model.workers:

@@ -114,7 +114,7 @@ class DispatchLab(App[int]):
     def on_mount(self) -> None:
         if self.backend is not None:
             self.backend.start()
-        self.actions.started()
+        self.actions.started(self.view.grid)
         if self.replay is not None:
             for box in self.query(Input):  # a replay publishes nothing, and a focused box would take space , .
                 box.disabled = True

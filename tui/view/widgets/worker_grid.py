@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
+from rich.text import Text
 from textual.containers import Grid
+from textual.widgets import Static
 
 from tui.model.state import WorkerState
 from tui.view.widgets.worker_card import WorkerCard
@@ -22,6 +24,9 @@ class WorkerGrid(Grid):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.cards: dict[str, WorkerCard] = {}
+        self.empty_hint: Text | None = None
+        """What the grid says while no worker shows (how to get one), in place of the cards; None: nothing."""
+        self._hint: Static | None = None
 
     def show(
         self, workers: Mapping[str, WorkerState], now: float, selected: Callable[[], str | None], *, details: bool
@@ -34,6 +39,7 @@ class WorkerGrid(Grid):
         items = list(workers.items())
         for name in [name for name in self.cards if name not in workers]:
             self.cards.pop(name).remove()
+        self._show_hint(not items)
         per_part = max(1, -(-len(items) // CARD_PARTS)) if details else max(1, len(items))
         for index, (name, worker) in enumerate(items):
             if index % per_part == 0:
@@ -50,6 +56,15 @@ class WorkerGrid(Grid):
         for name in [name for name in self.cards if name not in workers]:
             self.cards.pop(name).remove()  # a replay stepped back to before this worker came
         self.set_class(len(self.cards) > 4, "-many")
+
+    def _show_hint(self, empty: bool) -> None:
+        """The empty grid's hint while no card shows; gone with the first card (a toast covered them for 30 s)."""
+        if empty and self._hint is None and self.empty_hint is not None:
+            self._hint = Static(self.empty_hint, id="no-workers")
+            self.mount(self._hint)
+        elif not empty and self._hint is not None:
+            self._hint.remove()
+            self._hint = None
 
     def mark_selected(self, selected: str | None) -> None:
         """Mark the selected card at once, without waiting for (or doing) a full refresh.
