@@ -227,9 +227,11 @@ def test_password_stays_out_of_argv_and_output(
         argv = Path(f"/proc/{worker.process.pid}/cmdline").read_bytes()
         assert PASSWORD.encode() not in argv, argv
         assert b"amqp://" not in argv, argv
-    # It travels in the environment (readable by the same user only), so the worker did log in with it.
-    assert PASSWORD.encode() in Path(f"/proc/{workers[0].process.pid}/environ").read_bytes()
     good_seen.wait(protocol.Ready)
+    # It travels in the environment (readable by the same user only), so the worker did log in with it.
+    # Read once it is ready: a process that has ended shows an empty environ (seen once under load).
+    environ = Path(f"/proc/{workers[0].process.pid}/environ").read_bytes()
+    assert PASSWORD.encode() in environ, (workers[0].process.poll(), len(environ))
     publish(broker_url, good_queue, ["one task."])
     good_seen.wait(protocol.Done)
     assert bad_seen.wait(obs.WorkerExited)[0].code == 1
