@@ -138,7 +138,14 @@ class EventWriter:
     def worked(self, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, acked: bool) -> None:
         """A task received, started and done at once: the three events."""
         if self.compact:
-            self._add_item(protocol.item_worked(ts, tag, msg_id, body, redelivered, acked))
+            # _add_item, inlined: at prefetch 50 this runs per delivery.
+            if self._on:
+                item = protocol.item_worked(ts, tag, msg_id, body, redelivered, acked)
+                with self._lock:
+                    items = self._items
+                    items.append(item)
+                    if len(items) >= protocol.TASKS_CAP:
+                        self._close_items()
         else:
             self.add(protocol.encode_inline_task(self._name_json, ts, tag, msg_id, body, redelivered, acked))
 
@@ -370,8 +377,9 @@ class Worker:
         ack = mode.ack
         now = time.time()
         writer = self.writer
-        events = writer.enabled
-        if seconds == 0 and ack.worker_acks_after_work and mode.prefetch == 1 and events and not self._finished:
+        events = writer._on
+        after_work = ack.worker_acks_after_work  # each property once: this runs per delivery
+        if seconds == 0 and after_work and mode.prefetch == 1 and events and not self._finished:
             # Prefetch 1: the broker sends nothing more until this ack, so the time from here to
             # the ack is the throughput. Done line first (done before ack), then the ack, at once.
             with self._lock:
@@ -384,7 +392,8 @@ class Worker:
                 send_ack(channel, tag, multiple=False)
                 return
         task = Task(self._gen, tag, msg_id, text, seconds, ack)
-        if not ack.acked:
+        acked = ack.acked
+        if not acked:
             self._never_acked.add(tag)
         with self._lock:
             inline = seconds == 0 and self._current is None and not self._waiting
@@ -399,8 +408,8 @@ class Worker:
             self._say(f" [x] Received {shown(text)}")
             self._say(" [x] Done")
         if events:
-            writer.worked(now, tag, msg_id, text, method.redelivered, ack.acked)
-        if ack.worker_acks_after_work:
+            writer.worked(now, tag, msg_id, text, method.redelivered, acked)
+        if after_work:
             self._finished.append(task)
 
     def _on_special_message(self, method: Any, properties: Any, body: bytes) -> None:
