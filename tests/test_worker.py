@@ -559,3 +559,41 @@ def test_a_worker_waiting_for_its_broker_still_says_it_is_alive() -> None:
         assert worker.of(Ready) == []
     finally:
         worker.close()
+
+
+def test_send_ack_goes_straight_to_the_socket_and_the_broker_takes_it(broker_url: str, queue_name: str) -> None:
+    """The lean ack path: no pika buffer, no writability watcher, and the broker counts the task acked.
+
+    It fails if pika no longer has the parts send_ack uses (then it would quietly fall back to basic_ack).
+    """
+    import pika
+
+    from workers.worker import send_ack
+
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue=queue_name, durable=False)
+        for body in (b"first", b"second"):
+            channel.basic_publish("", queue_name, body)
+        transport = connection._impl._transport
+        assert type(transport).__name__ == "_AsyncPlaintextTransport"
+        buffered: list[bytes] = []
+        write = transport.write
+        transport.write = lambda data: (buffered.append(data), write(data))  # type: ignore[method-assign]
+        got = channel.basic_get(queue_name, auto_ack=False)
+        assert got[0] is not None and got[2] == b"first"
+        held = channel.basic_get(queue_name, auto_ack=False)
+        assert held[0] is not None and held[2] == b"second"
+        buffered.clear()
+        sent = connection._impl.bytes_sent
+        send_ack(channel, got[0].delivery_tag, multiple=False)
+        assert buffered == [], "the ack went through pika's buffer"
+        assert connection._impl.bytes_sent > sent, "the ack was not counted as pika counts its frames"
+        channel.close()  # the unacked second task goes back; the acked first one does not
+        channel = connection.channel()
+        left = channel.queue_declare(queue=queue_name, durable=False, passive=True).method.message_count
+        assert left == 1
+        assert channel.basic_get(queue_name, auto_ack=True)[2] == b"second"
+    finally:
+        connection.close()
