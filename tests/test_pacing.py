@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -194,3 +197,12 @@ def test_a_flood_the_fold_keeps_up_with_is_drawn_as_one_behind() -> None:
     assert tick(pacing.BEHIND_DRAW_SECONDS + pacing.REFRESH_SECONDS, flood) == []
     assert tick(pacing.DETAIL_SECONDS, flood) == everything
     assert tick(pacing.DETAIL_SECONDS + pacing.REFRESH_SECONDS, 10) == everything, "the flood is over"
+
+
+@pytest.mark.parametrize(("asked", "fps"), [(None, "120"), ("30", "30")])
+def test_the_dashboard_updates_the_screen_at_up_to_120_frames_unless_told(asked: str | None, fps: str) -> None:
+    """A key's screen update waits for the next frame: 8 ms at most, not Textual's 17 (TEXTUAL_FPS still wins)."""
+    env = {k: v for k, v in os.environ.items() if k != "TEXTUAL_FPS"} | ({"TEXTUAL_FPS": asked} if asked else {})
+    code = "import tui.cli, textual.constants as c; print(c.MAX_FPS)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=30)
+    assert out.stdout.strip() == fps, out
