@@ -111,6 +111,15 @@ def connect(
         raise BrokerError(describe_connect_error(exc, url), transient=not mistake) from None
 
 
+def close_quietly(connection: pika.BlockingConnection) -> None:
+    """Close a connection on the way out, whatever state it is in: a failure to close says nothing new."""
+    try:
+        if connection.is_open:
+            connection.close()
+    except Exception:
+        pass
+
+
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$")
 
 

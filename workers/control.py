@@ -28,7 +28,7 @@ import pika
 import pika.exceptions
 
 from workers import protocol
-from workers.broker import BrokerError, connect
+from workers.broker import BrokerError, close_quietly, connect
 from workers.settings import scrub
 
 EXCHANGE = "dispatch-lab.control"
@@ -122,7 +122,7 @@ class ControlListener:
                 self._stop.wait(0.5)  # commands sent meanwhile come back to their sender as unroutable
             finally:
                 self.bound.clear()
-                _close_quietly(connection)
+                close_quietly(connection)
 
 
 Unreached = Callable[[list[str], str], None]
@@ -176,7 +176,7 @@ class ControlSender:
                 self._carry_out(order)
         finally:
             if self._connection is not None:
-                _close_quietly(self._connection)
+                close_quietly(self._connection)
 
     def _keep_alive(self) -> None:
         """Heartbeats for an idle connection (a BlockingConnection answers them only when asked to)."""
@@ -189,7 +189,7 @@ class ControlSender:
 
     def _drop(self) -> None:
         if self._connection is not None:
-            _close_quietly(self._connection)
+            close_quietly(self._connection)
         self._connection = self._channel = None
 
     def _open(self) -> Any:
@@ -201,7 +201,7 @@ class ControlSender:
                 declare_exchange(channel)
                 channel.confirm_delivery()
             except BaseException:
-                _close_quietly(connection)
+                close_quietly(connection)
                 raise
             self._connection, self._channel = connection, channel
         return self._channel
@@ -236,11 +236,3 @@ class ControlSender:
             order.unreached(missed, NOT_LISTENING)
         if left:
             order.unreached(left, failure)
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    try:
-        if connection.is_open:
-            connection.close()
-    except Exception:
-        pass

@@ -30,7 +30,7 @@ import pika
 import pika.exceptions
 
 from workers import protocol
-from workers.broker import BrokerError, connect
+from workers.broker import BrokerError, close_quietly, connect
 from workers.settings import scrub
 
 EXCHANGE = "dispatch-lab.events"
@@ -168,7 +168,7 @@ class Reporter:
             except (pika.exceptions.AMQPError, OSError) as exc:
                 print(f"{self.name}: reporting connection lost: {scrub(str(exc), self.url)}", file=sys.stderr)
             finally:
-                _close_quietly(connection)
+                close_quietly(connection)
             if self._closing:
                 return
 
@@ -273,12 +273,4 @@ class ReportFeed:
                 self.bound.clear()
                 self._stop.wait(0.5)  # the broker went away: reconnect; what was sent meanwhile is lost
             finally:
-                _close_quietly(connection)
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    try:
-        if connection.is_open:
-            connection.close()
-    except Exception:
-        pass
+                close_quietly(connection)

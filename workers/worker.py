@@ -29,7 +29,7 @@ import pika.frame
 import pika.spec
 
 from workers import control, protocol, report
-from workers.broker import BrokerError, connect, declare_task_queue, explain_channel_error
+from workers.broker import BrokerError, close_quietly, connect, declare_task_queue, explain_channel_error
 from workers.settings import (
     DEFAULT_QUEUE,
     AckMode,
@@ -882,7 +882,7 @@ class Worker:
             self._new_channel()
         except BaseException:
             self._connection = self._channel = self._consumer_tag = None
-            _close_quietly(connection)
+            close_quietly(connection)
             raise
         _keep_ticking(connection)
 
@@ -1062,7 +1062,7 @@ class Worker:
             self._work_ready.notify()
         worker_thread.join(timeout=1.0)
         if self._connection is not None:
-            _close_quietly(self._connection)
+            close_quietly(self._connection)
         self._emit_stopped(reason)
 
     def _emit_stopped(self, reason: str) -> None:
@@ -1134,14 +1134,6 @@ def _keep_ticking(connection: pika.BlockingConnection) -> None:
             connection.call_later(POLL_INTERVAL, tick)
 
     connection.call_later(POLL_INTERVAL, tick)
-
-
-def _close_quietly(connection: pika.BlockingConnection) -> None:
-    try:
-        if connection.is_open:
-            connection.close()
-    except Exception:
-        pass
 
 
 def _checked(convert: Callable[[str], T], check: Callable[[T], T], what: str) -> Callable[[str], T]:
