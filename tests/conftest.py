@@ -145,7 +145,24 @@ def no_orphans() -> Iterator[None]:
     assert not alive, f"child processes outlived their tests: {alive}"
 
 
+LONGEST_FIRST = (
+    "test_teaching.py",
+    "test_chaos.py",
+    "test_app.py",
+    "test_hostile_text.py",
+    "test_worker.py",
+    "test_bench_smoke.py",
+    "test_broker_steps.py",
+    "test_broker_alarm.py",
+    "test_other_consumers.py",
+)
+"""The files that take longest (30-80 s each, measured): run first, so that with ``make test``'s two processes,
+a file at a time each, none is left running alone at the end (the tail took 1:40 of a 4:43 run)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
     if os.environ.get("DISPATCH_LAB_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: set DISPATCH_LAB_SLOW=1 to run")
