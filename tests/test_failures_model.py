@@ -234,3 +234,30 @@ def test_the_header_and_the_panel_name_the_queue_kind_alike() -> None:
     assert queue_kind(Model(spec=QueueSpec(type=QueueType.QUORUM)), True) == "quorum"
     assert queue_kind(Model(spec=QueueSpec()), True) == "durable"
     assert queue_kind(Model(spec=QueueSpec(durable=False)), False) == "transient"
+
+
+def test_an_earlier_failure_read_after_another_workers_reject_is_put_in_its_place() -> None:
+    """Each worker has its own pipe: w2's reject (the fix) can be read before w1's earlier requeue.
+
+    Read in that order, w1's delivery counted as a move back from the dead-letter queue, and the
+    lifeline ended "failed -> requeued -> dead-lettered" (test_nack_loop saw it under load).
+    """
+    r = Recorder()
+    start(r, "w1", "w2")
+    r.publish("Bad task!")
+    loop = Loop(r)
+    loop.fail("w1", 1, "requeue", redelivered=False)
+    r.after(0.1)
+    w1_events = r.events[-3:]  # the first delivery's received, started and failed: w1's pipe, read late
+    del r.events[-3:]
+    loop.fail("w2", 1, "reject")
+    r.events.extend(w1_events)
+    model = model_for(QueueSpec(dead_letter=True), r.events)
+    record = model.ledger.records[msg_id(1)]
+    assert record.state == DEAD_LETTERED
+    assert record.lifeline() == (
+        "#1 -> w1 -> failed -> requeued -> w2 (redelivered) -> failed -> rejected -> dead-lettered (rejected)"
+    )
+    ledger = model.ledger
+    assert (ledger.dead_lettered, ledger.moved_back, ledger.requeued, ledger.rejected) == (1, 0, 1, 1)
+    assert (ledger.deliveries, ledger.redeliveries) == (2, 1)

@@ -435,6 +435,12 @@ class Ledger:
             count = 0  # measured on 3.10.8: a quorum queue's first delivery to a consumer has no header
         if count is not None and deliveries and (deliveries[-1].count or 0) > count:
             return self._late(record, worker, ts, redelivered, ack, count)
+        if count is None and deliveries and deliveries[-1].worker != worker and ts < deliveries[-1].ts:
+            # Classic queues count no deliveries: the clocks tell. Each worker has its own pipe, so another
+            # worker's later delivery (a reject that dead-lettered it, say) can be read first; this earlier
+            # one was counted as a move back from the dead-letter queue. Same machine, same clock; a remote
+            # worker's clock may be off (docs/architecture.md).
+            return self._late(record, worker, ts, redelivered, ack, None)
         if state == DEAD_LETTERED:
             # Delivered from the work queue again: it was moved back (its DeadLettersMoved may come after this).
             self.dead_lettered -= 1
@@ -469,11 +475,15 @@ class Ledger:
         return record
 
     def _late(
-        self, record: MessageRecord, worker: str, ts: float, redelivered: bool, ack: AckMode, count: int
+        self, record: MessageRecord, worker: str, ts: float, redelivered: bool, ack: AckMode, count: int | None
     ) -> MessageRecord:
-        """An earlier delivery (by the broker's count) reported after a later one: put in its place, nothing moves."""
+        """An earlier delivery (by the broker's count, else by time) reported after a later one: put in its place,
+        nothing moves."""
         deliveries = record.deliveries
-        index = next(i for i, d in enumerate(deliveries) if (d.count or 0) > count)
+        if count is not None:
+            index = next(i for i, d in enumerate(deliveries) if (d.count or 0) > count)
+        else:
+            index = next(i for i, d in enumerate(deliveries) if d.ts > ts)
         why = REDELIVERED if redelivered else FIRST
         deliveries.insert(index, Delivery(worker, ts, redelivered, why, ack, count=count, late=True))
         self.deliveries += 1
