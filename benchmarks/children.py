@@ -47,24 +47,24 @@ class BenchError(Exception):
     """A run could not be measured; ``str()`` says why in one sentence."""
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far, all its threads (Linux /proc), or None."""
+def _stat_cpu_seconds(path: str) -> float | None:
+    """User + system CPU seconds from a /proc ``stat`` file, or None when it cannot be read."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
+        with open(path, "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, all its threads (Linux /proc), or None."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def thread_cpu_seconds(native_id: int) -> float | None:
     """User + system CPU seconds of one thread of this process (``threading.Thread.native_id``), or None."""
-    try:
-        with open(f"/proc/self/task/{native_id}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return _stat_cpu_seconds(f"/proc/self/task/{native_id}/stat")
 
 
 class Consumer:
