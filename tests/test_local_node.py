@@ -292,3 +292,13 @@ def test_an_ack_timeout_goes_into_the_nodes_config_with_a_tick_to_check_it() -> 
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="ack_timeout"):
             LocalNode(ack_timeout=bad)
+
+
+def test_free_ports_stay_out_of_the_range_outgoing_connections_draw_from() -> None:
+    """A port from that range was taken by another test process's connection before a node could listen on it."""
+    low, _high = local_node.ephemeral_ports()
+    ports = local_node.free_ports(3)
+    assert len(set(ports)) == 3 and all(local_node.LOWEST_PORT <= port < low for port in ports), (ports, low)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind((local_node.HOST, port))  # free, as promised

@@ -94,13 +94,37 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+LOWEST_PORT = 20000
+"""Where free ports are looked for: above the usual services' ports, below the kernel's ephemeral range."""
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's ip_local_port_range, else its default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports that were free on 127.0.0.1 a moment ago."""
+    """``count`` distinct TCP ports that were free on 127.0.0.1 a moment ago, outside the ephemeral range.
+
+    A port the kernel handed out (``bind(0)``) is in the ephemeral range, which every outgoing
+    connection draws from too: with two test processes opening connections, a private node's
+    AMQP port was taken between the pick and the node's listen (``could_not_start_listener``).
+    """
+    low, _high = ephemeral_ports()
     sockets: list[socket.socket] = []
     try:
-        for _ in range(count):
+        while len(sockets) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
+            try:
+                # Below the ephemeral range when there is room (there is by default), else any port.
+                sock.bind((HOST, LOWEST_PORT + secrets.randbelow(low - LOWEST_PORT) if low > LOWEST_PORT + 1000 else 0))
+            except OSError:
+                sock.close()  # taken: try another
+                continue
             sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
     finally:
