@@ -7,6 +7,8 @@ import json
 import re
 import shlex
 import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -118,6 +120,94 @@ def close_quietly(connection: pika.BlockingConnection) -> None:
             connection.close()
     except Exception:
         pass
+
+
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+"""Seconds between tries to reach the broker again: the first soon, then no faster than every 5 s."""
+
+
+def declare_topic_exchange(channel: Any, exchange: str) -> None:
+    """The lab's telemetry and control exchanges: topic, not durable (for whoever listens now)."""
+    channel.exchange_declare(exchange, exchange_type="topic", durable=False)
+
+
+class Subscription:
+    """A thread that keeps an exclusive, auto-delete queue bound to ``key`` on a topic exchange.
+
+    Each message goes to ``deliver(method, properties, body)`` on that thread. It reconnects
+    with backoff when the broker goes away; what is sent meanwhile is not kept for it. ``say``
+    hears ``("paused", why)`` when it first cannot connect, ``("bound", "")`` once bound (again
+    after each reconnect) and ``("lost", why)`` when the connection is lost (no password in ``why``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        key: str,
+        deliver: Callable[[Any, Any, bytes], None],
+        *,
+        connection_name: str,
+        thread_name: str,
+        say: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.exchange = exchange
+        self.key = key
+        self.deliver = deliver
+        self.connection_name = connection_name
+        self.thread_name = thread_name
+        self.say = say
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.bound = threading.Event()
+        """Set while the queue is bound: messages published from then on reach it."""
+        self.native_id: int | None = None
+        """The thread's id for the OS, once it runs (a benchmark reads its CPU time)."""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.deliver(method, properties, body)
+
+    def _run(self) -> None:
+        self.native_id = threading.get_native_id()
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                connection = connect(self.url, name=self.connection_name)
+            except BrokerError as exc:
+                if attempt == 0 and self.say is not None:
+                    self.say("paused", str(exc))
+                self._stop.wait(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                attempt += 1
+                continue
+            attempt = 0
+            try:
+                channel = connection.channel()
+                declare_topic_exchange(channel, self.exchange)
+                name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                channel.queue_bind(name, self.exchange, routing_key=self.key)
+                channel.basic_consume(name, self._on_message, auto_ack=True)
+                self.bound.set()
+                if self.say is not None:
+                    self.say("bound", "")
+                while not self._stop.is_set():
+                    connection.process_data_events(0.2)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                if self.say is not None:
+                    self.say("lost", scrub(str(exc), self.url))
+                self._stop.wait(0.5)  # the broker went away: reconnect
+            finally:
+                self.bound.clear()
+                close_quietly(connection)
 
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$")

@@ -28,14 +28,13 @@ import pika
 import pika.exceptions
 
 from workers import protocol
-from workers.broker import BrokerError, close_quietly, connect
+from workers.broker import BrokerError, Subscription, close_quietly, connect, declare_topic_exchange
 from workers.settings import scrub
 
 EXCHANGE = "dispatch-lab.control"
 """The topic exchange dashboards send commands on (not durable: a command is for a worker listening now)."""
 MAX_BODY = 4096
 """Bytes a control message may hold: a command is one short line; anything longer is not one."""
-RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 LISTENING = "takes stop and mode changes from dashboards on"
 """Said on stderr once the listener's queue is bound (again after each reconnect)."""
 NOT_LISTENING = "the broker had no control queue for them (gone, or not listening)"
@@ -46,7 +45,7 @@ def routing_key(queue_name: str, name: str) -> str:
 
 
 def declare_exchange(channel: Any) -> None:
-    channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=False)
+    declare_topic_exchange(channel, EXCHANGE)
 
 
 def describe(command: protocol.Command) -> str:
@@ -66,21 +65,25 @@ class ControlListener:
         self.name = name
         self.key = routing_key(queue_name, name)
         self.obey = obey
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.bound = threading.Event()
+        self._subscription = Subscription(
+            url,
+            EXCHANGE,
+            self.key,
+            lambda method, properties, body: self.heard(body),
+            connection_name=f"dispatch-lab {name} control (pid {os.getpid()})",
+            thread_name="control",
+            say=self._say,
+        )
+        self.bound = self._subscription.bound
         """Set while the listener's queue is bound: commands sent from then on reach it."""
         self.ignored = 0
         """Messages that were not commands."""
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
-        self._thread.start()
+        self._subscription.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._subscription.stop(timeout)
 
     def heard(self, body: bytes) -> None:
         """One control message: a command is obeyed, anything else ignored with a line on stderr."""
@@ -92,37 +95,12 @@ class ControlListener:
         print(f"{self.name}: a dashboard says over {EXCHANGE}: {describe(command)}", file=sys.stderr, flush=True)
         self.obey(command)
 
-    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self.heard(body)
-
-    def _run(self) -> None:
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                connection = connect(self.url, name=f"dispatch-lab {self.name} control (pid {os.getpid()})")
-            except BrokerError as exc:
-                if attempt == 0:
-                    print(f"{self.name}: control paused: {exc}", file=sys.stderr, flush=True)
-                self._stop.wait(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
-                attempt += 1
-                continue
-            attempt = 0
-            try:
-                channel = connection.channel()
-                declare_exchange(channel)
-                name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-                channel.queue_bind(name, EXCHANGE, routing_key=self.key)
-                channel.basic_consume(name, self._on_message, auto_ack=True)
-                self.bound.set()
-                print(f"{self.name}: {LISTENING} {EXCHANGE} ({self.key})", file=sys.stderr, flush=True)
-                while not self._stop.is_set():
-                    connection.process_data_events(0.2)
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                print(f"{self.name}: control connection lost: {scrub(str(exc), self.url)}", file=sys.stderr)
-                self._stop.wait(0.5)  # commands sent meanwhile come back to their sender as unroutable
-            finally:
-                self.bound.clear()
-                close_quietly(connection)
+    def _say(self, what: str, why: str) -> None:
+        if what == "bound":
+            print(f"{self.name}: {LISTENING} {EXCHANGE} ({self.key})", file=sys.stderr, flush=True)
+        else:
+            said = "paused" if what == "paused" else "connection lost"
+            print(f"{self.name}: control {said}: {why}", file=sys.stderr, flush=True)
 
 
 Unreached = Callable[[list[str], str], None]

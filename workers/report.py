@@ -30,7 +30,7 @@ import pika
 import pika.exceptions
 
 from workers import protocol
-from workers.broker import BrokerError, close_quietly, connect
+from workers.broker import RECONNECT_DELAYS, BrokerError, Subscription, close_quietly, connect, declare_topic_exchange
 from workers.settings import scrub
 
 EXCHANGE = "dispatch-lab.events"
@@ -43,7 +43,6 @@ INTERVAL = 0.1
 Each publish wakes the reporting thread and costs a pika publish and a poll: at 0.05 s,
 with a wake-up per batch offered on top, 50 workers on 2 cores spent 607 µs of CPU per
 task with ``--report`` against 346 µs without (benchmarks: report_cpu_50)."""
-RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 HOST_HEADER = "host"
 PID_HEADER = "pid"
 CONTROL_HEADER = "control"
@@ -72,7 +71,7 @@ def check_name(name: str) -> str:
 
 
 def declare_exchange(channel: Any) -> None:
-    channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=False)
+    declare_topic_exchange(channel, EXCHANGE)
 
 
 class Reporter:
@@ -223,23 +222,29 @@ class ReportFeed:
         self.queue = queue
         self.heard = heard
         self._prefix = f"{queue}."
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.bound = threading.Event()
-        """Set once the feed's queue is bound: reports published from then on reach it."""
-        self.native_id: int | None = None
+        self._subscription = Subscription(
+            url,
+            EXCHANGE,
+            f"{queue}.*",
+            self._on_message,
+            connection_name="dispatch-lab monitor (reports)",
+            thread_name="report-feed",
+        )
+        self.bound = self._subscription.bound
+        """Set while the feed's queue is bound: reports published from then on reach it."""
+
+    @property
+    def native_id(self) -> int | None:
         """The feed thread's id for the OS, once it runs (a benchmark reads its CPU time)."""
+        return self._subscription.native_id
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="report-feed", daemon=True)
-        self._thread.start()
+        self._subscription.start()
 
     def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._subscription.stop(timeout)
 
-    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+    def _on_message(self, method: Any, properties: Any, body: bytes) -> None:
         key: str = method.routing_key
         if not key.startswith(self._prefix):
             return
@@ -248,29 +253,3 @@ class ReportFeed:
         name = key[len(self._prefix) :]
         control = headers.get(CONTROL_HEADER) is True
         self.heard(name, host if isinstance(host, str) else "", pid if isinstance(pid, int) else 0, body, control)
-
-    def _run(self) -> None:
-        self.native_id = threading.get_native_id()
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                connection = connect(self.url, name="dispatch-lab monitor (reports)")
-            except BrokerError:
-                self._stop.wait(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
-                attempt += 1
-                continue
-            attempt = 0
-            try:
-                channel = connection.channel()
-                declare_exchange(channel)
-                name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-                channel.queue_bind(name, EXCHANGE, routing_key=f"{self.queue}.*")
-                channel.basic_consume(name, self._on_message, auto_ack=True)
-                self.bound.set()
-                while not self._stop.is_set():
-                    connection.process_data_events(0.2)
-            except (pika.exceptions.AMQPError, OSError):
-                self.bound.clear()
-                self._stop.wait(0.5)  # the broker went away: reconnect; what was sent meanwhile is lost
-            finally:
-                close_quietly(connection)

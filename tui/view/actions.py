@@ -25,6 +25,7 @@ from tui.view.widgets.compare_screen import CompareScreen
 from tui.view.widgets.mode_dialog import PrefetchDialog
 from tui.view.widgets.publisher import PublisherPane
 from tui.view.widgets.worker_grid import WorkerGrid
+from workers.control import Unreached
 from workers.settings import ACK_MODES, DEFAULT_QUEUE, DEFAULT_URL, FAIL_MODES, AckMode, DispatchMode, FailMode
 
 PREFETCH_CYCLE = (0, 1, 10)
@@ -222,7 +223,7 @@ class LabActions:
         """The live workers on other machines: a change for all workers is for them too, if they accept it."""
         return [w.name for w in self.model.workers.values() if w.remote and w.alive]
 
-    def _unreached(self, what: str) -> Callable[[list[str], str], None]:
+    def _unreached(self, what: str) -> Unreached:
         """A toast, from the control sender's thread, naming the remote workers a command did not reach."""
 
         def tell(names: list[str], why: str) -> None:
@@ -231,12 +232,19 @@ class LabActions:
 
         return tell
 
-    def _told_remote(self, told: int, refused: list[str]) -> str:
-        """What a change for all workers did on other machines, for its toast ("" when no remote worker runs)."""
-        said = f" Sent to {told} remote worker(s) over the control exchange." if told else ""
+    def _for_all(self, said: str, change: Callable[[list[str], Unreached], list[str]], what: str) -> None:
+        """A change for all workers: ours, and the remote ones that accept control; its toast says which it missed.
+
+        ``change(remote, unreached)`` makes it and returns the remote workers it could not send it to.
+        """
+        remote = self._remote_workers()
+        refused = change(remote, self._unreached(what))
+        told = len(remote) - len(refused)
+        if told:
+            said += f". Sent to {told} remote worker(s) over the control exchange."
         if refused:
-            said += f" Not reached (started without --accept-control): {some_names(refused)}."
-        return said
+            said += ("" if told else ".") + f" Not reached (started without --accept-control): {some_names(refused)}."
+        self.notify(said, timeout=8 if refused else 4)
 
     def add_worker(self) -> None:
         if self._read_only("add to") or self.backend is None:
@@ -305,11 +313,12 @@ class LabActions:
     def set_mode(self, mode: DispatchMode) -> None:
         if self._read_only("switch to another mode") or self.backend is None:
             return
-        remote = self._remote_workers()
-        refused = self.backend.set_mode(mode, remote, self._unreached("The mode change"))
-        told = self._told_remote(len(remote) - len(refused), refused)
-        said = f"Mode for all workers: {mode.describe()}" + (f".{told}" if told else "")
-        self.notify(said, timeout=8 if refused else 4)
+        backend = self.backend
+        self._for_all(
+            f"Mode for all workers: {mode.describe()}",
+            lambda remote, unreached: backend.set_mode(mode, remote, unreached),
+            "The mode change",
+        )
 
     @property
     def mode(self) -> DispatchMode:
@@ -324,11 +333,12 @@ class LabActions:
     def set_fail_mode(self, on_fail: FailMode) -> None:
         if self._read_only("switch to another failure mode") or self.backend is None:
             return
-        remote = self._remote_workers()
-        refused = self.backend.set_fail_mode(on_fail, remote, self._unreached("The failure mode change"))
-        told = self._told_remote(len(remote) - len(refused), refused)
-        said = f"On failure, for all workers: {on_fail.words}: {on_fail.help[0]}" + (f".{told}" if told else "")
-        self.notify(said, timeout=8 if refused else 4)
+        backend = self.backend
+        self._for_all(
+            f"On failure, for all workers: {on_fail.words}: {on_fail.help[0]}",
+            lambda remote, unreached: backend.set_fail_mode(on_fail, remote, unreached),
+            "The failure mode change",
+        )
 
     def cycle_fail_mode(self) -> None:
         self.set_fail_mode(FAIL_MODES[(FAIL_MODES.index(self.on_fail) + 1) % len(FAIL_MODES)])

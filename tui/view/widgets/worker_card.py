@@ -105,7 +105,8 @@ class WorkerCard(Widget, can_focus=True):
         where = f"remote {for_toast(worker.host, NAME_CHARS)}:{worker.pid or '?'}" if worker.remote else (
             f"pid {worker.pid or '-'}"
         )  # fmt: skip
-        borders = (f"{name} · {where} · {describe_status(worker, now)}", mode)
+        status_words = describe_status(worker, now)  # the card's title and a compact row's head
+        borders = (f"{name} · {where} · {status_words}", mode)
         if borders != self._borders:  # setting a title repaints the whole card, even to the same title
             self._borders = borders
             # As Text: a title given as a string is read as markup, and a worker's name is outside text.
@@ -149,7 +150,6 @@ class WorkerCard(Widget, can_focus=True):
                 if worker.remote
                 else ""
             )  # a row has no subtitle: whether F4 and the mode keys reach it is said here
-            status_words = describe_status(worker, now)
             head = Text.assemble((name, "bold"), (f"{remote} · {status_words}", "dim"))
             if task.plain and task.plain != status_words:  # an idle row said "idle · idle"
                 head.append(" · ")
