@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,13 +22,15 @@ from typing import TypeVar
 import pika
 import pytest
 
-from tests.helpers import ROOT, SPAWNED, child_env, figures, run_module, wait_figures, wait_until
+from tests.helpers import ROOT, SPAWNED, WorkerProc, child_env, figures, run_module, wait_figures, wait_until
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pool import Inbox
 from tui.model.ledger import DONE, FAILED, PUBLISHING
 from tui.model.state import Model
 from tui.view.widgets.publisher import publish_status
+from workers import protocol, report
 from workers.local_node import LocalNode, rabbitmq_server_path
+from workers.new_task import Publisher
 
 pytestmark = pytest.mark.skipif(rabbitmq_server_path() is None, reason="rabbitmq-server is not installed")
 
@@ -300,3 +303,39 @@ def test_new_task_says_the_broker_refused_the_message_and_why(node: LocalNode, q
         f"is larger than configured max size {MAX_SIZE}.\n"
     ), result.stderr
     assert wait_figures(node.url, queue, lambda f: f is not None, 5, "the queue").ready == 0
+
+
+# ----- a worker that reports through the broker
+
+
+@pytest.mark.timeout(90)
+def test_a_reporting_worker_works_through_a_memory_alarm_and_stops_at_once(node: LocalNode, queue: str) -> None:
+    # Its reports are publishes, so the alarm holds them; its work and acks must go on: the reports
+    # have a connection of their own, and the worker never waits for it (nor for its close).
+    tasks = 40
+    with Publisher(node.url, queue) as publisher:  # before the alarm: a publisher waits an alarm out
+        for i in range(tasks):
+            publisher.publish(f"task {i}.")
+    heard: list[protocol.Event] = []
+    feed = report.ReportFeed(node.url, queue, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
+    feed.start()
+    worker: WorkerProc | None = None
+    try:
+        assert feed.bound.wait(10), "the feed's queue was never bound"
+        with memory_alarm(node):
+            worker = WorkerProc(node.url, queue, "carol", seconds_per_dot=0.02, events=False, extra_args=["--report"])
+            wait_until(lambda: worker.lines.count(" [x] Done") == tasks, 30, f"{tasks} tasks done under the alarm")
+            worker.interrupt()
+            began = time.monotonic()
+            assert worker.wait_exit(10) == 0
+            stopped_in = time.monotonic() - began
+            done_heard = sum(isinstance(event, protocol.Done) for event in heard)
+        assert stopped_in < 3.0, f"the stop waited {stopped_in:.1f} s for the blocked reporting connection"
+        # Every ack reached the broker although the reports could not: nothing came back to the queue.
+        assert wait_figures(node.url, queue, lambda f: f is not None, 5, "the queue").ready == 0
+        assert done_heard < tasks, "the alarm did not hold the reports: this test would show nothing"
+        assert "Traceback" not in worker.stderr, worker.stderr
+    finally:
+        feed.stop()
+        if worker is not None:
+            worker.close()

@@ -17,7 +17,7 @@ from tui.engine.backend import LabConfig, build_pipeline
 from tui.model import observations as obs
 from tui.model.state import Model
 from tui.view.widgets.worker_card import WorkerCard
-from workers import control, protocol
+from workers import control, protocol, report
 from workers.settings import AckMode, FailMode
 
 ALICE, BOB = "alice-laptop", "bob-laptop"
@@ -98,16 +98,31 @@ def test_commands_reach_only_the_worker_that_accepts_them_and_a_late_dashboard_l
     broker_url: str, queue_name: str, spawn_worker: WorkerFactory
 ) -> None:
     # Both start before the dashboard, in modes of their own: it never hears their ready.
-    alice = spawn_worker(
-        queue_name, ALICE, prefetch=10, seconds_per_dot=0.0, extra_args=["--report", "--accept-control"]
+    readies: set[str] = set()
+    feed = report.ReportFeed(
+        broker_url,
+        queue_name,
+        lambda name, _host, _pid, data, _control: readies.update(
+            name for event in protocol.decode_lines(data)[0] if isinstance(event, protocol.Ready)
+        ),
     )
-    bob = spawn_worker(
-        queue_name, BOB, prefetch=3, ack="auto", seconds_per_dot=0.0, extra_args=["--report", "--on-fail", "reject"]
-    )
-    alice.ready()
-    bob.ready()
-    wait_until(lambda: listening(alice), 10, "alice's control queue bound")
-    assert not listening(bob)
+    feed.start()
+    try:
+        assert feed.bound.wait(10), "the watching feed's queue was never bound"
+        alice = spawn_worker(
+            queue_name, ALICE, prefetch=10, seconds_per_dot=0.0, extra_args=["--report", "--accept-control"]
+        )
+        bob = spawn_worker(
+            queue_name, BOB, prefetch=3, ack="auto", seconds_per_dot=0.0, extra_args=["--report", "--on-fail", "reject"]
+        )
+        alice.ready()
+        bob.ready()
+        wait_until(lambda: listening(alice), 10, "alice's control queue bound")
+        assert not listening(bob)
+        # Published before the dashboard binds its feed (a report goes out within its interval, not at once).
+        wait_until(lambda: readies == {ALICE, BOB}, 10, "both readies on the events exchange")
+    finally:
+        feed.stop()
 
     async def scenario(lab: Lab) -> None:
         model = lab.model

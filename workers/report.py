@@ -1,14 +1,14 @@
 """Provides reporting through the broker: a worker's events on a topic exchange, and the dashboard's feed of them.
 
-A worker started with ``--report`` hands each batch of event lines its
-``EventWriter`` writes (one I/O cycle's worth) to a ``Reporter``, which
-publishes them on ``dispatch-lab.events`` with the routing key
-``<queue>.<worker name>``, from a thread and a connection of its own. The
-work never waits for it: the buffer is bounded, and a batch that does not fit
-is dropped and counted (a ``dropped`` event says how many so far). A
-connection of its own, not only a channel: under a memory or disk alarm the
-broker stops reading from every connection that publishes, and the worker's
-acks would wait behind its reports.
+A worker started with ``--report`` hands its event lines to a ``Reporter``,
+which publishes them on ``dispatch-lab.events`` with the routing key
+``<queue>.<worker name>``, on a connection of its own, from the worker's I/O
+thread: a batch at most every INTERVAL, written to the socket as far as it
+takes it at once. The work never waits for it: the buffer is bounded, and a
+batch that does not fit is dropped and counted (a ``dropped`` event says how
+many so far). A connection of its own, not only a channel: under a memory or
+disk alarm the broker stops reading from every connection that publishes, and
+the worker's acks would wait behind its reports.
 
 A dashboard's ``ReportFeed`` binds an exclusive, auto-delete queue to
 ``<queue>.*`` and hands each message (worker name, host, the lines as sent)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import socket
 import sys
 import threading
@@ -40,9 +41,8 @@ BUFFER_BYTES = 2 << 20
 INTERVAL = 0.1
 """Seconds between two publishes at least: a busy worker publishes ten batches a second, not one per I/O cycle.
 
-Each publish wakes the reporting thread and costs a pika publish and a poll: at 0.05 s,
-with a wake-up per batch offered on top, 50 workers on 2 cores spent 607 µs of CPU per
-task with ``--report`` against 346 µs without (benchmarks: report_cpu_50)."""
+Each publish costs a pika publish and a socket write, and the events wait in the
+worker's writer until then, encoded once a batch (benchmarks: report_cpu_50)."""
 HOST_HEADER = "host"
 PID_HEADER = "pid"
 CONTROL_HEADER = "control"
@@ -75,7 +75,18 @@ def declare_exchange(channel: Any) -> None:
 
 
 class Reporter:
-    """Publishes a worker's event batches on the events exchange, from its own thread; ``offer`` never blocks."""
+    """Publishes a worker's event batches on the events exchange: ``offer`` never blocks, ``pump`` never waits.
+
+    The worker's connection thread calls ``pump`` once an I/O cycle. At most every
+    INTERVAL it publishes what is pending on the reporting connection and writes it
+    to the socket as far as the socket takes it at once; what the socket does not
+    take stays with pika, and nothing more is published until it went out. A thread
+    of its own only connects (again, after a loss) and closes: it sleeps while the
+    connection works. When that thread also published, each of its wake-ups handed
+    Python's interpreter lock back and forth with the worker's threads: with 50
+    workers on 2 cores, 0.5 context switches a task (measured), which cost the
+    workers more than the publishing did.
+    """
 
     def __init__(
         self,
@@ -97,12 +108,17 @@ class Reporter:
         self._lock = threading.Lock()
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_bytes = 0
-        self._wake = threading.Event()
-        """Set by ``offer`` only while the thread waits for something to send (``_idle``), and by ``close``."""
-        self._idle = False
-        self._closed = threading.Event()
+        self._link: _Link | None = None
+        """The connection while it works; only the thread that calls ``pump`` uses it then."""
+        self._returned: _Link | None = None
+        """A link handed back to the connecting thread: lost (to reconnect) or at close."""
+        self._handed_back = threading.Event()
+        self._stop = threading.Event()
         self._closing = False
         self._thread: threading.Thread | None = None
+        self._next = 0.0
+        """When ``pump`` publishes next at the earliest (monotonic)."""
+        self._poll_at = 0.0
         self.dropped = 0
         """Events dropped so far because the buffer was full (the broker slow or unreachable)."""
         self._dropped_sent = 0
@@ -117,24 +133,66 @@ class Reporter:
                 return
             self._pending.append(data)
             self._pending_bytes += len(data)
-            idle = self._idle
-            self._idle = False
-        if idle:  # a busy thread comes back for it on its own: no wake-up per batch
-            self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="report", daemon=True)
         self._thread.start()
 
+    def due(self) -> bool:
+        """Whether the worker should hand over its pending events now: the next publish is due, or no link (buffer)."""
+        return self._link is None or time.monotonic() >= self._next
+
+    def pump(self) -> None:
+        """Publish what is pending if INTERVAL passed since the last time; never waits (the worker's I/O thread)."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        link = self._link
+        if link is None:
+            return  # not connected (yet): the buffer keeps what it can
+        self._next = now + INTERVAL
+        try:
+            if link.unsent():
+                link.send()  # the broker is not reading (an alarm): nothing more until that went out
+            elif self._pending and not link.blocked:
+                link.publish(self.key, self._take())
+                self.published += 1
+            if now >= self._poll_at:
+                self._poll_at = now + 1.0
+                link.poll()  # heartbeats, connection.blocked, a channel the broker closed
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            print(f"{self.name}: reporting connection lost: {scrub(str(exc), self.url)}", file=sys.stderr)
+            self._hand_back(link)
+
     def close(self, timeout: float = 2.0) -> None:
         """Send what is pending (the ``stopped`` event most of all) within ``timeout``, then close."""
-        self._closing = True
-        self._closed.set()
-        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closing = True
+            link, self._link = self._link, None
+        if link is not None:
+            try:
+                data = self._take()
+                if data and not link.blocked:
+                    link.publish(self.key, data)
+                    self.published += 1
+                link.drain(deadline)
+            except (pika.exceptions.AMQPError, OSError):
+                pass
+        self._stop.set()
+        self._hand_back(link)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(0.1, deadline - time.monotonic()))
         if self.dropped:
             print(f"{self.name}: dropped {self.dropped} events the broker could not take in time", file=sys.stderr)
+
+    def _hand_back(self, link: _Link | None) -> None:
+        """Give the connection back to the connecting thread, to close it (and connect anew unless closing)."""
+        with self._lock:
+            self._link = None
+            if link is not None:
+                self._returned = link
+        self._handed_back.set()
 
     def _take(self) -> bytes:
         with self._lock:
@@ -148,66 +206,122 @@ class Reporter:
         return data
 
     def _run(self) -> None:
+        """Connect, hand the connection over, sleep until it comes back; again after a loss, until closing."""
         attempt = 0
-        while True:
+        while not self._stop.is_set():
             try:
-                connection = connect(self.url, name=f"dispatch-lab {self.name} report (pid {os.getpid()})")
-            except BrokerError as exc:
-                if self._closing:
+                link: _Link | None = _Link.open(self.url, self.name, self.host, self.control)
+            except (BrokerError, pika.exceptions.AMQPError, OSError) as exc:
+                if self._stop.is_set():
                     return
                 if attempt == 0:
-                    print(f"{self.name}: reporting paused: {exc}", file=sys.stderr, flush=True)
-                self._pause(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+                    why = exc if isinstance(exc, BrokerError) else scrub(str(exc), self.url)
+                    print(f"{self.name}: reporting paused: {why}", file=sys.stderr, flush=True)
+                self._stop.wait(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
                 attempt += 1
                 continue
             attempt = 0
-            try:
-                if self._publish_until_closed(connection):
-                    return
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                print(f"{self.name}: reporting connection lost: {scrub(str(exc), self.url)}", file=sys.stderr)
-            finally:
-                close_quietly(connection)
-            if self._closing:
+            with self._lock:
+                if not self._closing:
+                    self._link, link = link, None
+            if link is not None:  # closing meanwhile
+                close_quietly(link.connection)
                 return
+            self._handed_back.wait()
+            self._handed_back.clear()
+            with self._lock:
+                returned, self._returned = self._returned, None
+            if returned is not None:
+                close_quietly(returned.connection)
+            self._stop.wait(RECONNECT_DELAYS[0])
 
-    def _pause(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._closing and time.monotonic() < deadline:
-            time.sleep(0.05)
 
-    def _publish_until_closed(self, connection: pika.BlockingConnection) -> bool:
-        """Publish batches as they come; True once closing and everything pending went out."""
-        channel = connection.channel()
-        declare_exchange(channel)
+class _Link:
+    """The reporting connection and channel, with pika's writes made non-blocking.
+
+    pika's BlockingChannel.basic_publish returns only once its output reached the
+    socket, and process_data_events only once all output did: while an alarm keeps
+    the broker from reading, either would hold the worker's thread. So the channel's
+    publish only buffers the frames (pika's asynchronous channel) and the plain-TCP
+    transport sends what the socket takes now; process_data_events (for heartbeats
+    and the broker's notices) runs only with nothing left unsent and room in the
+    socket. Another transport (TLS) is flushed by pika (not tested here: that flush
+    waits while the socket is full).
+    """
+
+    def __init__(self, connection: pika.BlockingConnection, channel: Any, properties: pika.BasicProperties) -> None:
+        self.connection = connection
+        self.properties = properties
+        self.blocked = False
+        """The broker said connection.blocked (a memory or disk alarm): publish nothing until unblocked."""
+        impl: Any = channel._impl
+        self._publish: Callable[..., None] = impl.basic_publish
+        transport: Any = getattr(impl.connection, "_transport", None)
+        plain = type(transport).__name__ == "_AsyncPlaintextTransport"
+        self._transport: Any = transport if plain and hasattr(transport, "_on_socket_writable") else None
+        self._sock: socket.socket | None = getattr(transport, "_sock", None)
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
+        self._channel = channel
+
+    @classmethod
+    def open(cls, url: str, name: str, host: str, control: bool) -> _Link:
+        connection = connect(url, name=f"dispatch-lab {name} report (pid {os.getpid()})")
+        try:
+            channel = connection.channel()
+            declare_exchange(channel)
+        except BaseException:
+            close_quietly(connection)
+            raise
         properties = pika.BasicProperties(
             content_type="application/x-ndjson",
-            headers={HOST_HEADER: self.host, PID_HEADER: os.getpid(), CONTROL_HEADER: self.control},
+            headers={HOST_HEADER: host, PID_HEADER: os.getpid(), CONTROL_HEADER: control},
             delivery_mode=1,
         )
-        last = 0.0
-        while True:
-            self._wake.clear()
-            with self._lock:
-                self._idle = idle = not self._pending
-            if idle and not self._closing:
-                self._wake.wait(1.0)  # until a batch comes (or a second passed: heartbeats)
-            closing = self._closing
-            wait = INTERVAL - (time.monotonic() - last)
-            if wait > 0 and not closing:
-                self._closed.wait(wait)  # this thread's own pace; the worker's threads never wait for it
-                closing = self._closing
-            data = self._take()
-            if data:
-                channel.basic_publish(EXCHANGE, self.key, data, properties)  # runs pika's I/O loop as well
-                self.published += 1
-                last = time.monotonic()
-            elif not closing:
-                # Nothing to send for a second: heartbeats and the broker's frames. Not after every
-                # publish: py-spy put a quarter of a busy reporting worker's samples in this call.
-                connection.process_data_events(0)
-            if closing:
-                return True
+        return cls(connection, channel, properties)
+
+    def _on_blocked(self, *_: object) -> None:
+        self.blocked = True
+
+    def _on_unblocked(self, *_: object) -> None:
+        self.blocked = False
+
+    def unsent(self) -> int:
+        """Bytes pika holds that the socket has not taken yet."""
+        transport = self._transport
+        return int(transport.get_write_buffer_size()) if transport is not None else 0
+
+    def publish(self, key: str, data: bytes) -> None:
+        self._publish(EXCHANGE, key, data, self.properties)
+        self.send()
+
+    def send(self) -> None:
+        """Write what pika holds as far as the socket takes it now."""
+        transport = self._transport
+        if transport is None:
+            self.connection.process_data_events(0)
+        elif transport.get_write_buffer_size():
+            transport._on_socket_writable()  # sends until the socket would block; a failure aborts the connection
+            if transport._state != transport._STATE_ACTIVE:
+                self.connection.process_data_events(0)  # raises the loss (pika's buffers are gone)
+
+    def poll(self) -> None:
+        """Heartbeats and the broker's notices, when pika could not wait on the socket; raises when the link is lost."""
+        sock = self._sock
+        if self.unsent() or (sock is not None and not select.select([], [sock], [], 0)[1]):
+            return
+        self.connection.process_data_events(0)
+        if self._channel.is_closed:
+            raise pika.exceptions.ChannelClosed(0, "the reporting channel was closed")
+
+    def drain(self, deadline: float) -> None:
+        """Send what pika holds until ``deadline`` at the latest (closing)."""
+        sock = self._sock
+        while self.unsent() and sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [sock], [], left)[1]:
+                return
+            self.send()
 
 
 class ReportFeed:

@@ -86,10 +86,18 @@ class EventWriter:
         *,
         compact: bool = False,
         tee: Callable[[bytes], None] | None = None,
+        due: Callable[[], bool] | None = None,
     ) -> None:
+        """``due``: with a ``tee`` and no ``stream``, whether to hand the tee what is pending now (``--report`` alone).
+
+        Until then lines and items wait here, so a busy reporting worker encodes one batch
+        a report (every report.INTERVAL), not one a delivery: nothing reads them before the
+        ack. ``emit`` always hands them over.
+        """
         self._stream = stream
         self._tee = tee
         """Also gets every batch written (``--report``: workers.report.Reporter.offer, which never blocks)."""
+        self._due = due if stream is None and tee is not None else None
         self._on = stream is not None or tee is not None
         self._lock = threading.Lock()
         self._lines: list[str] = []
@@ -166,11 +174,14 @@ class EventWriter:
     def emit(self, event: protocol.Event) -> None:
         """Add an event and write everything pending."""
         self.add(protocol.encode(event))
-        self.flush()
+        self.flush(force=True)
 
     def worked_now(self, ts: float, tag: int, msg_id: str | None, body: str, redelivered: bool, acked: bool) -> None:
         """``worked``, then write everything pending in one write (before the ack it precedes)."""
         if not self._on:
+            return
+        if self._due is not None:  # only reports: they go out with the next batch, after the ack or not
+            self.worked(ts, tag, msg_id, body, redelivered, acked)
             return
         # One lock, not two: at prefetch 1 this is the worker's cost per message.
         if self.compact:
@@ -184,8 +195,12 @@ class EventWriter:
                 self._lines.append(line)  # no items wait in this form
                 self._write_pending()
 
-    def flush(self) -> None:
+    def flush(self, *, force: bool = False) -> None:
+        """Write everything pending; with only a tee, when it is ``due`` (or ``force``)."""
         if not self._on or not (self._lines or self._items):  # nothing pending: no lock (once a cycle)
+            return
+        due = self._due
+        if due is not None and not force and not due():
             return
         with self._lock:
             self._write_pending()
@@ -303,11 +318,11 @@ class Worker:
         durable: bool = True,
         wait_for_broker: bool = False,
         compact: bool = False,
-        report: Callable[[bytes], None] | None = None,
+        report: report.Reporter | None = None,
         on_fail: FailMode = FailMode.REQUEUE,
         queue_spec: QueueSpec | None = None,
     ) -> None:
-        """``report``: also gets every batch of event lines (``--report``), which it must take without blocking.
+        """``report``: also gets every batch of event lines (``--report``), and a ``pump`` each I/O cycle to send them.
 
         ``queue_spec`` says how the queue is declared; without one, a classic queue (``durable`` or not).
         """
@@ -321,7 +336,16 @@ class Worker:
         self.heartbeat = heartbeat
         self.durable = self.queue_spec.durable
         self.wait_for_broker = wait_for_broker
-        self.writer = EventWriter(events, name, compact=compact, tee=report)
+        self.writer = EventWriter(
+            events,
+            name,
+            compact=compact,
+            tee=None if report is None else report.offer,
+            due=None if report is None else report.due,
+        )
+        self._reporter = report
+        self._pump: Callable[[], None] | None = None if report is None else report.pump
+        """Runs on the connection's thread once a cycle: the reporter publishes from here, never waiting."""
         self.tutorial = events is None
         self._commands_in = commands
 
@@ -480,6 +504,8 @@ class Worker:
             except queue.Empty:
                 break
             self._obey(command)
+        if self._pump is not None:
+            self._pump()
 
     def _ack_deadline(self) -> None:
         """ACK_IDLE after a finished task was left unacked: ack at the end of this cycle, whatever it brought."""
@@ -562,7 +588,9 @@ class Worker:
         os._exit, not an exception: a daemon thread blocked reading stdin makes interpreter
         shutdown abort (see main); the socket closes with the process either way.
         """
-        self.writer.flush()
+        self.writer.flush(force=True)
+        if self._reporter is not None:
+            self._reporter.close(0.5)  # what led here, for a dashboard that hears it through the broker
         print(
             f"{self.name}: Traceback (most recent call last): task {shown(text)} failed; "
             "--on-fail crash: the worker exits with the task unacknowledged (exit code 1)",
@@ -899,6 +927,8 @@ class Worker:
                 # Alive without a broker: a worker waiting out a broker restart was shown UNRESPONSIVE.
                 self._say_alive()
                 self.writer.flush()
+                if self._pump is not None:
+                    self._pump()
                 time.sleep(0.05)
             if self._exit:
                 return False
@@ -1261,7 +1291,7 @@ def main(argv: list[str] | None = None, prog: str = "worker") -> int:
         wait_for_broker=args.wait_for_broker,
         # Nobody reads the lines on stdout then: the compact form costs the reporter least.
         compact=args.compact_events or (args.report and not args.events),
-        report=None if reporter is None else reporter.offer,
+        report=reporter,
         on_fail=args.on_fail,
         queue_spec=spec,
     )
