@@ -1,5 +1,8 @@
 """The publishers when the broker steps in: a memory alarm blocks them, a message too big is refused.
 
+And a reporting worker, whose reports are publishes: an alarm holds them, not its work; a closed
+reporting connection is opened again.
+
 One private node serves the module (an alarm on the shared broker would block
 every other test), with a small ``max_message_size``. An alarm is raised with
 ``rabbitmqctl set_vm_memory_high_watermark absolute 1`` and cleared by setting
@@ -56,13 +59,13 @@ def queue(node: LocalNode) -> str:
     return f"alarm-{uuid.uuid4().hex[:10]}"
 
 
-def rabbitmqctl(node: LocalNode, *args: str) -> None:
-    """Run rabbitmqctl against the private node (its own HOME, so its own Erlang cookie)."""
+def rabbitmqctl(node: LocalNode, *args: str) -> str:
+    """Run rabbitmqctl against the private node (its own HOME, so its own Erlang cookie); its output."""
     server = rabbitmq_server_path()
     assert server is not None
     ctl = Path(server).with_name("rabbitmqctl")
-    subprocess.run([str(ctl), "-n", node.node_name, *args], env=node.environment(), check=True, capture_output=True,
-                   timeout=60)  # fmt: skip
+    return subprocess.run([str(ctl), "-n", node.node_name, *args], env=node.environment(), check=True,
+                          capture_output=True, text=True, timeout=60).stdout  # fmt: skip
 
 
 @contextmanager
@@ -335,6 +338,37 @@ def test_a_reporting_worker_works_through_a_memory_alarm_and_stops_at_once(node:
         assert wait_figures(node.url, queue, lambda f: f is not None, 5, "the queue").ready == 0
         assert done_heard < tasks, "the alarm did not hold the reports: this test would show nothing"
         assert "Traceback" not in worker.stderr, worker.stderr
+    finally:
+        feed.stop()
+        if worker is not None:
+            worker.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_reporting_worker_whose_report_connection_the_broker_closes_reports_again(
+    node: LocalNode, queue: str
+) -> None:
+    heard: list[protocol.Event] = []
+    feed = report.ReportFeed(node.url, queue, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
+    feed.start()
+    worker: WorkerProc | None = None
+    try:
+        assert feed.bound.wait(10), "the feed's queue was never bound"
+        worker = WorkerProc(node.url, queue, "dave", seconds_per_dot=0.0, events=False, extra_args=["--report"])
+        wait_until(lambda: any(isinstance(e, protocol.Ready) for e in heard), 15, "dave's ready heard")
+        listed = rabbitmqctl(node, "-q", "list_connections", "pid", "client_properties")
+        [pid] = [line.split()[0] for line in listed.splitlines() if "dave report" in line]
+        rabbitmqctl(node, "close_connection", pid, "closed by the test [red]x[/]")
+        wait_until(lambda: "reporting connection lost" in worker.stderr, 10, "the loss said on stderr")
+        assert "closed by the test [red]x[/]" in worker.stderr  # the broker's words, as text
+        # It reconnects on its own, and what it does afterwards is heard: a task published now.
+        with Publisher(node.url, queue) as publisher:
+            publisher.publish("after the loss")
+        wait_until(lambda: any(isinstance(e, protocol.Done) for e in heard), 15, "the task done after the loss, heard")
+        assert worker.lines.count(" [x] Done") == 1
+        worker.interrupt()
+        assert worker.wait_exit(10) == 0
+        wait_until(lambda: any(isinstance(e, protocol.Stopped) for e in heard), 5, "its stopped event heard")
     finally:
         feed.stop()
         if worker is not None:
