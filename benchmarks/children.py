@@ -275,7 +275,7 @@ class Group:
 
 
 class Student:
-    """One ``workers.worker`` as a student runs it in a class: its own name, default output, maybe ``--report``.
+    """One ``workers.worker`` as a student runs it in a class: its own name, default output, ``flags`` (``--report``).
 
     Its stdout (the tutorial's lines) goes to /dev/null on both sides of a comparison;
     its stderr to a file, read only to say why it ended early. Without ``--events`` it
@@ -283,15 +283,18 @@ class Student:
     """
 
     def __init__(
-        self, name: str, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool, nice: int = 0
+        self, name: str, queue: str, prefetch: int, env: Mapping[str, str], *, flags: Sequence[str], nice: int = 0
     ) -> None:
-        """``nice``: run at this niceness (``nice -n``, which execs the worker: the pid stays its own)."""
+        """``flags``: none, ``--report`` or ``--report --accept-control``; ``nice``: run at this niceness.
+
+        ``nice -n`` execs the worker: the pid stays its own.
+        """
         self.name = name
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in end()
         args = (
             *("-m", "workers.worker", "--name", name, "--prefetch", str(prefetch)),
             *("--ack", AckMode.MANUAL.value, "--seconds-per-dot", "0", "--queue", queue),
-            *(("--report",) if report else ()),
+            *flags,
         )
         self.popen = subprocess.Popen(
             [*(("nice", "-n", str(nice)) if nice else ()), sys.executable, *args],
@@ -343,12 +346,12 @@ class Class:
     """``count`` students' workers on one queue, named as if each ran on a lab machine of its own."""
 
     def __init__(
-        self, count: int, queue: str, prefetch: int, env: Mapping[str, str], *, report: bool, nice: int = 0
+        self, count: int, queue: str, prefetch: int, env: Mapping[str, str], *, flags: Sequence[str], nice: int = 0
     ) -> None:
         self.members: list[Student] = []
         try:
             for n in range(1, count + 1):
-                self.members.append(Student(f"lab-pc{n:02d}", queue, prefetch, env, report=report, nice=nice))
+                self.members.append(Student(f"lab-pc{n:02d}", queue, prefetch, env, flags=flags, nice=nice))
         except BaseException:
             self.stop()
             raise

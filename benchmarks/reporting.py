@@ -17,6 +17,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from benchmarks.children import BenchError, Class, broker_pid, cpu_seconds, thread_cpu_seconds
@@ -28,6 +29,10 @@ PREFETCH = 1
 LAG_TARGET = 0.5
 """Seconds: the screen's lag p95 the class figure is held to."""
 COST_TARGET = 0.90
+REPORT = ("--report",)
+"""What a student runs (README, "Teaching a class")."""
+CONTROL = ("--report", "--accept-control")
+"""What a student runs to let the teacher's screen stop the worker and change its modes."""
 """A reporting worker's msg/s against the same worker's without ``--report``: a cost under 10 %."""
 
 
@@ -122,7 +127,7 @@ def class_lag(bench: Bench) -> list[Figure]:
         seen.cpu_start = _dashboard_cpu(seen.broker, seen.feed_thread)
         # Started off the UI thread: 50 fork/execs there would stall the screen being measured.
         seen.group = await asyncio.to_thread(
-            Class, students, bench.control.queue, PREFETCH, bench.env, report=True, nice=STUDENTS_NICE
+            Class, students, bench.control.queue, PREFETCH, bench.env, flags=REPORT, nice=STUDENTS_NICE
         )
 
     async def measure_idle() -> None:
@@ -190,8 +195,8 @@ class _CostRun:
     broker_us: float | None
 
 
-def _class_drain(bench: Bench, size: ClassSize, *, report: bool) -> _CostRun:
-    """A class (with or without ``--report``) on a backlog; per-worker msg/s and CPU per message over the window.
+def _class_drain(bench: Bench, size: ClassSize, flags: Sequence[str]) -> _CostRun:
+    """A class (with ``flags`` or without) on a backlog; per-worker msg/s and CPU per message over the window.
 
     The window opens once the broker counts every worker as a consumer (and ``settle`` more):
     start-up is not measured. Messages are what left the queue's ready count meanwhile,
@@ -199,7 +204,7 @@ def _class_drain(bench: Bench, size: ClassSize, *, report: bool) -> _CostRun:
     """
     control = bench.control
     control.prepare(size.cost_tasks, timeout=60 + size.cost_tasks / 1_000)
-    group = Class(size.students, control.queue, PREFETCH, bench.env, report=report)
+    group = Class(size.students, control.queue, PREFETCH, bench.env, flags=flags)
     broker = broker_pid()
     try:
         deadline = time.monotonic() + 60 + size.students
@@ -232,38 +237,46 @@ ALONE = {
 
 
 def report_cost(bench: Bench) -> list[Figure]:
-    """What ``--report`` costs: a class of 50 on this machine's 2 cores, and one worker alone, as on its own machine."""
-    figures = _report_cost(bench, _size(bench))
+    """What ``--report`` costs: a class of 50 on this machine's 2 cores, and one worker alone, as on its own machine.
+
+    And for the 50, what ``--report --accept-control`` costs (a thread and a connection more).
+    """
+    size = _size(bench)
+    figures = _report_cost(bench, size, REPORT)
+    if size.students > 1:
+        figures += _report_cost(bench, size, CONTROL)
     alone = ALONE.get(bench.params.profile)
     if alone is not None:
-        figures += _report_cost(bench, alone)
+        figures += _report_cost(bench, alone, REPORT)
     return figures
 
 
-def _report_cost(bench: Bench, size: ClassSize) -> list[Figure]:
-    """The same class with ``--report`` and without, alternating: msg/s per worker and CPU per message."""
-    bench.log(f"report cost: {size.students} workers with --report vs without, {size.window:g} s windows")
+def _report_cost(bench: Bench, size: ClassSize, flags: Sequence[str]) -> list[Figure]:
+    """The same class with ``flags`` and without, alternating: msg/s per worker and CPU per message."""
+    shown = " ".join(flags)
+    bench.log(f"report cost: {size.students} workers with {shown} vs without, {size.window:g} s windows")
     brokers: dict[bool, list[float]] = {True: [], False: []}
 
     def side(report: bool) -> Run:
-        result = _class_drain(bench, size, report=report)
+        result = _class_drain(bench, size, flags if report else ())
         if result.broker_us is not None:
             brokers[report].append(result.broker_us)
         broker = "" if result.broker_us is None else f", broker {result.broker_us:,.0f} µs/msg"
-        label = "with --report" if report else "without"
+        label = f"with {shown}" if report else "without"
         bench.log(f"  {label}: {result.run.value:,.1f} msg/s per worker, {result.run.cpu_us:,.0f} µs CPU/msg{broker}")
         return result.run
 
+    stem = "control" if "--accept-control" in flags else "report"
     ours, reference = alternate(size.pairs, functools.partial(side, True), functools.partial(side, False))
     alone = "1 `worker` process alone, as on a machine of its own (lab-pc01"
     who = f"{size.students} `worker` processes on 2 cores (lab-pc01..." if size.students > 1 else alone
     what = (
         f"{who}, prefetch {PREFETCH}, manual ack, tutorial lines to "
-        f"/dev/null) with --report (ours; no dashboard listening) vs the same without (reference), {size.pairs} "
+        f"/dev/null) with {shown} (ours; no dashboard listening) vs the same without (reference), {size.pairs} "
         f"alternating pairs, {size.window:g} s windows once all consume"
     )
     throughput = compared(
-        f"report_cost_{size.students}",
+        f"{stem}_cost_{size.students}",
         f"reporting cost, throughput: {what}; msg/s per worker (the broker's ready count over the window / workers)",
         "msg/s",
         Target(">=", COST_TARGET),
@@ -273,7 +286,7 @@ def _report_cost(bench: Bench, size: ClassSize) -> list[Figure]:
     cpu_ours = [run.cpu_us or 0.0 for run in ours]
     cpu_reference = [run.cpu_us or 0.0 for run in reference]
     cpu = compared(
-        f"report_cpu_{size.students}",
+        f"{stem}_cpu_{size.students}",
         f"reporting cost, CPU: {what}; the workers' CPU (/proc, all threads) per message: the cost on a saturated "
         f"machine (target: at most 1/{COST_TARGET:.2f} of the bare worker's)",
         "µs",
@@ -283,7 +296,7 @@ def _report_cost(bench: Bench, size: ClassSize) -> list[Figure]:
     )
     if brokers[True] and brokers[False]:
         note = (
-            f"broker CPU per message: {statistics.median(brokers[True]):,.0f} µs with --report, "
+            f"broker CPU per message: {statistics.median(brokers[True]):,.0f} µs with {shown}, "
             f"{statistics.median(brokers[False]):,.0f} µs without"
         )
         for figure in (throughput, cpu):

@@ -36,7 +36,7 @@ MEASURED_FIGURES = {
     "start_up",
     "monitor_cost",
 }
-CLASS_FIGURES = {"report_cost_3", "report_cpu_3"}
+CLASS_FIGURES = {"report_cost_3", "report_cpu_3", "control_cost_3", "control_cpu_3"}
 """The class figures compared side by side (3 workers in a smoke run, 50 in a full one)."""
 DASHBOARD_FIGURES = {
     "class_lag_3",

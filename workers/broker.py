@@ -160,6 +160,8 @@ class Subscription:
         self.say = say
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._connection: pika.BlockingConnection | None = None
+        """While bound: the thread's connection, which ``stop`` wakes (its only thread-safe call)."""
         self.bound = threading.Event()
         """Set while the queue is bound: messages published from then on reach it."""
         self.native_id: int | None = None
@@ -171,6 +173,12 @@ class Subscription:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(_nothing)  # wakes its wait, which then sees the stop
+            except Exception:
+                pass  # closed meanwhile: the thread is on its way out
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -199,15 +207,23 @@ class Subscription:
                 self.bound.set()
                 if self.say is not None:
                     self.say("bound", "")
+                self._connection = connection
                 while not self._stop.is_set():
-                    connection.process_data_events(0.2)
+                    # Until a message (or ``stop``): no wake-up to look at a flag. Polling every
+                    # 0.2 s was 0.07 context switches a task in each of 50 busy workers on 2 cores.
+                    connection.process_data_events(time_limit=None)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 if self.say is not None:
                     self.say("lost", scrub(str(exc), self.url))
                 self._stop.wait(0.5)  # the broker went away: reconnect
             finally:
+                self._connection = None
                 self.bound.clear()
                 close_quietly(connection)
+
+
+def _nothing() -> None:
+    """A callback that only wakes a connection's ``process_data_events``."""
 
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)'.*?: received (?P<got>.+?) but current is (?P<cur>.+)$")
