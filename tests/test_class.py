@@ -178,3 +178,26 @@ def test_a_remote_worker_folds_into_the_model_and_comes_back_as_the_same_card() 
 
 def test_a_watching_config_hears_reports_by_default() -> None:
     assert LabConfig(url="amqp://x").hear_reports
+
+
+def test_a_reporting_worker_that_crashes_on_a_task_still_reports_the_failure(
+    broker_url: str, queue_name: str, spawn_worker: WorkerFactory
+) -> None:
+    heard: list[protocol.Event] = []
+    feed = report.ReportFeed(broker_url, queue_name, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
+    feed.start()
+    try:
+        assert feed.bound.wait(10), "the feed's queue was never bound"
+        # Only reports (no --events): its events wait for the next batch, and the crash sends them first.
+        worker = spawn_worker(queue_name, "erin", events=False, extra_args=["--report", "--on-fail", "crash"])
+        wait_until(lambda: any(isinstance(e, protocol.Ready) for e in heard), 15, "erin's ready heard")
+        with Publisher(broker_url, queue_name) as publisher:
+            publisher.publish("fine")
+            publisher.publish("Bad [red]task[/]!")
+        assert worker.wait_exit(15) == 1
+        wait_until(lambda: any(isinstance(e, protocol.Failed) for e in heard), 5, "the failure heard")
+        [failed] = [e for e in heard if isinstance(e, protocol.Failed)]
+        assert (failed.worker, failed.action) == ("erin", "crash")
+        assert [e.body for e in heard if isinstance(e, protocol.Received)] == ["fine", "Bad [red]task[/]!"]
+    finally:
+        feed.stop()
