@@ -94,6 +94,18 @@ task (`set`: a private node started with `--ack-timeout`; `told`: `--ack-timeout
 `assumed`: the default). RabbitMQ 4.3 no longer times out deliveries on classic
 queues (not tested here). `dispatch-lab --broker private --ack-timeout 10` shows it.
 
+## A class: workers on other machines
+A student runs `dispatch-lab worker --report --queue <this queue>` against this broker
+(`--accept-control` too, to let this screen steer it). Its card says **remote** and its
+host: its counts, holds and log come from its own reports through the broker's
+`dispatch-lab.events` exchange, a fraction of a second late, and what it did before
+this dashboard started is not known here. A card that stops hearing from its worker says
+*silent for Ns*; the worker's next report brings the same card back.
+
+F3 and F5 cannot kill or start a process on another machine. F4 stops a remote worker
+that accepts control; F6, F7 and Ctrl+F change the modes of every worker that does,
+and the toast names the others (*no control* on their cards). `dispatch-lab serve`
+shows this dashboard in browsers: those tabs only watch.
 ## Experiments
 
 1. **Round-robin** (prefetch 0): send *tutorial*: w1 gets 1, 3, 5 and w2 gets 2, 4.
