@@ -57,7 +57,9 @@ def build_parser(prog: str = "benchmarks/run.py") -> argparse.ArgumentParser:
         prog=prog,
         description="Measure our worker and publishers against bare pika on the real broker.",
     )
-    parser.add_argument("--quick", action="store_true", help="fewer messages and repetitions (< 3 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer messages, one pair each, under a minute (the full run has more)"
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny run that only checks the machinery")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost:5672)")

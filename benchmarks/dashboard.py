@@ -34,7 +34,7 @@ from tui.view.widgets.queue_panel import QueuePanel
 from workers import protocol
 from workers.settings import AckMode, DispatchMode
 
-SIZES = {"full": (1_000_000, 20_000, 1_000_000, 60), "quick": (200_000, 6_000, 200_000, 30),
+SIZES = {"full": (1_000_000, 20_000, 1_000_000, 60), "quick": (100_000, 4_000, 100_000, 20),
          "smoke": (20_000, 300, 20_000, 3)}  # fmt: skip
 """Per profile: model events, drained tasks, messages through the ledger for memory, key presses."""
 
@@ -43,7 +43,7 @@ def _sizes(bench: Bench) -> tuple[int, int, int, int]:
     return SIZES.get(bench.params.profile, SIZES["quick"])
 
 
-SCALE_TASKS = {"full": 100_000, "quick": 20_000, "smoke": 300}
+SCALE_TASKS = {"full": 100_000, "quick": 10_000, "smoke": 300}
 """Per profile: the flood demo's backlog for the 8- and 16-worker figures."""
 SCALE_LAG = ((8, 0.5), (16, 1.0))
 """The flood demo's lag figures: workers, target p95 in seconds."""
