@@ -168,3 +168,23 @@ def test_a_few_workers_keep_their_two_line_rows() -> None:
 def test_a_class_at_120x36_takes_a_line_a_worker_too() -> None:
     crowded, heights, _, _ = _rows(16, (120, 36))
     assert crowded and heights == [1] * 16, heights
+
+
+def test_selecting_past_the_rows_in_view_scrolls_the_class_to_the_selected_worker() -> None:
+    async def select_last() -> tuple[bool, bool]:
+        model, now = _class_session(30)
+        app = DispatchLab(CONFIG, model, backend=None, clock=lambda: now)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.refresh_view()
+            await pilot.pause()
+            grid = app.view.grid
+            last = grid.cards["lab-pc30"]
+            hidden_before = not grid.region.contains_region(last.region)
+            await pilot.press("ctrl+b")  # from the first, back to the last
+            await pilot.pause()
+            return hidden_before, app.selected == "lab-pc30" and grid.region.contains_region(last.region)
+
+    hidden_before, shown_after = asyncio.run(select_last())
+    assert hidden_before, "30 workers at 80x24 do not all fit: the last row starts out of view"
+    assert shown_after, "Ctrl+B to the last worker scrolls its row into view"
