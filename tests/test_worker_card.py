@@ -8,8 +8,9 @@ from rich.text import Text
 from textual.pilot import Pilot
 from textual.widgets import Static
 
-from tests.recordings import SNAPSHOT_NOW, replay, session_snapshot
+from tests.recordings import SNAPSHOT_NOW, Recorder, replay, session_snapshot
 from tui.engine.backend import LabConfig
+from tui.model.state import Model
 from tui.view.app import DispatchLab
 from tui.view.widgets.worker_card import WorkerCard
 from workers import protocol
@@ -110,3 +111,80 @@ def test_a_task_the_broker_took_back_is_no_longer_busy_but_finishing() -> None:
     assert title == "w1 · pid 101 · channel closed"
     assert "-busy" not in classes and "-reconnecting" in classes
     assert "ack timeout: the broker closed the channel" in log and TIMED_OUT[:40] in log
+
+
+def _class_session(workers: int) -> tuple[Model, float]:
+    """``workers`` workers (lab-pc01, ...), each done with one task; lab-pc01 works on a second."""
+    r = Recorder()
+    r.connected()
+    r.sample(ready=0, consumers=0)
+    names = [f"lab-pc{n:02d}" for n in range(1, workers + 1)]
+    for n, name in enumerate(names):
+        r.spawn(name, 6000 + n, prefetch=1)
+    r.after(1)
+    seqs = r.publish(*(["Task [red]x[/]"] * workers), "Long.....")
+    for name, seq in zip(names, seqs, strict=False):
+        r.receive(name, seq)
+        r.start(name, seq)
+        r.done(name, seq)
+    r.receive(names[0], seqs[-1])
+    r.start(names[0], seqs[-1])
+    r.after(2)
+    return replay(r.events, mode=CONFIG.mode), r.now
+
+
+def _rows(workers: int, size: tuple[int, int]) -> tuple[bool, list[int], list[str], str]:
+    """The grid's -crowded mark, the cards' heights and head lines, and the screen's text, once drawn."""
+
+    async def draw() -> tuple[bool, list[int], list[str], str]:
+        model, now = _class_session(workers)
+        app = DispatchLab(CONFIG, model, backend=None, clock=lambda: now)
+        async with app.run_test(size=size) as pilot:
+            await pilot.pause()
+            app.refresh_view()  # the second draw sees the layout the first one made
+            await pilot.pause()
+            cards = list(app.query(WorkerCard))
+            heads = [str(card.query_one(".head", Static).content) for card in cards]
+            screen = app.export_screenshot()
+            return app.view.grid.has_class("-crowded"), [card.size.height for card in cards], heads, screen
+
+    return asyncio.run(draw())
+
+
+def test_a_class_that_does_not_fit_in_two_line_rows_takes_a_line_a_worker() -> None:
+    crowded, heights, heads, _ = _rows(16, (80, 24))
+    assert crowded and heights == [1] * 16, heights
+    # Who, in what state, what it did: the counts before the task, which a narrow line cuts.
+    assert heads[1] == "lab-pc02 · idle · done 1 holds 0", heads[1]
+    assert heads[0].startswith("lab-pc01 · busy · done 1 holds 1 · #"), heads[0]
+
+
+def test_a_few_workers_keep_their_two_line_rows() -> None:
+    crowded, heights, heads, _ = _rows(5, (80, 24))
+    assert not crowded and heights == [2] * 5, heights
+    assert heads[1] == "lab-pc02 · idle", heads[1]
+
+
+def test_a_class_at_120x36_takes_a_line_a_worker_too() -> None:
+    crowded, heights, _, _ = _rows(16, (120, 36))
+    assert crowded and heights == [1] * 16, heights
+
+
+def test_selecting_past_the_rows_in_view_scrolls_the_class_to_the_selected_worker() -> None:
+    async def select_last() -> tuple[bool, bool]:
+        model, now = _class_session(30)
+        app = DispatchLab(CONFIG, model, backend=None, clock=lambda: now)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.refresh_view()
+            await pilot.pause()
+            grid = app.view.grid
+            last = grid.cards["lab-pc30"]
+            hidden_before = not grid.region.contains_region(last.region)
+            await pilot.press("ctrl+b")  # from the first, back to the last
+            await pilot.pause()
+            return hidden_before, app.selected == "lab-pc30" and grid.region.contains_region(last.region)
+
+    hidden_before, shown_after = asyncio.run(select_last())
+    assert hidden_before, "30 workers at 80x24 do not all fit: the last row starts out of view"
+    assert shown_after, "Ctrl+B to the last worker scrolls its row into view"

@@ -121,4 +121,7 @@ class MainView:
         names = list(self.grid.cards)  # a folded worker has no card to select
         if names:
             index = names.index(self.selected) if self.selected in names else -step
-            self.select(names[(index + step) % len(names)])
+            name = names[(index + step) % len(names)]
+            self.select(name)
+            # A class's rows scroll: the selected one comes into view (a scroll only when it is out of it).
+            self.grid.cards[name].scroll_visible(animate=False, immediate=True)

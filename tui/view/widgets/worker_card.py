@@ -142,18 +142,31 @@ class WorkerCard(Widget, can_focus=True):
         _put(self._counts_part, counts + extra)
         shown = self._task_part.content
         task = self._task_line(worker, now) if details else shown if isinstance(shown, Text) else Text()
-        if self._row_part.display:  # a compact row (app.tcss decides where): a card leaves these two alone
-            _put(self._row_part, row + extra)
-            # Its first line: who, in what state, and the task at hand (as the card's task line).
+        if self._head_part.display:  # a compact row (app.tcss decides where): a card leaves these two alone
             remote = (
-                f" · remote {for_toast(worker.host, NAME_CHARS)}" + ("" if worker.control else " (no control)")
+                f"remote {for_toast(worker.host, NAME_CHARS)}" + ("" if worker.control else " (no control)")
                 if worker.remote
                 else ""
             )  # a row has no subtitle: whether F4 and the mode keys reach it is said here
-            head = Text.assemble((name, "bold"), (f"{remote} · {status_words}", "dim"))
+            if self._row_part.display:
+                _put(self._row_part, row + extra)
+                # Its first line: who, in what state, and the task at hand (as the card's task line).
+                head = Text.assemble((name, "bold"), (f"{' · ' if remote else ''}{remote} · {status_words}", "dim"))
+            else:  # a line a worker (a class, WorkerGrid's -crowded): the counts first, where the line is not cut
+                head = Text.assemble(
+                    (name, "bold"), (f" · {status_words} · ", "dim"),
+                    ("done ", "dim"), (f"{worker.done}", "bold"),
+                    (" holds ", "dim"), (f"{worker.in_hand}", "bold cyan" if worker.in_hand else "bold"),
+                )  # fmt: skip
+                if worker.redelivered:
+                    head.append(" redelivered ", "dim")
+                    head.append(f"{worker.redelivered}", "bold yellow")
+                head.append_text(extra)
             if task.plain and task.plain != status_words:  # an idle row said "idle · idle"
                 head.append(" · ")
                 head.append_text(task)
+            if remote and not self._row_part.display:
+                head.append(f" · {remote}", "dim")
             _put(self._head_part, head)
         if not details:
             return

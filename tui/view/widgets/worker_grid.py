@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from rich.text import Text
 from textual.containers import Grid
+from textual.widget import Widget
 from textual.widgets import Static
 
 from tui.model.state import WorkerState
@@ -17,6 +18,8 @@ CARD_PARTS = 4
 
 class WorkerGrid(Grid):
     """The cards in the order their workers first appeared; ``-many`` past four cards, ``-selected`` on one.
+
+    ``-crowded`` where two-line rows would not all fit: then a line a worker.
 
     A worker missing from what ``show`` is given loses its card (a dead one folded into a line below).
     """
@@ -56,6 +59,20 @@ class WorkerGrid(Grid):
         for name in [name for name in self.cards if name not in workers]:
             self.cards.pop(name).remove()  # a replay stepped back to before this worker came
         self.set_class(len(self.cards) > 4, "-many")
+        self.set_class(self._crowded(len(self.cards)), "-crowded")
+
+    def _crowded(self, count: int) -> bool:
+        """Whether two-line rows for ``count`` workers would not all fit the grid's greatest height (a class).
+
+        Then a worker takes one line (app.tcss): at 80x24 thirteen of a class show instead of six.
+        """
+        parent = self.parent
+        if count <= 4 or not isinstance(parent, Widget):
+            return False
+        limit = self.styles.max_height  # a share of the column (app.tcss), resolved against it as the layout does
+        room = parent.size.height if limit is None else int(limit.resolve(parent.size, self.app.size))
+        columns = self.styles.grid_size_columns or 1
+        return room > 0 and -(-count // columns) * 2 > room
 
     def _show_hint(self, empty: bool) -> None:
         """The empty grid's hint while no card shows; gone with the first card (a toast covered them for 30 s)."""
