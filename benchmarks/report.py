@@ -87,6 +87,7 @@ def as_json(figures: list[Figure], params: Params, machine: Machine, elapsed: fl
         "profile": params.profile,
         "parameters": {
             "messages": params.messages,
+            "windowed_messages": params.windowed_messages,
             "pairs": params.pairs,
             "prefetches": list(params.prefetches),
             "consumers": params.consumers,
