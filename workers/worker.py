@@ -347,9 +347,9 @@ class Worker:
         self._gen = 0
         self._interrupt = threading.Event()
         self._finished: collections.deque[Finished] = collections.deque()
-        """Finished tasks awaiting their ack, in tag order, all of the current channel: whenever the
-        generation moves on, what is here is taken out, and the work thread adds a task only if its
-        generation is still the current one (both under the lock)."""
+        """Finished tasks awaiting their ack, in tag order, all of the current channel: the connection
+        thread takes out what is here right after it moves the generation on (under the lock); the work
+        thread adds a task only if, under the lock, the task's generation is still the current one."""
         self._wake_pending = False
         self._deliveries = 0
         """Deliveries taken so far: a cycle that adds none finds the connection idle, and acks."""
