@@ -12,6 +12,7 @@ import pika.exceptions
 
 from workers.broker import ConsumerInfo, ManagementApi, connect
 from workers.monitor import QueueMonitor
+from workers.new_task import _coalesce_writes
 from workers.settings import url_parts
 
 QUEUE_PREFIX = "dispatch-lab-bench-"
@@ -25,6 +26,8 @@ def queue_name() -> str:
     return f"{QUEUE_PREFIX}{os.getpid()}-{os.urandom(2).hex()}"
 
 
+FILL_CHUNK = 1000
+"""Tasks the fill buffers before it sends them."""
 TASK_BODY = b"Hello World"
 """The tutorial's default task without its '!' (which fails a task since issue 15): no dots, zero seconds of work."""
 
@@ -61,19 +64,29 @@ class Control:
             self.connection.sleep(0.05)
         self.channel.queue_purge(queue=self.queue)
         self._batch += 1
-        publish = self.channel.basic_publish
+        # On the channel under the BlockingChannel, as new_task's Publisher: BlockingChannel.basic_publish
+        # sends each message on its own (16,000 a second; 150,000 took 9 s, 3 s this way).
+        publish = self.channel._impl.basic_publish
         for i in range(messages):
             # Like new_task: persistent, with a message_id, but unconfirmed so filling is quick.
             props = pika.BasicProperties(
                 delivery_mode=2, content_type="text/plain", message_id=f"bench-{self._batch}-{i}"
             )
             publish(exchange="", routing_key=self.queue, body=TASK_BODY, properties=props)
+            if i % FILL_CHUNK == FILL_CHUNK - 1:
+                self._send_buffered()
+        self._send_buffered()
         while self.figures()[0] < messages:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"queue {self.queue} did not fill to {messages} messages")
             self.connection.sleep(0.05)
         # Let the broker finish writing the persistent batch before the clock starts.
         self.connection.sleep(0.3)
+
+    def _send_buffered(self) -> None:
+        """What the fill has buffered, joined into one chunk and sent (a turn of pika's loop)."""
+        _coalesce_writes(self.connection)
+        self.connection.process_data_events(0)
 
     def delete(self) -> None:
         self.channel.queue_delete(queue=self.queue)

@@ -87,7 +87,9 @@ def as_json(figures: list[Figure], params: Params, machine: Machine, elapsed: fl
         "profile": params.profile,
         "parameters": {
             "messages": params.messages,
+            "windowed_messages": params.windowed_messages,
             "pairs": params.pairs,
+            "windowed_pairs": params.windowed_pairs,
             "prefetches": list(params.prefetches),
             "consumers": params.consumers,
             "startup_workers": params.startup_workers,

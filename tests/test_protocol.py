@@ -359,6 +359,8 @@ def test_a_tasks_line_gives_the_events_its_items_stand_for_in_order() -> None:
         protocol.item_started(TS + 0.2, 3, "m-3", 2.5),
         protocol.item_done(TS + 0.3, 3, "m-3", False),
         protocol.item_worked(float("nan"), 1, "a", "b", True, False),
+        protocol.item_worked(float("inf"), 1, "a", "b", True, False),
+        protocol.item_done(float("-inf"), 1, "a", True),
         protocol.item_started(TS, 1, "a", float("inf")),
         protocol.item_done(1e-7, 1, "a", True),
     ],

@@ -451,7 +451,7 @@ def test_prefetch_1_acks_from_the_callback_but_only_after_the_done_line(compact:
     worker.mode = DispatchMode(2, "manual")
     worker._on_message(seen, SimpleNamespace(delivery_tag=8, redelivered=False), props, b"quick")
     assert [kind for kind, _ in seen.happened] == ["write", "ack"]
-    assert [task.tag for task in worker._finished] == [8]
+    assert [tag for tag, _msg_id, _fail in worker._finished] == [8]
 
 
 class _BatchRecorder(_RecordingStream):
@@ -597,3 +597,25 @@ def test_send_ack_goes_straight_to_the_socket_and_the_broker_takes_it(broker_url
         assert channel.basic_get(queue_name, auto_ack=True)[2] == b"second"
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"Hello World", "Hello World"),
+        (b"", ""),
+        (b"x" * 200, "x" * 200),
+        (b"x" * 201, "x" * 199 + "…"),
+        ("☃".encode() * 100, "☃" * 100),  # 300 bytes, 100 characters: all of it
+        ("☃".encode() * 250, "☃" * 199 + "…"),
+        (b"caf\xe9", "caf\\xe9"),
+        # 200 bytes, but the escapes make 791 characters: cut as a long body is.
+        (b"\xff" * 197 + b"abc", "\\xff" * 49 + "\\xf" + "…"),
+        (b"x" * 10_000, "x" * 199 + "…"),
+    ],
+)
+def test_a_body_is_shown_whole_up_to_the_cap_and_cut_with_an_ellipsis_past_it(body: bytes, expected: str) -> None:
+    from workers.worker import body_text
+
+    assert len(expected) <= protocol.BODY_CAP
+    assert body_text(body) == expected

@@ -610,14 +610,19 @@ def _encode_item(item: TaskItem) -> str:
     """One item as JSON, the same text json gives: at prefetch 1 this is the worker's cost per task.
 
     json.JSONEncoder.encode builds its C encoder on every call (about 4 µs for a one-item line);
-    an f-string with the C string escaper takes about 1.
+    an f-string with the C string escaper takes about 1. A task worked at once ("t") comes
+    first, in one f-string: at prefetch 50 nearly every item is one.
     """
     code, ts, tag, msg_id = item[0], item[1], item[2], item[3]
-    if type(ts) is not float or ts != ts or ts in _FINITE or type(tag) is not int:
-        return _encode_items(item)  # what repr would not write as JSON (nan, inf): json's own words
-    head = f'["{code}",{ts!r},{tag},{_json_text(msg_id)},'
+    # ts - ts is 0.0 for every finite float, nan for nan and the infinities (which repr would not write as JSON).
+    if type(ts) is not float or ts - ts != 0.0 or type(tag) is not int:
+        return _encode_items(item)  # json's own words
     if code == "t":
-        return f"{head}{_encode_str(item[4])},{'true' if item[5] else 'false'},{'true' if item[6] else 'false'}]"
+        return (
+            f'["t",{ts!r},{tag},{_json_text(msg_id)},{_encode_str(item[4])},'
+            f"{'true' if item[5] else 'false'},{'true' if item[6] else 'false'}]"
+        )
+    head = f'["{code}",{ts!r},{tag},{_json_text(msg_id)},'
     if code == "d":
         return f"{head}{'true' if item[4] else 'false'}]"
     if code == "r":
