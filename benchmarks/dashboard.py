@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# isort: off
+# tui before Textual: tui/__init__.py sets the dashboard's frame rate (TEXTUAL_FPS), which Textual reads
+# when it is first imported. Imported after Textual, the app measured here ran at Textual's 60 frames,
+# not the 120 that `python -m tui` runs at.
+import tui  # noqa: F401
 from textual import events
+
+# isort: on
 
 from benchmarks.figures import Bench, Figure, Target
 from tui.engine.backend import Backend, FeedBackend, LabConfig, build_pipeline

@@ -126,6 +126,72 @@ def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeyp
     assert seen.trace[-1] != "key" and "fold" in seen.trace[keys[-1] :], "folding went on after the update"
 
 
+def test_a_key_in_the_apps_queue_waits_for_no_slice_before_its_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queued, the key stops the folding at once: nothing between it and its handler, nor until its update."""
+    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)
+    inbox, seen = Inbox(), Recorder()
+    seen.slow = 0.002
+    for first in range(1, 100_001, 1000):
+        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+
+    async def run() -> None:
+        loop = asyncio.create_task(pacer.run())
+        await asyncio.sleep(0.05)
+        for _ in range(3):
+            pacer.key_posted()
+            seen.trace.append("posted")
+            await asyncio.sleep(0.1)  # the app's queue is slow to reach the key
+            pacer.key_arrived()
+            pacer.key_handled()
+            await asyncio.sleep(0.1)
+            seen.trace.append("screen")
+            pacer.screen_updated()
+            await asyncio.sleep(0.05)
+        loop.cancel()
+
+    asyncio.run(run())
+    posted = [i for i, step in enumerate(seen.trace) if step == "posted"]
+    assert len(posted) == 3
+    for i in posted:
+        assert seen.trace[i + 1] == "screen", seen.trace[i : i + 5]
+    assert "fold" in seen.trace[posted[-1] + 2 :], "folding went on after the update"
+
+
+def test_a_key_that_never_reaches_its_handler_stalls_the_folding_for_input_wait_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The next key is still paired with its own screen update: the pacer waits for it, not for INPUT_WAIT."""
+    monkeypatch.setattr(pacing, "INPUT_WAIT", 0.3)
+    inbox, seen = Inbox(), Recorder()
+    seen.slow = 0.002
+    for first in range(1, 50_001, 1000):
+        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
+    pacer = Pacer(inbox, seen.fold, seen.draw)
+
+    async def run() -> None:
+        loop = asyncio.create_task(pacer.run())
+        await asyncio.sleep(0.05)
+        pacer.key_posted()  # dropped on its way: no handler, no update
+        seen.trace.append("lost")
+        await asyncio.sleep(0.6)
+        pacer.key_posted()
+        pacer.key_arrived()
+        pacer.key_handled()
+        seen.trace.append("key")
+        await asyncio.sleep(0.05)
+        seen.trace.append("screen")
+        pacer.screen_updated()
+        await asyncio.sleep(0.05)
+        loop.cancel()
+
+    asyncio.run(run())
+    lost, key = seen.trace.index("lost"), seen.trace.index("key")
+    assert "fold" in seen.trace[lost:key], "the lost key stalled the folding for good"
+    assert seen.trace[key + 1] == "screen", seen.trace[key : key + 4]
+    assert "fold" in seen.trace[key + 2 :]
+
+
 def test_a_screen_that_never_updates_stalls_the_folding_for_input_wait_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pacing, "INPUT_WAIT", 0.05)
     inbox, seen = Inbox(), Recorder()
@@ -206,3 +272,14 @@ def test_the_dashboard_updates_the_screen_at_up_to_120_frames_unless_told(asked:
     code = "import tui.cli, textual.constants as c; print(c.MAX_FPS)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=30)
     assert out.stdout.strip() == fps, out
+
+
+def test_the_benchmarks_run_the_dashboard_at_its_own_frame_rate() -> None:
+    """benchmarks/dashboard.py imported Textual before tui: its app ran at Textual's 60 frames, not the dashboard's."""
+    env = {k: v for k, v in os.environ.items() if k != "TEXTUAL_FPS"}
+    code = "import benchmarks.cli, textual.screen as s; print(round(1 / s.UPDATE_PERIOD))"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "120", out

@@ -9,6 +9,7 @@ from typing import Any
 from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input
 
@@ -121,6 +122,12 @@ class DispatchLab(App[int]):
             self.replay.start()
         self.refresh_view()
         self.run_worker(self.pacer.run(), name="view", group="view")
+
+    def post_message(self, message: Message) -> bool:
+        queued = super().post_message(message)
+        if queued and isinstance(message, events.Key):
+            self.pacer.key_posted()  # the terminal's keys come this way, in the app's thread
+        return queued
 
     async def on_event(self, event: events.Event) -> None:
         if not isinstance(event, events.Key):
