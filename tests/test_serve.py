@@ -47,7 +47,7 @@ def _processes(pattern: str) -> list[str]:
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_a_browser_tab_draws_the_dashboard_and_a_figure_moves_when_a_task_is_published(
-    broker_url: str, queue_name: str
+    broker_url: str, queue_name: str, tmp_path: Path
 ) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     port = free_ports(1)[0]
@@ -76,7 +76,7 @@ def test_a_browser_tab_draws_the_dashboard_and_a_figure_moves_when_a_task_is_pub
                 page.mouse.click(640, 400)  # the start box
                 # The app's first bytes hide the start box; a drawn dashboard is no blank page.
                 page.wait_for_function("document.body.classList.contains('-first-byte')", timeout=30_000)
-                shot = Path(tempfile.gettempdir()) / f"dispatch-lab-serve-{port}.png"
+                shot = tmp_path / "dispatch-lab-serve.png"  # to look at: pytest keeps the last runs' tmp_path
 
                 def drawn() -> bool:
                     return len(page.screenshot(path=str(shot))) > 30_000
