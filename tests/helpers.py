@@ -8,14 +8,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import pika
 
-from workers import protocol
+from workers import protocol, report
 from workers.broker import QueueFigures, connect, probe_queue
 from workers.new_task import Publisher
 from workers.settings import URL_ENV
@@ -409,3 +410,16 @@ def held_series(events: Iterable[protocol.Event]) -> list[int]:
 def max_held(events: Iterable[protocol.Event]) -> int:
     """The most deliveries one worker held at once."""
     return max(held_series(events), default=0)
+
+
+@contextmanager
+def heard_on_exchange(url: str, queue: str) -> Iterator[list[protocol.Event]]:
+    """The events reporting workers on ``queue`` publish, as a dashboard's feed hears them (bound before yielding)."""
+    heard: list[protocol.Event] = []
+    feed = report.ReportFeed(url, queue, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
+    feed.start()
+    try:
+        assert feed.bound.wait(10), "the feed's queue was never bound"
+        yield heard
+    finally:
+        feed.stop()

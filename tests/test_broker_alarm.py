@@ -25,13 +25,23 @@ from typing import TypeVar
 import pika
 import pytest
 
-from tests.helpers import ROOT, SPAWNED, WorkerProc, child_env, figures, run_module, wait_figures, wait_until
+from tests.helpers import (
+    ROOT,
+    SPAWNED,
+    WorkerProc,
+    child_env,
+    figures,
+    heard_on_exchange,
+    run_module,
+    wait_figures,
+    wait_until,
+)
 from tui.engine.backend import Backend, LabConfig
 from tui.engine.pool import Inbox
 from tui.model.ledger import DONE, FAILED, PUBLISHING
 from tui.model.state import Model
 from tui.view.widgets.publisher import publish_status
-from workers import protocol, report
+from workers import protocol
 from workers.local_node import LocalNode, rabbitmq_server_path
 from workers.new_task import Publisher
 
@@ -319,27 +329,25 @@ def test_a_reporting_worker_works_through_a_memory_alarm_and_stops_at_once(node:
     with Publisher(node.url, queue) as publisher:  # before the alarm: a publisher waits an alarm out
         for i in range(tasks):
             publisher.publish(f"task {i}.")
-    heard: list[protocol.Event] = []
-    feed = report.ReportFeed(node.url, queue, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
-    feed.start()
     worker: WorkerProc | None = None
     try:
-        assert feed.bound.wait(10), "the feed's queue was never bound"
-        with memory_alarm(node):
-            worker = WorkerProc(node.url, queue, "carol", seconds_per_dot=0.02, events=False, extra_args=["--report"])
-            wait_until(lambda: worker.lines.count(" [x] Done") == tasks, 30, f"{tasks} tasks done under the alarm")
-            worker.interrupt()
-            began = time.monotonic()
-            assert worker.wait_exit(10) == 0
-            stopped_in = time.monotonic() - began
-            done_heard = sum(isinstance(event, protocol.Done) for event in heard)
-        assert stopped_in < 3.0, f"the stop waited {stopped_in:.1f} s for the blocked reporting connection"
-        # Every ack reached the broker although the reports could not: nothing came back to the queue.
-        assert wait_figures(node.url, queue, lambda f: f is not None, 5, "the queue").ready == 0
-        assert done_heard < tasks, "the alarm did not hold the reports: this test would show nothing"
-        assert "Traceback" not in worker.stderr, worker.stderr
+        with heard_on_exchange(node.url, queue) as heard:
+            with memory_alarm(node):
+                worker = WorkerProc(
+                    node.url, queue, "carol", seconds_per_dot=0.02, events=False, extra_args=["--report"]
+                )
+                wait_until(lambda: worker.lines.count(" [x] Done") == tasks, 30, f"{tasks} tasks done under the alarm")
+                worker.interrupt()
+                began = time.monotonic()
+                assert worker.wait_exit(10) == 0
+                stopped_in = time.monotonic() - began
+                done_heard = sum(isinstance(event, protocol.Done) for event in heard)
+            assert stopped_in < 3.0, f"the stop waited {stopped_in:.1f} s for the blocked reporting connection"
+            # Every ack reached the broker although the reports could not: nothing came back to the queue.
+            assert wait_figures(node.url, queue, lambda f: f is not None, 5, "the queue").ready == 0
+            assert done_heard < tasks, "the alarm did not hold the reports: this test would show nothing"
+            assert "Traceback" not in worker.stderr, worker.stderr
     finally:
-        feed.stop()
         if worker is not None:
             worker.close()
 
@@ -348,28 +356,26 @@ def test_a_reporting_worker_works_through_a_memory_alarm_and_stops_at_once(node:
 def test_a_reporting_worker_whose_report_connection_the_broker_closes_reports_again(
     node: LocalNode, queue: str
 ) -> None:
-    heard: list[protocol.Event] = []
-    feed = report.ReportFeed(node.url, queue, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
-    feed.start()
     worker: WorkerProc | None = None
     try:
-        assert feed.bound.wait(10), "the feed's queue was never bound"
-        worker = WorkerProc(node.url, queue, "dave", seconds_per_dot=0.0, events=False, extra_args=["--report"])
-        wait_until(lambda: any(isinstance(e, protocol.Ready) for e in heard), 15, "dave's ready heard")
-        listed = rabbitmqctl(node, "-q", "list_connections", "pid", "client_properties")
-        [pid] = [line.split()[0] for line in listed.splitlines() if "dave report" in line]
-        rabbitmqctl(node, "close_connection", pid, "closed by the test [red]x[/]")
-        wait_until(lambda: "reporting connection lost" in worker.stderr, 10, "the loss said on stderr")
-        assert "closed by the test [red]x[/]" in worker.stderr  # the broker's words, as text
-        # It reconnects on its own, and what it does afterwards is heard: a task published now.
-        with Publisher(node.url, queue) as publisher:
-            publisher.publish("after the loss")
-        wait_until(lambda: any(isinstance(e, protocol.Done) for e in heard), 15, "the task done after the loss, heard")
-        assert worker.lines.count(" [x] Done") == 1
-        worker.interrupt()
-        assert worker.wait_exit(10) == 0
-        wait_until(lambda: any(isinstance(e, protocol.Stopped) for e in heard), 5, "its stopped event heard")
+        with heard_on_exchange(node.url, queue) as heard:
+            worker = WorkerProc(node.url, queue, "dave", seconds_per_dot=0.0, events=False, extra_args=["--report"])
+            wait_until(lambda: any(isinstance(e, protocol.Ready) for e in heard), 15, "dave's ready heard")
+            listed = rabbitmqctl(node, "-q", "list_connections", "pid", "client_properties")
+            [pid] = [line.split()[0] for line in listed.splitlines() if "dave report" in line]
+            rabbitmqctl(node, "close_connection", pid, "closed by the test [red]x[/]")
+            wait_until(lambda: "reporting connection lost" in worker.stderr, 10, "the loss said on stderr")
+            assert "closed by the test [red]x[/]" in worker.stderr  # the broker's words, as text
+            # It reconnects on its own, and what it does afterwards is heard: a task published now.
+            with Publisher(node.url, queue) as publisher:
+                publisher.publish("after the loss")
+            wait_until(
+                lambda: any(isinstance(e, protocol.Done) for e in heard), 15, "the task done after the loss, heard"
+            )
+            assert worker.lines.count(" [x] Done") == 1
+            worker.interrupt()
+            assert worker.wait_exit(10) == 0
+            wait_until(lambda: any(isinstance(e, protocol.Stopped) for e in heard), 5, "its stopped event heard")
     finally:
-        feed.stop()
         if worker is not None:
             worker.close()

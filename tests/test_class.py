@@ -7,7 +7,7 @@ import signal
 import time
 
 from tests.conftest import WorkerFactory
-from tests.helpers import wait_until
+from tests.helpers import heard_on_exchange, wait_until
 from tests.test_app import Lab, run_lab
 from tui.engine.backend import LabConfig, _is_ours
 from tui.model import observations as obs
@@ -183,11 +183,7 @@ def test_a_watching_config_hears_reports_by_default() -> None:
 def test_a_reporting_worker_that_crashes_on_a_task_still_reports_the_failure(
     broker_url: str, queue_name: str, spawn_worker: WorkerFactory
 ) -> None:
-    heard: list[protocol.Event] = []
-    feed = report.ReportFeed(broker_url, queue_name, lambda *got: heard.extend(protocol.decode_lines(got[3])[0]))
-    feed.start()
-    try:
-        assert feed.bound.wait(10), "the feed's queue was never bound"
+    with heard_on_exchange(broker_url, queue_name) as heard:
         # Only reports (no --events): its events wait for the next batch, and the crash sends them first.
         worker = spawn_worker(queue_name, "erin", events=False, extra_args=["--report", "--on-fail", "crash"])
         wait_until(lambda: any(isinstance(e, protocol.Ready) for e in heard), 15, "erin's ready heard")
@@ -199,5 +195,3 @@ def test_a_reporting_worker_that_crashes_on_a_task_still_reports_the_failure(
         [failed] = [e for e in heard if isinstance(e, protocol.Failed)]
         assert (failed.worker, failed.action) == ("erin", "crash")
         assert [e.body for e in heard if isinstance(e, protocol.Received)] == ["fine", "Bad [red]task[/]!"]
-    finally:
-        feed.stop()

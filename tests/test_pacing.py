@@ -44,6 +44,16 @@ class Recorder:
             self.trace.append(f"draw{part}" if details else f"figures{part}")
 
 
+def flooded(monkeypatch: pytest.MonkeyPatch, tasks: int, *, input_wait: float) -> tuple[Pacer, Recorder]:
+    """A pacer with ``tasks`` started lines waiting (1,000 a batch), a model slowed to 2 ms a slice, INPUT_WAIT set."""
+    monkeypatch.setattr(pacing, "INPUT_WAIT", input_wait)
+    inbox, seen = Inbox(), Recorder()
+    seen.slow = 0.002  # a slow model: the backlog lasts the whole test
+    for first in range(1, tasks + 1, 1000):
+        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
+    return Pacer(inbox, seen.fold, seen.draw), seen
+
+
 def test_a_slice_holds_at_most_fold_slice_events_and_a_big_read_is_cut_at_a_line_end() -> None:
     inbox, seen = Inbox(), Recorder()
     inbox.put_many([WorkerOutput("w1", started_lines(1, 1000))])
@@ -97,12 +107,7 @@ def test_a_tick_with_nothing_behind_draws_every_part_with_the_details() -> None:
 
 def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeypatch: pytest.MonkeyPatch) -> None:
     """The key's handler ran; the pacer waits for the screen update that shows it before any more work."""
-    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)  # only the screen update may end the wait
-    inbox, seen = Inbox(), Recorder()
-    seen.slow = 0.002  # a slow model: the backlog lasts the whole test
-    for first in range(1, 100_001, 1000):
-        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
-    pacer = Pacer(inbox, seen.fold, seen.draw)
+    pacer, seen = flooded(monkeypatch, 100_000, input_wait=30.0)  # only the screen update may end the wait
 
     async def run() -> None:
         loop = asyncio.create_task(pacer.run())
@@ -128,12 +133,7 @@ def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeyp
 
 def test_a_key_in_the_apps_queue_waits_for_no_slice_before_its_handler(monkeypatch: pytest.MonkeyPatch) -> None:
     """Queued, the key stops the folding at once: nothing between it and its handler, nor until its update."""
-    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)
-    inbox, seen = Inbox(), Recorder()
-    seen.slow = 0.002
-    for first in range(1, 100_001, 1000):
-        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
-    pacer = Pacer(inbox, seen.fold, seen.draw)
+    pacer, seen = flooded(monkeypatch, 100_000, input_wait=30.0)
 
     async def run() -> None:
         loop = asyncio.create_task(pacer.run())
@@ -162,12 +162,7 @@ def test_a_key_that_never_reaches_its_handler_stalls_the_folding_for_input_wait_
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The next key is still paired with its own screen update: the pacer waits for it, not for INPUT_WAIT."""
-    monkeypatch.setattr(pacing, "INPUT_WAIT", 0.3)
-    inbox, seen = Inbox(), Recorder()
-    seen.slow = 0.002
-    for first in range(1, 50_001, 1000):
-        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
-    pacer = Pacer(inbox, seen.fold, seen.draw)
+    pacer, seen = flooded(monkeypatch, 50_000, input_wait=0.3)
 
     async def run() -> None:
         loop = asyncio.create_task(pacer.run())
@@ -209,12 +204,7 @@ def test_a_screen_that_never_updates_stalls_the_folding_for_input_wait_only(monk
 
 def test_a_key_that_comes_as_the_last_one_is_shown_waits_for_its_own_update(monkeypatch: pytest.MonkeyPatch) -> None:
     """The screen shows key 1 and key 2 is handled before the pacer's turn: no slice until key 2 is shown too."""
-    monkeypatch.setattr(pacing, "INPUT_WAIT", 30.0)
-    inbox, seen = Inbox(), Recorder()
-    seen.slow = 0.002
-    for first in range(1, 50_001, 1000):
-        inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
-    pacer = Pacer(inbox, seen.fold, seen.draw)
+    pacer, seen = flooded(monkeypatch, 50_000, input_wait=30.0)
 
     async def run() -> None:
         loop = asyncio.create_task(pacer.run())
