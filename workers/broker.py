@@ -126,6 +126,11 @@ RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 """Seconds between tries to reach the broker again: the first soon, then no faster than every 5 s."""
 
 
+def routing_key(queue: str, name: str) -> str:
+    """A worker's key on the lab's topic exchanges (its reports, its commands): ``<queue>.<worker name>``."""
+    return f"{queue}.{name}"
+
+
 def declare_topic_exchange(channel: Any, exchange: str) -> None:
     """The lab's telemetry and control exchanges: topic, not durable (for whoever listens now)."""
     channel.exchange_declare(exchange, exchange_type="topic", durable=False)

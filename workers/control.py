@@ -28,7 +28,7 @@ import pika
 import pika.exceptions
 
 from workers import protocol
-from workers.broker import BrokerError, Subscription, close_quietly, connect, declare_topic_exchange
+from workers.broker import BrokerError, Subscription, close_quietly, connect, declare_topic_exchange, routing_key
 from workers.settings import scrub
 
 EXCHANGE = "dispatch-lab.control"
@@ -38,10 +38,6 @@ MAX_BODY = 4096
 LISTENING = "takes stop and mode changes from dashboards on"
 """Said on stderr once the listener's queue is bound (again after each reconnect)."""
 NOT_LISTENING = "the broker had no control queue for them (gone, or not listening)"
-
-
-def routing_key(queue_name: str, name: str) -> str:
-    return f"{queue_name}.{name}"
 
 
 def declare_exchange(channel: Any) -> None:

@@ -31,7 +31,15 @@ import pika
 import pika.exceptions
 
 from workers import protocol
-from workers.broker import RECONNECT_DELAYS, BrokerError, Subscription, close_quietly, connect, declare_topic_exchange
+from workers.broker import (
+    RECONNECT_DELAYS,
+    BrokerError,
+    Subscription,
+    close_quietly,
+    connect,
+    declare_topic_exchange,
+    routing_key,
+)
 from workers.settings import scrub
 
 EXCHANGE = "dispatch-lab.events"
@@ -57,10 +65,6 @@ def short_host() -> str:
 def default_name() -> str:
     """A reporting worker's name when none is given: unique per machine (host and pid)."""
     return f"{short_host()}-{os.getpid()}"
-
-
-def routing_key(queue: str, name: str) -> str:
-    return f"{queue}.{name}"
 
 
 def check_name(name: str) -> str:
@@ -114,7 +118,7 @@ class Reporter:
         """A link handed back to the connecting thread: lost (to reconnect) or at close."""
         self._handed_back = threading.Event()
         self._stop = threading.Event()
-        self._closing = False
+        """Set by ``close`` (under the lock, as it takes the link): the connecting thread hands over no new link."""
         self._thread: threading.Thread | None = None
         self._next = 0.0
         """When ``pump`` publishes next at the earliest (monotonic)."""
@@ -168,7 +172,7 @@ class Reporter:
         """Send what is pending (the ``stopped`` event most of all) within ``timeout``, then close."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            self._closing = True
+            self._stop.set()
             link, self._link = self._link, None
         if link is not None:
             try:
@@ -179,7 +183,6 @@ class Reporter:
                 link.drain(deadline)
             except (pika.exceptions.AMQPError, OSError):
                 pass
-        self._stop.set()
         self._hand_back(link)
         if self._thread is not None:
             self._thread.join(max(0.1, deadline - time.monotonic()))
@@ -222,7 +225,7 @@ class Reporter:
                 continue
             attempt = 0
             with self._lock:
-                if not self._closing:
+                if not self._stop.is_set():
                     self._link, link = link, None
             if link is not None:  # closing meanwhile
                 close_quietly(link.connection)

@@ -359,8 +359,7 @@ class Worker:
             due=None if report is None else report.due,
         )
         self._reporter = report
-        self._pump: Callable[[], None] | None = None if report is None else report.pump
-        """Runs on the connection's thread once a cycle: the reporter publishes from here, never waiting."""
+        """Its ``pump`` runs on the connection's thread once a cycle: it publishes from there, never waiting."""
         self.tutorial = events is None
         self._commands_in = commands
 
@@ -530,8 +529,8 @@ class Worker:
             except queue.Empty:
                 break
             self._obey(command)
-        if self._pump is not None:
-            self._pump()
+        if self._reporter is not None:
+            self._reporter.pump()
 
     def _ack_deadline(self) -> None:
         """ACK_IDLE after a finished task was left unacked: ack at the end of this cycle, whatever it brought."""
@@ -956,8 +955,8 @@ class Worker:
                 # Alive without a broker: a worker waiting out a broker restart was shown UNRESPONSIVE.
                 self._say_alive()
                 self.writer.flush()
-                if self._pump is not None:
-                    self._pump()
+                if self._reporter is not None:
+                    self._reporter.pump()
                 time.sleep(0.05)
             if self._exit:
                 return False
