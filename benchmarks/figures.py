@@ -341,21 +341,36 @@ def _logged(bench: Bench, label: str, unit: str, run: Callable[[], Run]) -> Call
 
 def worker_throughput(bench: Bench) -> list[Figure]:
     """Our worker (its events read as the dashboard reads them) vs bare pika consumers, per prefetch."""
+    return _against_bare(
+        bench, "ours", "worker_throughput", "worker throughput",
+        "`workers.worker --events` (events read in chunks, decoded after the run)",
+    )  # fmt: skip
+
+
+def worker_compact(bench: Bench) -> list[Figure]:
+    """Our worker writing the compact event form the dashboard asks for vs the strongest bare pika consumer."""
+    return _against_bare(
+        bench, "compact", "worker_compact", "worker throughput, compact events",
+        "`workers.worker --events --compact-events` (the dashboard's form)",
+    )  # fmt: skip
+
+
+def _against_bare(bench: Bench, side: Kind, key: str, label: str, ours_are: str) -> list[Figure]:
+    """Per prefetch, ``side``'s drains alternating with bare pika's: the figure ``<key>_p<prefetch>``."""
     p = bench.params
     figures = []
     for prefetch in p.prefetches:
         messages = p.throughput_messages(prefetch)
-        bench.log(f"worker throughput, prefetch {prefetch}, {messages:,} tasks a run")
+        bench.log(f"{label}, prefetch {prefetch}, {messages:,} tasks a run")
         ours, bare = alternate(
             p.throughput_pairs(prefetch),
-            _logged(bench, "ours", "msg/s", functools.partial(drain, bench, "ours", prefetch, messages)),
+            _logged(bench, "ours", "msg/s", functools.partial(drain, bench, side, prefetch, messages)),
             _logged(bench, "bare", "msg/s", functools.partial(drain, bench, "bare", prefetch, messages)),
         )
         figures.append(
             compared(
-                f"worker_throughput_p{prefetch}",
-                f"worker throughput, prefetch {prefetch}: {p.consumers} `workers.worker --events` "
-                f"(events read in chunks, decoded after the run) vs {p.consumers} bare pika consumers "
+                f"{key}_p{prefetch}",
+                f"{label}, prefetch {prefetch}: {p.consumers} {ours_are} vs {p.consumers} bare pika consumers "
                 f"{_bare_acks(prefetch)}, msg/s",
                 "msg/s",
                 Target(">=", 0.90),
@@ -369,33 +384,6 @@ def worker_throughput(bench: Bench) -> list[Figure]:
 def _bare_acks(prefetch: int) -> str:
     every = ack_batch(prefetch)
     return "acking each delivery" if every == 1 else f"acking multiple=True every {every} deliveries + 50 ms flush"
-
-
-def worker_compact(bench: Bench) -> list[Figure]:
-    """Our worker writing the compact event form the dashboard asks for vs the strongest bare pika consumer."""
-    p = bench.params
-    figures = []
-    for prefetch in p.prefetches:
-        messages = p.throughput_messages(prefetch)
-        bench.log(f"worker throughput, compact events, prefetch {prefetch}, {messages:,} tasks a run")
-        ours, bare = alternate(
-            p.throughput_pairs(prefetch),
-            _logged(bench, "ours", "msg/s", functools.partial(drain, bench, "compact", prefetch, messages)),
-            _logged(bench, "bare", "msg/s", functools.partial(drain, bench, "bare", prefetch, messages)),
-        )
-        figures.append(
-            compared(
-                f"worker_compact_p{prefetch}",
-                f"worker throughput, compact events, prefetch {prefetch}: {p.consumers} `workers.worker "
-                f"--events --compact-events` (the dashboard's form) vs {p.consumers} bare pika consumers "
-                f"{_bare_acks(prefetch)}, msg/s",
-                "msg/s",
-                Target(">=", 0.90),
-                ours,
-                bare,
-            )
-        )
-    return figures
 
 
 def start_up(bench: Bench) -> list[Figure]:
