@@ -9,7 +9,7 @@ import pika.exceptions
 import pytest
 
 from tests.conftest import WorkerFactory
-from tests.helpers import WorkerProc, wait_until
+from tests.helpers import WorkerProc, heard_on_exchange, wait_until
 from tests.test_app import Lab, run_lab
 from tests.test_hostile_text import toasts, wait_for_toast
 from tui.engine import session_log
@@ -17,7 +17,8 @@ from tui.engine.backend import LabConfig, build_pipeline
 from tui.model import observations as obs
 from tui.model.state import Model
 from tui.view.widgets.worker_card import WorkerCard
-from workers import control, protocol, report
+from workers import control, protocol
+from workers.broker import routing_key
 from workers.settings import AckMode, FailMode
 
 ALICE, BOB = "alice-laptop", "bob-laptop"
@@ -26,6 +27,16 @@ ALICE, BOB = "alice-laptop", "bob-laptop"
 def listening(worker: WorkerProc) -> bool:
     """The worker's control queue is bound (it says so on stderr)."""
     return control.LISTENING in worker.stderr
+
+
+def controlled(spawn_worker: WorkerFactory, queue_name: str, name: str, prefetch: int = 1) -> WorkerProc:
+    """A 0-dot worker started with ``--report --accept-control``, ready and with its control queue bound."""
+    worker = spawn_worker(
+        queue_name, name, prefetch=prefetch, seconds_per_dot=0.0, extra_args=["--report", "--accept-control"]
+    )
+    worker.ready()
+    wait_until(lambda: listening(worker), 10, f"{name}'s control queue bound")
+    return worker
 
 
 def gone_from_broker(url: str, key: str) -> None:
@@ -98,31 +109,19 @@ def test_commands_reach_only_the_worker_that_accepts_them_and_a_late_dashboard_l
     broker_url: str, queue_name: str, spawn_worker: WorkerFactory
 ) -> None:
     # Both start before the dashboard, in modes of their own: it never hears their ready.
-    readies: set[str] = set()
-    feed = report.ReportFeed(
-        broker_url,
-        queue_name,
-        lambda name, _host, _pid, data, _control: readies.update(
-            name for event in protocol.decode_lines(data)[0] if isinstance(event, protocol.Ready)
-        ),
-    )
-    feed.start()
-    try:
-        assert feed.bound.wait(10), "the watching feed's queue was never bound"
-        alice = spawn_worker(
-            queue_name, ALICE, prefetch=10, seconds_per_dot=0.0, extra_args=["--report", "--accept-control"]
-        )
+    with heard_on_exchange(broker_url, queue_name) as heard:
         bob = spawn_worker(
             queue_name, BOB, prefetch=3, ack="auto", seconds_per_dot=0.0, extra_args=["--report", "--on-fail", "reject"]
         )
-        alice.ready()
+        alice = controlled(spawn_worker, queue_name, ALICE, prefetch=10)
         bob.ready()
-        wait_until(lambda: listening(alice), 10, "alice's control queue bound")
         assert not listening(bob)
         # Published before the dashboard binds its feed (a report goes out within its interval, not at once).
-        wait_until(lambda: readies == {ALICE, BOB}, 10, "both readies on the events exchange")
-    finally:
-        feed.stop()
+        wait_until(
+            lambda: {e.worker for e in heard if isinstance(e, protocol.Ready)} == {ALICE, BOB},
+            10,
+            "both readies on the events exchange",
+        )
 
     async def scenario(lab: Lab) -> None:
         model = lab.model
@@ -199,13 +198,11 @@ def test_commands_reach_only_the_worker_that_accepts_them_and_a_late_dashboard_l
 def test_a_bad_control_message_never_stops_the_worker(
     broker_url: str, queue_name: str, spawn_worker: WorkerFactory
 ) -> None:
-    worker = spawn_worker(queue_name, "dave", seconds_per_dot=0.0, extra_args=["--report", "--accept-control"])
-    worker.ready()
-    wait_until(lambda: listening(worker), 10, "its control queue bound")
+    worker = controlled(spawn_worker, queue_name, "dave")
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         channel = connection.channel()
-        key = control.routing_key(queue_name, "dave")
+        key = routing_key(queue_name, "dave")
         for body in (b"\xff\xfe not a command", b'{"cmd": "mode", "prefetch": -1, "ack": "sometimes"}'):
             channel.basic_publish(control.EXCHANGE, key, body)
     finally:
@@ -220,16 +217,14 @@ def test_a_bad_control_message_never_stops_the_worker(
 def test_a_worker_gone_without_a_word_is_named_as_not_reached(
     broker_url: str, queue_name: str, spawn_worker: WorkerFactory
 ) -> None:
-    carol = spawn_worker(queue_name, "carol-pc", seconds_per_dot=0.0, extra_args=["--report", "--accept-control"])
-    carol.ready()
-    wait_until(lambda: listening(carol), 10, "carol's control queue bound")
+    carol = controlled(spawn_worker, queue_name, "carol-pc")
 
     async def scenario(lab: Lab) -> None:
         await lab.until(
             lambda: lab.model.workers.get("carol-pc") and lab.model.workers["carol-pc"].control, 10, "carol"
         )
         carol.kill()  # SIGKILL, as a laptop's battery dies: no stopped event; the broker drops her queue
-        gone_from_broker(broker_url, control.routing_key(queue_name, "carol-pc"))
+        gone_from_broker(broker_url, routing_key(queue_name, "carol-pc"))
         assert lab.model.workers["carol-pc"].alive, "nothing told the dashboard yet"
         await lab.key("f7")  # the ack mode for all workers
         toast = await wait_for_toast(lab.app, "did not reach")
