@@ -586,18 +586,65 @@ def test_key_press_answers_during_a_burst(broker_url: str, queue_name: str) -> N
     assert max(busy) < 2.0, f"a key press took {max(busy):.2f}s while the workers were busy"
 
 
-def test_selected_styles_only_the_card_itself() -> None:
-    """show_selection restyles the two cards alone: no rule may style a card's parts through -selected."""
-    import re
-
-    css = (Path(__file__).resolve().parent.parent / "tui" / "view" / "app.tcss").read_text()
-    selectors = [rule.strip() for rule in re.findall(r"([^{}]+)\{", css)]
-    with_selected = [s for s in selectors if "-selected" in s]
+def test_selected_styles_only_the_card_or_its_head_line() -> None:
+    """WorkerCard.mark_selected restyles the card (a card's border) or its head (a row's line) alone, at once:
+    a rule styling another part through -selected would show late, and a background on the card
+    would re-draw every part beneath it."""
+    css = re.sub(r"/\*.*?\*/", "", (Path(__file__).resolve().parent.parent / "tui" / "view" / "app.tcss").read_text(),
+                 flags=re.S)  # fmt: skip
+    rules = [(selector.strip(), body) for selector, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css)]
+    with_selected = [(selector, body) for selector, body in rules if "-selected" in selector]
     assert with_selected, "app.tcss no longer styles the selected card"
-    for selector in with_selected:
+    assert not any("-selected" in selector for selector in re.findall(r"([^{}]+)\{", css) if selector.strip() not in
+                   dict(with_selected)), "a -selected rule nests others"  # fmt: skip
+    for selector, body in with_selected:
         for part in selector.split(","):
-            # The card is the rule's subject (ancestors such as a screen size may come before it), never a part.
-            assert re.fullmatch(r"\s*([\w#.-]+\s+)*[\w-]*(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*\s*", part), part
+            # Ancestors (a screen size) may come first; the subject is the card or its head, never another part.
+            card, head = r"WorkerCard(\.[\w-]+)*\.-selected(\.[\w-]+|:\w+)*", r"WorkerCard > \.head\.-selected"
+            assert re.fullmatch(rf"\s*([\w#.-]+\s+)*({card}|{head})\s*", part), part
+            assert "background" not in body or part.strip().endswith(".head.-selected"), (
+                f"{part}: the card's background"
+            )
+
+
+@pytest.mark.parametrize("workers", [8, 2])
+def test_the_selection_shows_at_once_on_a_rows_head_line_or_a_cards_border(workers: int) -> None:
+    """Eight workers at 120x36 are rows: the selected one's head line is tinted, its status bar kept; two are cards:
+    the selected one has a double border. Right after the key's handler, before any redraw, and nothing else moved."""
+    app, _, feed = fed_app()
+    from tui.engine.pool import WorkerOutput
+
+    def look(card: WorkerCard) -> tuple[object, ...]:
+        head, row = card.query_one(".head", Static), card.query_one(".row", Static)
+        return (card.styles.border_left, card.styles.border_top, card.styles.background,
+                head.styles.background, row.styles.background)  # fmt: skip
+
+    async def run() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            feed.inbox.put_many([WorkerOutput("w1", data) for data in flood(10 * workers, workers=workers)])
+            deadline = time.monotonic() + 10
+            while len(app.view.grid.cards) < workers:
+                await pilot.pause(0.05)
+                assert time.monotonic() < deadline, "the workers' cards never came"
+            await pilot.pause(0.3)
+            cards = app.view.grid.cards
+            first, second = (cards[name] for name in list(cards)[:2])
+            assert app.selected == first.worker_name
+            before = {name: look(card) for name, card in cards.items()}
+            app.action_select(1)  # what ctrl+n does; no await: the screen is not redrawn in between
+            after = {name: look(card) for name, card in cards.items()}
+            assert app.selected == second.worker_name
+            assert [name for name in cards if before[name] != after[name]] == [first.worker_name, second.worker_name]
+            head = second.query_one(".head", Static)
+            if workers > 4:  # rows: the head line carries the mark; the status bar and the card's own look stay
+                assert head.display and head.styles.background.a > 0 and after[second.worker_name][:3] == before[
+                    second.worker_name][:3]  # fmt: skip
+                assert first.query_one(".head", Static).styles.background.a == 0
+            else:  # cards: the border carries it
+                assert not head.display
+                assert second.styles.border_top[0] == "double" and first.styles.border_top[0] != "double"
+
+    asyncio.run(run())
 
 
 def test_a_big_read_is_folded_a_slice_at_a_time() -> None:

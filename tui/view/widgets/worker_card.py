@@ -81,6 +81,21 @@ class WorkerCard(Widget, can_focus=True):
         yield self._task_part
         yield self._log_part
 
+    def mark_selected(self, chosen: bool) -> None:
+        """Show this worker as the selected one, or stop: a row on its head line, a card on its border (app.tcss).
+
+        Only the part that shows it is restyled, and at once (a key press waits for it). Restyling
+        the card re-drew every part of it beneath the mark: on two cores busy with an 8-worker
+        flood, most of a key press's time (key_latency_8 in docs/benchmarks.md).
+        """
+        if self.has_class("-selected") == chosen:
+            return
+        self.set_class(chosen, "-selected", update=False)
+        self._head_part.set_class(chosen, "-selected", update=False)
+        if self.is_mounted:
+            shown_on: Widget = self._head_part if self._head_part.display else self
+            self.app.stylesheet.update_nodes([shown_on], animate=False)
+
     def on_click(self) -> None:
         self.post_message(self.Selected(self.worker_name))
 
