@@ -17,7 +17,7 @@ from tui.view.widgets.dead_letters import DeadLetterPanel
 from tui.view.widgets.messages_screen import MessagesScreen
 from tui.view.widgets.queue_panel import QueueFigures
 from tui.view.widgets.worker_card import WorkerCard
-from workers.settings import DispatchMode, FailMode
+from workers.settings import DispatchMode, FailMode, QueueSpec
 
 
 async def until(app: DispatchLab, condition: Callable[[], object], seconds: float, what: str) -> None:
@@ -33,7 +33,7 @@ def test_ctrl_f_ends_a_requeue_loop_with_reject_and_ctrl_r_moves_the_dead_letter
     broker_url: str, queue_name: str
 ) -> None:
     config = LabConfig(url=broker_url, queue=queue_name, workers=1, mode=DispatchMode(1, "manual"),
-                       seconds_per_dot=0.01, dead_letter=True)  # fmt: skip
+                       seconds_per_dot=0.01, spec=QueueSpec(dead_letter=True))  # fmt: skip
     backend = Backend(config)
     model = Model(queue=queue_name, mode=config.mode, prefix=backend.prefix, spec=config.spec)
     app = DispatchLab(config, model, backend, presets={})

@@ -35,7 +35,7 @@ from tui.view.widgets.queue_panel import AUTO_ACKED, _rows
 from tui.view.widgets.worker_grid import WorkerGrid
 from workers import protocol
 from workers.local_node import BOOT_PHASES
-from workers.settings import DEFAULT_URL, AckMode, DispatchMode
+from workers.settings import DEFAULT_URL, AckMode, DispatchMode, QueueSpec
 
 PRESETS = {
     "burst": Scenario("burst", "Many quick tasks.", ("a", "b")),
@@ -449,8 +449,8 @@ def hint_of(config: LabConfig) -> str:
 
 
 def test_with_no_workers_the_empty_grid_says_press_f2_or_start_one_elsewhere() -> None:
-    tutorial = LabConfig(url="amqp://guest:guest@localhost/%2F", workers=0, queue="lesson", durable=False,
-                         hear_reports=False)  # fmt: skip
+    tutorial = LabConfig(url="amqp://guest:guest@localhost/%2F", workers=0, queue="lesson",
+                         spec=QueueSpec(durable=False), hear_reports=False)  # fmt: skip
     said = hint_of(tutorial)
     assert said == "No workers yet. " + no_workers("lesson", False, False)
     assert "F2" in said and "dispatch-lab worker --queue 'lesson' --transient" in said

@@ -25,7 +25,6 @@ from tui.engine.pool import WorkerPool
 from tui.engine.replay import Replay
 from tui.engine.session_log import SessionLog
 from tui.engine.session_log import read as read_log
-from tui.model.observations import SessionStarted
 from tui.model.state import Model
 from tui.text import printable
 from workers.broker import BrokerError, ManagementApi, connect, declare_task_queue, server_version
@@ -156,7 +155,7 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         workers=workers,
         mode=DispatchMode(args.prefetch, args.ack),
         seconds_per_dot=args.seconds_per_dot,
-        durable=not args.transient,
+        spec=spec,
         persistent=not args.no_persist,
         heartbeat=args.heartbeat,
         management_url=args.management_url or default_management_url(url),
@@ -165,9 +164,6 @@ def parse_config(argv: list[str], console: Console) -> LabConfig:
         report=args.report,
         watch_only=args.watch_only,
         on_fail=args.on_fail,
-        queue_type=spec.type,
-        delivery_limit=spec.delivery_limit,
-        dead_letter=spec.dead_letter,
         ack_timeout=args.ack_timeout,
         ack_timeout_source=(PRIVATE_TIMEOUT if private else TOLD_TIMEOUT) if told else "",
     )
@@ -344,7 +340,7 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     log = SessionLog(Path(tempfile.gettempdir()) / f"dispatch-lab-{os.getpid()}.jsonl")
     log.start()
-    log.add([session_started(config, backend.prefix)])
+    log.add([config.session_started(backend.prefix)])
     title = "dispatch-lab · watch-only" if config.watch_only else None
     app = DispatchLab(config, model, backend, log=log, title=title)
     atexit.register(backend.shutdown)
@@ -448,15 +444,6 @@ def when_the_server_goes(gone: Callable[[], None]) -> None:
     threading.Thread(target=watch, name="server-watch", daemon=True).start()
 
 
-def session_started(config: LabConfig, prefix: str) -> SessionStarted:
-    spec = config.spec
-    return SessionStarted(
-        time.time(), config.queue, prefix, config.mode.prefetch, config.mode.ack, config.durable, mask_url(config.url),
-        config.on_fail.value, spec.type.value, spec.delivery_limit, spec.dead_letter, config.broker_version,
-        config.ack_timeout, config.ack_timeout_source,
-    )  # fmt: skip
-
-
 def replay_main(argv: list[str]) -> int:
     """Reopen a saved session (events.jsonl, or the folder holding it) read-only, without a broker."""
     parser = argparse.ArgumentParser(prog="dispatch-lab replay", description=replay_main.__doc__)
@@ -483,17 +470,13 @@ def replay_main(argv: list[str]) -> int:
     replay = Replay(items, model)  # folds the log, keeping a checkpoint every so many events to step back to
     from tui.view.app import DispatchLab
 
-    spec = model.spec
     config = LabConfig(
         url=model.broker or "replay",
         queue=model.queue_name,
-        durable=model.durable,
+        spec=model.spec,
         mode=model.mode,
         runs_dir=args.runs_dir,
         on_fail=model.on_fail,
-        queue_type=spec.type,
-        delivery_limit=spec.delivery_limit,
-        dead_letter=spec.dead_letter,
     )
     # The title also names the SVG screenshot and the terminal's window: a path's control characters escaped.
     DispatchLab(config, model, None, title=f"replay of {printable(str(path))}", replay=replay).run()

@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tui.engine.pool import Inbox, PoolClosed, WorkerPool
@@ -31,7 +31,7 @@ from workers.local_node import LocalNode, LocalNodeError
 from workers.monitor import PublisherThread, QueueMonitor
 from workers.new_task import new_session_prefix
 from workers.report import ReportFeed
-from workers.settings import AckMode, DispatchMode, FailMode, QueueSpec, QueueType
+from workers.settings import AckMode, DispatchMode, FailMode, QueueSpec, mask_url
 
 ROUND_ROBIN = DispatchMode(prefetch=0, ack=AckMode.MANUAL)
 _OUR_CONNECTION = re.compile(r"^dispatch-lab (?P<name>\S+) \(pid (?P<pid>\d+)\)$")
@@ -46,7 +46,8 @@ class LabConfig:
     workers: int = 2
     mode: DispatchMode = ROUND_ROBIN
     seconds_per_dot: float = 1.0
-    durable: bool = True
+    spec: QueueSpec = field(default_factory=QueueSpec)
+    """How every program of this lab declares the work queue: durable, its type, delivery limit, dead letters."""
     persistent: bool = True
     heartbeat: int | None = None
     management_url: str | None = None
@@ -61,9 +62,6 @@ class LabConfig:
     """A viewer: no workers of its own, and every command that changes anything is refused."""
     on_fail: FailMode = FailMode.REQUEUE
     """What the workers do with a failing task (a body with '!')."""
-    queue_type: QueueType = QueueType.CLASSIC
-    delivery_limit: int | None = None
-    dead_letter: bool = False
     ack_timeout: float | None = None
     """The broker's consumer_timeout in seconds, when known: set on the private node, or told (--ack-timeout)."""
     ack_timeout_source: str = ""
@@ -71,9 +69,17 @@ class LabConfig:
     """As the broker announced it at the preflight connection; "" when not asked."""
 
     @property
-    def spec(self) -> QueueSpec:
-        """How every program of this lab declares the work queue."""
-        return QueueSpec(self.durable, self.queue_type, self.delivery_limit, self.dead_letter)
+    def durable(self) -> bool:
+        return self.spec.durable
+
+    def session_started(self, prefix: str) -> obs.SessionStarted:
+        """The session log's first line: the queue, the mode and what the broker is, as this lab runs them."""
+        spec = self.spec
+        return obs.SessionStarted(
+            time.time(), self.queue, prefix, self.mode.prefetch, self.mode.ack, spec.durable, mask_url(self.url),
+            self.on_fail.value, spec.type.value, spec.delivery_limit, spec.dead_letter, self.broker_version,
+            self.ack_timeout, self.ack_timeout_source,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -277,8 +277,8 @@ class ScenarioRun:
         # workers=0: the run starts its own, one at a time, each checked (_start_workers).
         config = LabConfig(
             url, queue=self.queue, workers=0, mode=mode, seconds_per_dot=seconds_per_dot, on_fail=self.on_fail,
-            queue_type=self.spec.type, delivery_limit=self.spec.delivery_limit, dead_letter=self.spec.dead_letter,
-            ack_timeout=timeout_known, ack_timeout_source="set on the private node" if timeout_known else "",
+            spec=self.spec, ack_timeout=timeout_known,
+            ack_timeout_source="set on the private node" if timeout_known else "",
         )  # fmt: skip
         self.config = config
         self.backend = Backend(config, node=node)

@@ -6,7 +6,6 @@ import argparse
 import io
 import json
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,6 @@ from rich.text import Text
 
 from tui.engine.runner import Progress, RunResult, ScenarioRun
 from tui.engine.session_log import SessionLog
-from tui.model.observations import SessionStarted
 from tui.model.runs import mode_name
 from tui.model.runs import verdict as run_verdict
 from tui.model.scenarios import Scenario, ScenarioError, find
@@ -36,7 +34,6 @@ from workers.settings import (
     add_fail_arg,
     add_queue_args,
     check_prefetch,
-    mask_url,
     url_or_exit,
 )
 from workers.worker import ack_arg, positive_float
@@ -310,10 +307,7 @@ def _run_all(
             if log is not None:
                 # The log's first line, as the dashboard's: without it a replay knows neither the
                 # mode (it showed prefetch 0 as fair dispatch), the queue, nor the task numbers.
-                c = run.config
-                log.add([SessionStarted(time.time(), run.queue, run.prefix, prefetch, args.ack, True,
-                                        mask_url(url), c.on_fail.value, c.queue_type.value, c.delivery_limit,
-                                        c.dead_letter, "", c.ack_timeout, c.ack_timeout_source)])  # fmt: skip
+                log.add([run.config.session_started(run.prefix)])
             result = run.run()
         results.append(result)
         if log is not None and args.out is not None:
