@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -52,6 +52,18 @@ def flooded(monkeypatch: pytest.MonkeyPatch, tasks: int, *, input_wait: float) -
     for first in range(1, tasks + 1, 1000):
         inbox.put_many([WorkerOutput("w1", started_lines(first, 1000))])
     return Pacer(inbox, seen.fold, seen.draw), seen
+
+
+def beside_the_pacer(pacer: Pacer, scenario: Callable[[], Awaitable[None]]) -> None:
+    """Run ``scenario`` while the pacer's loop runs: the loop starts 50 ms before it and is stopped right after."""
+
+    async def run() -> None:
+        loop = asyncio.create_task(pacer.run())
+        await asyncio.sleep(0.05)
+        await scenario()
+        loop.cancel()
+
+    asyncio.run(run())
 
 
 def test_a_slice_holds_at_most_fold_slice_events_and_a_big_read_is_cut_at_a_line_end() -> None:
@@ -109,9 +121,7 @@ def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeyp
     """The key's handler ran; the pacer waits for the screen update that shows it before any more work."""
     pacer, seen = flooded(monkeypatch, 100_000, input_wait=30.0)  # only the screen update may end the wait
 
-    async def run() -> None:
-        loop = asyncio.create_task(pacer.run())
-        await asyncio.sleep(0.05)
+    async def presses() -> None:
         for _ in range(3):
             pacer.key_arrived()
             seen.trace.append("key")
@@ -120,9 +130,8 @@ def test_after_a_key_nothing_is_folded_or_drawn_until_the_screen_updated(monkeyp
             seen.trace.append("screen")
             pacer.screen_updated()
             await asyncio.sleep(0.05)
-        loop.cancel()
 
-    asyncio.run(run())
+    beside_the_pacer(pacer, presses)
     keys = [i for i, step in enumerate(seen.trace) if step == "key"]
     assert len(keys) == 3
     for i in keys:
@@ -135,9 +144,7 @@ def test_a_key_in_the_apps_queue_waits_for_no_slice_before_its_handler(monkeypat
     """Queued, the key stops the folding at once: nothing between it and its handler, nor until its update."""
     pacer, seen = flooded(monkeypatch, 100_000, input_wait=30.0)
 
-    async def run() -> None:
-        loop = asyncio.create_task(pacer.run())
-        await asyncio.sleep(0.05)
+    async def presses() -> None:
         for _ in range(3):
             pacer.key_posted()
             seen.trace.append("posted")
@@ -148,9 +155,8 @@ def test_a_key_in_the_apps_queue_waits_for_no_slice_before_its_handler(monkeypat
             seen.trace.append("screen")
             pacer.screen_updated()
             await asyncio.sleep(0.05)
-        loop.cancel()
 
-    asyncio.run(run())
+    beside_the_pacer(pacer, presses)
     posted = [i for i, step in enumerate(seen.trace) if step == "posted"]
     assert len(posted) == 3
     for i in posted:
@@ -164,9 +170,7 @@ def test_a_key_that_never_reaches_its_handler_stalls_the_folding_for_input_wait_
     """The next key is still paired with its own screen update: the pacer waits for it, not for INPUT_WAIT."""
     pacer, seen = flooded(monkeypatch, 50_000, input_wait=0.3)
 
-    async def run() -> None:
-        loop = asyncio.create_task(pacer.run())
-        await asyncio.sleep(0.05)
+    async def presses() -> None:
         pacer.key_posted()  # dropped on its way: no handler, no update
         seen.trace.append("lost")
         await asyncio.sleep(0.6)
@@ -178,9 +182,8 @@ def test_a_key_that_never_reaches_its_handler_stalls_the_folding_for_input_wait_
         seen.trace.append("screen")
         pacer.screen_updated()
         await asyncio.sleep(0.05)
-        loop.cancel()
 
-    asyncio.run(run())
+    beside_the_pacer(pacer, presses)
     lost, key = seen.trace.index("lost"), seen.trace.index("key")
     assert "fold" in seen.trace[lost:key], "the lost key stalled the folding for good"
     assert seen.trace[key + 1] == "screen", seen.trace[key : key + 4]
@@ -206,9 +209,7 @@ def test_a_key_that_comes_as_the_last_one_is_shown_waits_for_its_own_update(monk
     """The screen shows key 1 and key 2 is handled before the pacer's turn: no slice until key 2 is shown too."""
     pacer, seen = flooded(monkeypatch, 50_000, input_wait=30.0)
 
-    async def run() -> None:
-        loop = asyncio.create_task(pacer.run())
-        await asyncio.sleep(0.05)
+    async def presses() -> None:
         pacer.key_arrived()
         pacer.key_handled()
         await asyncio.sleep(0.1)  # the pacer waits for key 1's update
@@ -220,9 +221,8 @@ def test_a_key_that_comes_as_the_last_one_is_shown_waits_for_its_own_update(monk
         seen.trace.append("screen 2")
         pacer.screen_updated()
         await asyncio.sleep(0.05)
-        loop.cancel()
 
-    asyncio.run(run())
+    beside_the_pacer(pacer, presses)
     second = seen.trace.index("key 2")
     assert seen.trace[second + 1] == "screen 2", seen.trace[second : second + 4]
     assert "fold" in seen.trace[second:], "folding went on after key 2's update"
